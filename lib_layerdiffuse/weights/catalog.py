@@ -1,0 +1,86 @@
+"""The 14 official LayerDiffuse weight files, pinned by SHA-256."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..methods import Family
+
+REPO_ID = "LayerDiffusion/layerdiffusion-v1"
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+def hub_endpoint() -> str:
+    """The hub host; `HF_ENDPOINT` points downloads at a mirror, as huggingface_hub does."""
+    return os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One official weight file.
+
+    `approx_size` is the size published on the hub, rounded; it sizes progress bars and the
+    free-space check. Integrity is decided by `sha256` alone.
+    """
+
+    name: str
+    sha256: str
+    approx_size: int
+    family: Family
+    role: str
+
+    @property
+    def url(self) -> str:
+        return f"{hub_endpoint()}/{REPO_ID}/resolve/main/{self.name}"
+
+
+_MB = 1_000_000
+
+CATALOG: dict[str, WeightFile] = {
+    f.name: f
+    for f in (
+        WeightFile("layer_xl_transparent_attn.safetensors",
+                   "b7919c5b4837fb64f24c97a7abdf1a9c6e8d60de080a5dae089dde098266df95",
+                   743 * _MB, Family.SDXL, "unet-lora"),
+        WeightFile("layer_xl_transparent_conv.safetensors",
+                   "5ee958d80dcd515fa7ac915274c536fadd3db5d919adeb5ff45107b6169aacc7",
+                   3620 * _MB, Family.SDXL, "unet-diff"),
+        WeightFile("layer_xl_fg2ble.safetensors",
+                   "50a29851ad56308f14d6c9ed375be17df6921efeca240b31f567f6b8c76d1e70",
+                   702 * _MB, Family.SDXL, "unet-diff"),
+        WeightFile("layer_xl_bg2ble.safetensors",
+                   "2901d1353cc4ca763c8bedc48453b36e88680605f417c7f7ec730a7c36845d7c",
+                   702 * _MB, Family.SDXL, "unet-diff"),
+        WeightFile("layer_xl_fgble2bg.safetensors",
+                   "179a61fdcdb149af1897b2840f24ba09466ab6265b2c792b0e99df557f0439be",
+                   702 * _MB, Family.SDXL, "unet-diff"),
+        WeightFile("layer_xl_bgble2fg.safetensors",
+                   "1688f0c17447f74662686fadd431f24d26a1ba8ffea322c6f56c8b5ed581b78d",
+                   3620 * _MB, Family.SDXL, "unet-diff"),
+        WeightFile("vae_transparent_decoder.safetensors",
+                   "59dc8feefe40d26b6cb7186aed7af70c60d94ac4f9db8ebe7f121a01ba27a2fc",
+                   208 * _MB, Family.SDXL, "decoder"),
+        WeightFile("vae_transparent_encoder.safetensors",
+                   "47d048bd7c6f873b55d123ff424c0b584bbfb8a666f20aa634336e922f5c821c",
+                   2_370_000, Family.SDXL, "encoder"),
+        WeightFile("layer_sd15_transparent_attn.safetensors",
+                   "cc9ee87452bf1ccdd419035bf9618f6bdcaac1a2d3e23694d62e5a9c721da295",
+                   350 * _MB, Family.SD15, "attention-sharing"),
+        WeightFile("layer_sd15_joint.safetensors",
+                   "2cc81c33c1a786bdc376c6d1bfb43dbdffda2f610f7c6b4ebd776505a29712bd",
+                   554 * _MB, Family.SD15, "attention-sharing"),
+        WeightFile("layer_sd15_fg2bg.safetensors",
+                   "5bade856ec3e55d6ceb0e35bbc97cea7fa4953f7776c8032f2fe52ba740ed580",
+                   563 * _MB, Family.SD15, "attention-sharing"),
+        WeightFile("layer_sd15_bg2fg.safetensors",
+                   "8367f976da1cc4275e513c7fb40f977ca312e79e720d7db7ae94978a9359fb62",
+                   563 * _MB, Family.SD15, "attention-sharing"),
+        WeightFile("layer_sd15_vae_transparent_decoder.safetensors",
+                   "6df4712dfbb3783231b22f869a5da5cbfea782ebb05f782bd9e8744bfb0cdf03",
+                   208 * _MB, Family.SD15, "decoder"),
+        WeightFile("layer_sd15_vae_transparent_encoder.safetensors",
+                   "4c6bd4fa714bcdc83ee73fac9092f0723c5cafc60befccf490c697c0a378725a",
+                   2_370_000, Family.SD15, "encoder"),
+    )
+}

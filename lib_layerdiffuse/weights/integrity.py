@@ -1,0 +1,94 @@
+"""SHA-256 of weight files, remembered per (path, size, mtime) so multi-GB files are hashed once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Optional
+
+from tqdm.auto import tqdm
+
+CACHE_FILE_NAME = ".layerdiffuse-hashes.json"
+_CHUNK = 8 * 1024 * 1024
+_PROGRESS_FROM = 64 * 1024 * 1024
+
+
+def sha256_file(path: Path, progress: bool = True) -> str:
+    """Hash a file in chunks; files over 64 MB show a progress bar."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh, tqdm(
+        total=size, unit="B", unit_scale=True, desc=f"Verifying {path.name}",
+        disable=not progress or size < _PROGRESS_FROM, leave=False,
+    ) as bar:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+class HashCache:
+    """Hashes of the files in one folder, stored beside them in a small JSON file.
+
+    An entry is valid only while the file keeps the size and modification time it had when it
+    was hashed. If the folder is read-only the cache still works for this process.
+    """
+
+    def __init__(self, folder: Path):
+        self.file = folder / CACHE_FILE_NAME
+        self._lock = threading.Lock()
+        self._entries: dict[str, dict] = self._read()
+
+    def _read(self) -> dict[str, dict]:
+        try:
+            data = json.loads(self.file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int]:
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+
+    def get(self, path: Path) -> Optional[str]:
+        entry = self._entries.get(path.name)
+        if not isinstance(entry, dict):
+            return None
+        try:
+            size, mtime = self._stamp(path)
+        except OSError:
+            return None
+        if entry.get("size") == size and entry.get("mtime_ns") == mtime:
+            value = entry.get("sha256")
+            return value if isinstance(value, str) else None
+        return None
+
+    def put(self, path: Path, sha256: str, stamp: Optional[tuple[int, int]] = None) -> None:
+        """Remember `sha256` for `path` as it is now (or as it was at `stamp`)."""
+        size, mtime = stamp if stamp is not None else self._stamp(path)
+        with self._lock:
+            self._entries[path.name] = {"size": size, "mtime_ns": mtime, "sha256": sha256}
+            tmp = self.file.with_name(self.file.name + f".{os.getpid()}.tmp")
+            try:
+                tmp.write_text(json.dumps(self._entries, indent=1, sort_keys=True), encoding="utf-8")
+                os.replace(tmp, self.file)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+
+    def forget(self, path: Path) -> None:
+        with self._lock:
+            self._entries.pop(path.name, None)
+
+    def sha256(self, path: Path, progress: bool = True) -> str:
+        """The file's hash, from the cache when the file is unchanged, else computed and stored."""
+        cached = self.get(path)
+        if cached is not None:
+            return cached
+        stamp = self._stamp(path)
+        digest = sha256_file(path, progress=progress)
+        self.put(path, digest, stamp)
+        return digest

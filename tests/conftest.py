@@ -1,0 +1,26 @@
+"""Test-wide guards: no network (loopback only), no hub access, and a private weight folder."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.pop("HF_ENDPOINT", None)
+
+from lib_layerdiffuse.testing.network import loopback_only  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _loopback_only():
+    with loopback_only():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _private_models_dir(tmp_path, monkeypatch):
+    """Every test starts with an empty weight folder of its own (never the project's models/)."""
+    folder = tmp_path / "models"
+    monkeypatch.setenv("LAYERDIFFUSE_MODELS_DIR", str(folder))
+    return folder
