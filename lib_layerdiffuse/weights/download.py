@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .errors import WeightDownloadError, WeightIntegrityError
 
 PART_SUFFIX = ".part"
-_CHUNK = 1024 * 1024
+_CHUNK = 64 * 1024  # small reads: a broken connection loses at most this much
 _TIMEOUT = (15, 60)  # connect, read (seconds)
 
 

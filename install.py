@@ -1,0 +1,61 @@
+"""Run by Forge (in a subprocess) before every start: install what LayerDiffuse needs and lacks.
+
+Only missing packages are installed, never upgraded: Forge pins its own torch, numpy, Pillow
+and gradio (and bundles the rest), and replacing any of them can break the WebUI.
+Outside Forge, `pip install -e .` from pyproject.toml does this job instead.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import subprocess
+import sys
+
+# distribution name -> requirement to install when it is absent (mirrors pyproject.toml)
+REQUIREMENTS = {
+    "diffusers": "diffusers>=0.25",
+    "safetensors": "safetensors>=0.4",
+    "requests": "requests>=2.28",
+    "tqdm": "tqdm>=4.60",
+}
+HOST_PINNED = ("torch", "numpy", "Pillow", "gradio")
+
+
+def _installed(name: str) -> bool:
+    try:
+        importlib.metadata.distribution(name)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return importlib.util.find_spec(name) is not None
+
+
+def missing(is_installed=_installed) -> list[str]:
+    """Requirements whose package is not installed at all."""
+    return [req for name, req in REQUIREMENTS.items() if not is_installed(name)]
+
+
+def main() -> int:
+    try:
+        import launch  # Forge's installer helpers; present when Forge runs this file
+
+        is_installed, run_pip = launch.is_installed, launch.run_pip
+    except ImportError:
+        is_installed = _installed
+
+        def run_pip(command: str, desc: str) -> None:
+            subprocess.run([sys.executable, "-m", "pip", *command.split()], check=True)
+
+    failed = 0
+    for req in missing(is_installed):
+        try:
+            run_pip(f"install {req}", f"{req} for LayerDiffuse")
+        except Exception as exc:  # report and carry on: Forge must still start
+            failed += 1
+            print(f"[LayerDiffuse] could not install {req}: {exc}. Install it by hand with "
+                  f"'{sys.executable} -m pip install \"{req}\"'.", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

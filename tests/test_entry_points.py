@@ -1,0 +1,117 @@
+"""The command line, the Forge install/preload files, and import hygiene of the library."""
+
+import argparse
+import importlib
+import os
+import pkgutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import lib_layerdiffuse
+from lib_layerdiffuse.cli import main
+from lib_layerdiffuse.weights import CATALOG
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, env_dir):
+    env = dict(os.environ, LAYERDIFFUSE_MODELS_DIR=str(env_dir))
+    return subprocess.run([sys.executable, "-m", "lib_layerdiffuse", *args], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+def test_main_job_lists_methods_and_every_file_state(tmp_path):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "vae_transparent_encoder.safetensors").write_bytes(b"not the real file")
+    (folder / "layer_xl_fg2ble.safetensors.part").write_bytes(b"x" * 10)
+    res = run_cli(env_dir=folder)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert str(folder) in out and "LAYERDIFFUSE_MODELS_DIR" in out
+    from lib_layerdiffuse.methods import Method
+    for m in Method:
+        assert m.value in out and m.name in out
+    for name, entry in CATALOG.items():
+        assert name in out
+    assert "present (not verified yet)" in out and "partial download" in out
+    assert out.count("missing") >= 12
+    assert CATALOG["vae_transparent_decoder.safetensors"].url in out
+    assert str(folder / "vae_transparent_decoder.safetensors") in out
+
+    res = run_cli("status", "--verify", "-q", env_dir=folder)
+    assert res.returncode == 1  # a corrupt file is a failure worth a non-zero exit
+    assert "corrupt" in res.stdout and CATALOG["vae_transparent_encoder.safetensors"].sha256 in res.stdout
+
+
+def test_download_command_reports_offline_failures(tmp_path, monkeypatch, capsys):
+    from lib_layerdiffuse.testing.file_server import FileServer
+
+    with FileServer({}) as srv:
+        endpoint = srv.base_url
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    code = main(["download", "--models-dir", str(tmp_path), "-q", "--method", "FG_TO_BLEND"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "layer_xl_fg2ble.safetensors" in err and str(tmp_path / "layer_xl_fg2ble.safetensors") in err
+    assert "Traceback" not in err
+
+
+def test_cli_bad_method_is_a_clean_error(tmp_path, capsys):
+    assert main(["download", "--models-dir", str(tmp_path), "--method", "nonsense"]) == 2
+    assert "unknown LayerDiffuse method" in capsys.readouterr().err
+
+
+def test_library_imports_no_ui_or_host_modules():
+    code = (
+        "import sys, pkgutil, importlib, lib_layerdiffuse\n"
+        "for m in pkgutil.walk_packages(lib_layerdiffuse.__path__, 'lib_layerdiffuse.'):\n"
+        "    if not m.name.endswith('__main__'):\n"
+        "        importlib.import_module(m.name)\n"
+        "bad = [n for n in sys.modules if n.split('.')[0] in "
+        "('gradio', 'rembg', 'onnxruntime', 'modules', 'modules_forge', 'ldm_patched', 'backend')]\n"
+        "print(bad)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
+def test_preload_adds_the_models_dir_flag():
+    spec = importlib.util.spec_from_file_location("ld_preload", ROOT / "preload.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    parser = argparse.ArgumentParser()
+    mod.preload(parser)
+    assert parser.parse_args(["--layerdiffuse-models-dir", "/x"]).layerdiffuse_models_dir == "/x"
+    assert parser.parse_args([]).layerdiffuse_models_dir is None
+
+
+def test_install_py_installs_only_missing_and_never_host_pinned(tmp_path):
+    fake = tmp_path / "launch.py"
+    log = tmp_path / "pip.log"
+    fake.write_text(
+        "import os\n"
+        "def is_installed(name):\n"
+        "    return name not in ('diffusers', 'tqdm')\n"
+        "def run_pip(command, desc):\n"
+        f"    open({str(log)!r}, 'a').write(command + '\\n')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    res = subprocess.run([sys.executable, str(ROOT / "install.py")], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert log.read_text().splitlines() == ["install diffusers>=0.25", "install tqdm>=4.60"]
+
+
+def test_install_py_mirrors_pyproject_without_host_pinned_packages():
+    spec = importlib.util.spec_from_file_location("ld_install", ROOT / "install.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    by_name = {d.split(">")[0].split("=")[0].split("<")[0].strip(): d for d in deps}
+    expected = {k: v for k, v in by_name.items() if k not in mod.HOST_PINNED}
+    assert mod.REQUIREMENTS == expected
+    assert set(by_name) - set(expected) == set(mod.HOST_PINNED) - {"gradio"}

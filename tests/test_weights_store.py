@@ -1,0 +1,178 @@
+"""The weight folder: resolution order, states, the hash cache, corrupt and unreadable files."""
+
+import hashlib
+import os
+import sys
+import types
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lib_layerdiffuse.methods import Family
+from lib_layerdiffuse.testing.file_server import FileServer
+from lib_layerdiffuse.weights import (CATALOG, State, WeightFile, WeightFormatError,
+                                      WeightIntegrityError, WeightMissingError, WeightStore,
+                                      load_safetensors, resolve_models_dir)
+from lib_layerdiffuse.weights import integrity
+from lib_layerdiffuse.weights.location import PROJECT_MODELS_DIR
+
+NAME = "layer_sd15_vae_transparent_encoder.safetensors"
+
+
+def make_file(tmp_path):
+    src = tmp_path / "made.safetensors"
+    save_file({"blocks.0.weight": torch.arange(6.0).reshape(2, 3)}, str(src))
+    data = src.read_bytes()
+    return data, WeightFile(NAME, hashlib.sha256(data).hexdigest(), len(data), Family.SD15, "encoder")
+
+
+def test_catalog_pins_all_14_official_files():
+    assert len(CATALOG) == 14
+    assert len({e.sha256 for e in CATALOG.values()}) == 14
+    for name, e in CATALOG.items():
+        assert e.name == name and name.endswith(".safetensors")
+        assert len(e.sha256) == 64 and int(e.sha256, 16) >= 0
+        assert e.url == f"https://huggingface.co/LayerDiffusion/layerdiffusion-v1/resolve/main/{name}"
+        assert e.approx_size > 1_000_000
+    assert CATALOG["vae_transparent_decoder.safetensors"].sha256 == \
+        "59dc8feefe40d26b6cb7186aed7af70c60d94ac4f9db8ebe7f121a01ba27a2fc"
+    assert sum(e.family is Family.SDXL for e in CATALOG.values()) == 8
+
+
+class TestResolutionOrder:
+    @pytest.fixture
+    def forge(self, monkeypatch, tmp_path):
+        """Fake the modules Forge has imported by the time our code runs."""
+        shared = types.ModuleType("modules.shared")
+        shared.cmd_opts = types.SimpleNamespace(layerdiffuse_models_dir=None)
+        paths = types.ModuleType("modules.paths")
+        paths.models_path = str(tmp_path / "webui" / "models")
+        monkeypatch.setitem(sys.modules, "modules.shared", shared)
+        monkeypatch.setitem(sys.modules, "modules.paths", paths)
+        return shared
+
+    def test_explicit_beats_everything(self, tmp_path, forge):
+        assert resolve_models_dir(tmp_path / "x").path == tmp_path / "x"
+
+    def test_env_var_beats_forge(self, tmp_path, forge, monkeypatch):
+        monkeypatch.setenv("LAYERDIFFUSE_MODELS_DIR", str(tmp_path / "env"))
+        d = resolve_models_dir()
+        assert d.path == tmp_path / "env" and "LAYERDIFFUSE_MODELS_DIR" in d.source
+
+    def test_forge_layer_model_folder(self, tmp_path, forge, monkeypatch):
+        monkeypatch.delenv("LAYERDIFFUSE_MODELS_DIR")
+        assert resolve_models_dir().path == tmp_path / "webui" / "models" / "layer_model"
+
+    def test_forge_flag_beats_layer_model(self, tmp_path, forge, monkeypatch):
+        monkeypatch.delenv("LAYERDIFFUSE_MODELS_DIR")
+        forge.cmd_opts.layerdiffuse_models_dir = str(tmp_path / "flag")
+        d = resolve_models_dir()
+        assert d.path == tmp_path / "flag" and "--layerdiffuse-models-dir" in d.source
+
+    def test_project_folder_outside_forge(self, monkeypatch):
+        monkeypatch.delenv("LAYERDIFFUSE_MODELS_DIR")
+        monkeypatch.delitem(sys.modules, "modules.shared", raising=False)
+        monkeypatch.delitem(sys.modules, "modules.paths", raising=False)
+        assert resolve_models_dir().path == PROJECT_MODELS_DIR
+        assert (PROJECT_MODELS_DIR / "README.md").is_file()
+
+
+def test_states_and_hash_cache(tmp_path, monkeypatch):
+    data, entry = make_file(tmp_path)
+    store = WeightStore(tmp_path / "m", progress=False, catalog={NAME: entry})
+    assert store.status(NAME).state is State.MISSING
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / (NAME + ".part")).write_bytes(data[:10])
+    assert store.status(NAME).state is State.PARTIAL
+    store.path(NAME).write_bytes(data)
+    assert store.status(NAME).state is State.PRESENT  # not hashed without verify
+
+    calls = []
+    real = integrity.sha256_file
+    monkeypatch.setattr(integrity, "sha256_file", lambda p, progress=True: calls.append(p) or real(p, progress))
+    assert store.status(NAME, verify=True).state is State.VERIFIED
+    assert WeightStore(tmp_path / "m", catalog={NAME: entry}).status(NAME, verify=True).state is State.VERIFIED
+    assert len(calls) == 1  # a new store (new process) reads the cache file: no second hash
+
+    os.utime(store.path(NAME), ns=(1, 1))  # same bytes, new mtime: hashed again
+    assert store.status(NAME, verify=True).state is State.VERIFIED
+    assert len(calls) == 2
+
+
+def test_corrupt_file_reported_with_both_hashes_and_never_loaded(tmp_path):
+    data, entry = make_file(tmp_path)
+    store = WeightStore(tmp_path / "m", progress=False, allow_download=False, catalog={NAME: entry})
+    store.folder.mkdir()
+    store.path(NAME).write_bytes(data[:-1] + b"\0")
+    st = store.status(NAME, verify=True)
+    assert st.state is State.CORRUPT and entry.sha256 in st.detail
+    with pytest.raises(WeightIntegrityError) as err:
+        store.load(NAME)
+    msg = str(err.value)
+    assert NAME in msg and entry.sha256 in msg and hashlib.sha256(data[:-1] + b"\0").hexdigest() in msg
+    assert entry.url in msg
+
+
+def test_corrupt_file_is_moved_aside_and_downloaded_again(tmp_path, monkeypatch):
+    data, entry = make_file(tmp_path)
+    with FileServer({NAME: data}) as srv:
+        monkeypatch.setenv("HF_ENDPOINT", srv.base_url)
+        store = WeightStore(tmp_path / "m", progress=False, catalog={NAME: entry})
+        store.folder.mkdir()
+        store.path(NAME).write_bytes(b"garbage")
+        tensors = store.load(NAME)
+    assert tensors["blocks.0.weight"].shape == (2, 3)
+    assert (store.folder / (NAME + ".corrupt")).read_bytes() == b"garbage"
+
+
+def test_missing_without_download_says_where_to_put_it(tmp_path):
+    store = WeightStore(tmp_path / "m", allow_download=False)
+    with pytest.raises(WeightMissingError) as err:
+        store.ensure(NAME)
+    msg = str(err.value)
+    assert NAME in msg and CATALOG[NAME].url in msg and str(tmp_path / "m" / NAME) in msg
+
+
+def test_offline_store_gives_one_clear_error(tmp_path, monkeypatch):
+    with FileServer({}) as srv:
+        endpoint = srv.base_url
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)  # nothing listens there any more
+    with pytest.raises(Exception) as err:
+        WeightStore(tmp_path / "m", progress=False).ensure(NAME)
+    assert type(err.value).__name__ == "WeightDownloadError"
+    assert str(tmp_path / "m" / NAME) in str(err.value)
+    assert not (tmp_path / "m" / NAME).exists()
+
+
+def test_unknown_name(tmp_path):
+    with pytest.raises(ValueError, match="not a LayerDiffuse weight file"):
+        WeightStore(tmp_path).ensure("model.ckpt")
+
+
+@pytest.mark.parametrize("content", [
+    b"",  # empty
+    b"<html>404 Not Found</html>",  # an error page saved under the right name
+    b"\xff" * 64,  # header length far beyond the file
+])
+def test_garbage_files_raise_a_format_error(tmp_path, content):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(WeightFormatError, match="bad.safetensors"):
+        load_safetensors(path)
+
+
+def test_truncated_file_raises_a_format_error(tmp_path):
+    path = tmp_path / "t.safetensors"
+    save_file({"w": torch.ones(64, 64)}, str(path))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(WeightFormatError, match="truncated or corrupt"):
+        load_safetensors(path)
+
+
+@pytest.mark.parametrize("name", ["model.ckpt", "model.pt", "model.bin", "model.pth"])
+def test_pickles_are_refused_without_being_opened(tmp_path, name):
+    path = tmp_path / name
+    torch.save({"w": torch.ones(1)}, path)
+    with pytest.raises(WeightFormatError, match="only .safetensors"):
+        load_safetensors(path)
