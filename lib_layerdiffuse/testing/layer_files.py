@@ -122,6 +122,18 @@ def offset_encoder_layout(channels: Iterable[int] = OFFSET_ENCODER_CHANNELS) -> 
     return out
 
 
+TINY_DECODER_CONFIG = {"block_out_channels": (8, 8, 8, 8, 8, 8, 8)}
+
+
+def decoder_layout(**config) -> dict[str, Shape]:
+    """UNet1024 state-dict layout (real size by default; `TINY_DECODER_CONFIG` for tests)."""
+    from ..vae.networks import UNet1024
+
+    with torch.device("meta"):
+        model = UNet1024(**config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
 def unet_file_layout(file_name: str, spec: UNetSpec, rank: int = 256,
                      control_channels: int = 256) -> dict[str, Shape]:
     """Layout of an official UNet-side file for a UNet of `spec`'s structure."""
@@ -166,7 +178,8 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> WeightFil
 def write_unet_files(folder: Path, spec: UNetSpec, names: Optional[Iterable[str]] = None,
                      rank: int = 4, control_channels: int = 8, seed: int = 0) -> dict[str, WeightFile]:
     """Write tiny versions of the official UNet-side files of `spec.family` (or `names`) plus
-    that family's offset encoder, under their official names; returns a catalog for them."""
+    that family's offset encoder (real size, it is small) and a tiny decoder
+    (`TINY_DECODER_CONFIG`), under their official names; returns a catalog for them."""
     from ..weights.catalog import CATALOG
 
     fam = Family(spec.family)
@@ -177,7 +190,8 @@ def write_unet_files(folder: Path, spec: UNetSpec, names: Optional[Iterable[str]
         layout = unet_file_layout(name, spec, rank, control_channels)
         entry = write_safetensors(Path(folder) / name, random_state_dict(layout, seed + i))
         catalog[name] = WeightFile(name, entry.sha256, entry.approx_size, fam, CATALOG[name].role)
-    enc = next(n for n, e in CATALOG.items() if e.family is fam and e.role == "encoder")
-    entry = write_safetensors(Path(folder) / enc, random_state_dict(offset_encoder_layout(), seed + 99))
-    catalog[enc] = WeightFile(enc, entry.sha256, entry.approx_size, fam, "encoder")
+    for role, layout in (("encoder", offset_encoder_layout()), ("decoder", decoder_layout(**TINY_DECODER_CONFIG))):
+        name = next(n for n, e in CATALOG.items() if e.family is fam and e.role == role)
+        entry = write_safetensors(Path(folder) / name, random_state_dict(layout, seed + len(catalog), std=0.1))
+        catalog[name] = WeightFile(name, entry.sha256, entry.approx_size, fam, role)
     return catalog

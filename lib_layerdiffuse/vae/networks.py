@@ -1,0 +1,121 @@
+"""The two small networks of LayerDiffuse's transparent VAE, with the official state-dict keys.
+
+UNet1024 (the transparent decoder) is a diffusers-style UNet with no time embedding: seven
+levels (32, 32, 64, 128, 256, 512, 512 channels), plain ResNet blocks in the first four and
+ResNet + self-attention blocks in the last three, conv down/up-sampling, an attention mid
+block, and one extra input: the VAE latent through a zero-initialised 1x1 conv, added to the
+features entering level 3 (the /8 grid the latent lives on). Output channel 0 is alpha,
+1..3 straight RGB. H and W must be multiples of 64 (six stride-2 stages).
+
+The offset encoder maps [alpha, padded RGB] at full resolution to a 4-channel latent offset.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+try:  # diffusers >= 0.26
+    from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D, get_down_block, get_up_block
+except ImportError:  # diffusers 0.25 (early Forge)
+    from diffusers.models.unet_2d_blocks import UNetMidBlock2D, get_down_block, get_up_block
+
+DECODER_PARAMETERS = 104_104_804
+ENCODER_PARAMETERS = 1_181_764
+SIZE_MULTIPLE = 64  # 2 ** number of down-sampling stages
+LATENT_LEVEL = 3  # the latent joins the features entering this level (H/8)
+
+
+def _zeroed(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class UNet1024(nn.Module):
+    """The transparent decoder. `forward(pixel [B,3,H,W] in [0,1], latent [B,4,H/8,W/8])`
+    returns `[B,4,H,W]`: alpha then straight RGB (unclipped)."""
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 4,
+                 block_out_channels: Sequence[int] = (32, 32, 64, 128, 256, 512, 512),
+                 attention_levels: int = 3, layers_per_block: int = 2,
+                 norm_num_groups: int = 4, attention_head_dim: int = 8, norm_eps: float = 1e-5,
+                 latent_channels: int = 4):
+        super().__init__()
+        chans = list(block_out_channels)
+        levels = len(chans)
+        if levels <= LATENT_LEVEL:
+            raise ValueError(f"UNet1024 needs more than {LATENT_LEVEL} levels, got {levels}")
+        plain = levels - attention_levels
+        common = dict(resnet_eps=norm_eps, resnet_act_fn="silu", resnet_groups=norm_num_groups,
+                      attention_head_dim=attention_head_dim, temb_channels=None, dropout=0.0)
+
+        self.conv_in = nn.Conv2d(in_channels, chans[0], kernel_size=3, padding=1)
+        self.latent_conv_in = _zeroed(nn.Conv2d(latent_channels, chans[LATENT_LEVEL - 1], kernel_size=1))
+
+        self.down_blocks = nn.ModuleList()
+        for i, out_ch in enumerate(chans):
+            self.down_blocks.append(get_down_block(
+                "DownBlock2D" if i < plain else "AttnDownBlock2D",
+                num_layers=layers_per_block, in_channels=chans[max(i - 1, 0)], out_channels=out_ch,
+                add_downsample=i < levels - 1, downsample_padding=1, downsample_type="conv", **common))
+
+        self.mid_block = UNetMidBlock2D(
+            in_channels=chans[-1], temb_channels=None, resnet_eps=norm_eps, resnet_act_fn="silu",
+            resnet_groups=norm_num_groups, attention_head_dim=attention_head_dim, add_attention=True)
+
+        rev = chans[::-1]
+        self.up_blocks = nn.ModuleList()
+        for i, out_ch in enumerate(rev):
+            self.up_blocks.append(get_up_block(
+                "AttnUpBlock2D" if i < attention_levels else "UpBlock2D",
+                num_layers=layers_per_block + 1, in_channels=rev[min(i + 1, levels - 1)],
+                out_channels=out_ch, prev_output_channel=rev[max(i - 1, 0)],
+                add_upsample=i < levels - 1, upsample_type="conv", **common))
+
+        self.conv_norm_out = nn.GroupNorm(norm_num_groups, chans[0], eps=norm_eps)
+        self.conv_act = nn.SiLU()
+        self.conv_out = nn.Conv2d(chans[0], out_channels, kernel_size=3, padding=1)
+
+    @property
+    def size_multiple(self) -> int:
+        return 2 ** (len(self.down_blocks) - 1)
+
+    def forward(self, pixel: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(pixel)
+        skips = [h]
+        for i, block in enumerate(self.down_blocks):
+            if i == LATENT_LEVEL:
+                h = h + self.latent_conv_in(latent)
+            h, res = block(hidden_states=h, temb=None)
+            skips.extend(res)
+        h = self.mid_block(h, None)
+        for block in self.up_blocks:
+            n = len(block.resnets)
+            h = block(h, tuple(skips[-n:]), None)
+            del skips[-n:]
+        return self.conv_out(self.conv_act(self.conv_norm_out(h)))
+
+
+class LatentTransparencyOffsetEncoder(nn.Module):
+    """`forward([B,4,H,W] = cat(alpha, padded RGB), in [0,1])` -> latent offset `[B,4,H/8,W/8]`."""
+
+    CHANNELS = (4, 32, 32, 64, 64, 128, 128, 256, 256, 4)
+    STRIDES = (1, 1, 2, 1, 2, 1, 2, 1, 1)
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        pairs = list(zip(self.CHANNELS[:-1], self.CHANNELS[1:]))
+        for j, ((cin, cout), stride) in enumerate(zip(pairs, self.STRIDES)):
+            conv = nn.Conv2d(cin, cout, kernel_size=3, padding=1, stride=stride)
+            if j == len(pairs) - 1:
+                layers.append(_zeroed(conv))
+            else:
+                layers += [conv, nn.SiLU()]
+        self.blocks = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
