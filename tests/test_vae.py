@@ -277,3 +277,50 @@ def test_encoder_treats_rgb_as_opaque_and_rejects_odd_sizes():
     assert torch.equal(enc.encode(vae, [rgb]), enc.encode(vae, [rgba]))
     with pytest.raises(ValueError, match="multiple of 8"):
         enc.offset([rgba[:30]])
+
+
+class RunsOutOfMemoryAboveOne(Pointwise):
+    """Raises the CUDA-style OOM error for any batch of more than one sample."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def forward(self, pixel, latent):
+        self.batches.append(pixel.shape[0])
+        if pixel.shape[0] > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().forward(pixel, latent)
+
+
+def test_out_of_memory_halves_the_batch_and_still_gives_the_same_result():
+    model = RunsOutOfMemoryAboveOne()
+    pixel, latent = inputs(b=1, h=64, w=64)
+    got = estimate_augmented(model, pixel, latent, passes=8, batch_size=4)
+    assert model.batches[:3] == [4, 2, 1] and set(model.batches[3:]) == {1}
+    model.batches.clear()
+    assert torch.equal(estimate_augmented(model, pixel, latent, passes=8, batch_size=1), got)
+
+
+def test_other_runtime_errors_are_not_swallowed():
+    class Broken(Pointwise):
+        def forward(self, pixel, latent):
+            raise RuntimeError("shape mismatch somewhere")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        estimate_augmented(Broken(), *inputs(b=1, h=64, w=64), passes=8, batch_size=4)
+
+
+REAL_RGBA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "rgba"
+
+
+@pytest.mark.skipif(not REAL_RGBA.is_dir(), reason="shared/data/rgba is not beside this checkout")
+def test_pad_rgb_on_real_layerdiffuse_outputs():
+    from PIL import Image
+
+    for path in sorted(REAL_RGBA.glob("*.png"))[:3]:
+        img = np.array(Image.open(path).convert("RGBA"))
+        out = pad_rgb(img)
+        assert out.shape == img.shape[:2] + (3,) and np.isfinite(out).all()
+        opaque = img[..., 3] == 255
+        assert np.allclose(out[opaque], img[opaque][:, :3] / 255.0, atol=1e-5)

@@ -93,7 +93,9 @@ def _is_oom(exc: BaseException) -> bool:
         "out of memory" in text or "can't allocate memory" in text
 
 
-def _run_batched(model: torch.nn.Module, pixel: torch.Tensor, latent: torch.Tensor, batch: int) -> torch.Tensor:
+def _run_batched(model: torch.nn.Module, pixel: torch.Tensor, latent: torch.Tensor,
+                 batch: int) -> tuple[torch.Tensor, int]:
+    """Outputs clipped to [0, 1], and the batch size that worked (smaller after an OOM)."""
     outputs = []
     start = 0
     while start < pixel.shape[0]:
@@ -108,7 +110,7 @@ def _run_batched(model: torch.nn.Module, pixel: torch.Tensor, latent: torch.Tens
                 torch.cuda.empty_cache()
             continue
         start = end
-    return torch.cat(outputs)
+    return torch.cat(outputs), batch
 
 
 @torch.no_grad()
@@ -137,7 +139,7 @@ def estimate_augmented(model: torch.nn.Module, pixel: torch.Tensor, latent: torc
             continue
         px = torch.cat([_apply(pixel, v) for v in group])
         lt = torch.cat([_apply(latent, v) for v in group])
-        out = _run_batched(model, px, lt, batch_size)
+        out, batch_size = _run_batched(model, px, lt, batch_size)
         for i, v in enumerate(group):
             results[v] = _undo(out[i * n:(i + 1) * n], v)
     reduce_device = torch.device("cpu") if device.type == "mps" else device  # no fp16/sort median on MPS
