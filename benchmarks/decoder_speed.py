@@ -60,7 +60,7 @@ def run_one(size: int, passes: int, batched: bool, dtype: str, device: str, out:
     g = torch.Generator().manual_seed(1)
     pixel = torch.rand(1, 3, size, size, generator=g)
     latent = torch.randn(1, 4, size // 8, size // 8, generator=g)
-    batch = None if batched else 1
+    batch = 8 if batched else 1  # 8 = every variant of one orientation group in one pass
     if device == "cuda":
         estimate_augmented(model, pixel[..., :64, :64], latent[..., :8, :8], passes=1)  # warm-up
         torch.cuda.synchronize()

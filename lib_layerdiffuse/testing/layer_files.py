@@ -8,7 +8,7 @@ The key grammar follows the published files (spec sections 3 and 7):
   per attention module in `attention_modules` order.
 - The offset encoder: `blocks.{0,2,...,16}` convolutions.
 
-Layouts map key -> shape; `write_safetensors` fills them with seeded random fp16 values.
+Layouts map key -> shape; `random_state_dict` + `write_weight_file` fill them with seeded random fp16 values.
 """
 
 from __future__ import annotations
@@ -166,13 +166,13 @@ def random_state_dict(layout: dict[str, Shape], seed: int = 0, std: float = 0.02
     return {k: (torch.randn(s, generator=gen) * std).to(dtype) for k, s in layout.items()}
 
 
-def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> WeightFile:
-    """Write tensors and return a catalog entry pinning the written bytes."""
+def write_weight_file(path: Path, tensors: dict[str, torch.Tensor], family: Family, role: str) -> WeightFile:
+    """Write tensors as safetensors and return a catalog entry pinning the written bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
     data = path.read_bytes()
-    return WeightFile(path.name, hashlib.sha256(data).hexdigest(), len(data), Family.SDXL, "test")
+    return WeightFile(path.name, hashlib.sha256(data).hexdigest(), len(data), family, role)
 
 
 def write_unet_files(folder: Path, spec: UNetSpec, names: Optional[Iterable[str]] = None,
@@ -188,10 +188,10 @@ def write_unet_files(folder: Path, spec: UNetSpec, names: Optional[Iterable[str]
     catalog: dict[str, WeightFile] = {}
     for i, name in enumerate(names):
         layout = unet_file_layout(name, spec, rank, control_channels)
-        entry = write_safetensors(Path(folder) / name, random_state_dict(layout, seed + i))
-        catalog[name] = WeightFile(name, entry.sha256, entry.approx_size, fam, CATALOG[name].role)
+        catalog[name] = write_weight_file(Path(folder) / name, random_state_dict(layout, seed + i),
+                                          fam, CATALOG[name].role)
     for role, layout in (("encoder", offset_encoder_layout()), ("decoder", decoder_layout(**TINY_DECODER_CONFIG))):
         name = next(n for n, e in CATALOG.items() if e.family is fam and e.role == role)
-        entry = write_safetensors(Path(folder) / name, random_state_dict(layout, seed + len(catalog), std=0.1))
-        catalog[name] = WeightFile(name, entry.sha256, entry.approx_size, fam, role)
+        catalog[name] = write_weight_file(Path(folder) / name,
+                                          random_state_dict(layout, seed + len(catalog), std=0.1), fam, role)
     return catalog

@@ -7,14 +7,15 @@ alike), each output clipped to [0, 1] and mapped back, then the element-wise low
 and flip (averaged: the lower median of two values would be their minimum), 4 = {identity,
 flip} x {0, 180 degrees} (lower median, as with 8).
 
-Batching: variants of one orientation (k even keeps HxW, k odd turns it to WxH) run together,
-as many per forward pass as fit in half the free memory at an estimated cost per pixel; if a
-pass still runs out of memory the batch is halved and retried, down to one.
+Batching: on a GPU, variants of one orientation (k even keeps HxW, k odd turns it to WxH) run
+together, as many per forward pass as fit in half the free memory at the measured cost per
+pixel; if a pass still runs out of memory the batch is halved and retried, down to one. On the
+CPU the default is one sample per pass: benchmarks/decoder_speed.py measured batching there as
+no faster (0.9-1.2x the time) for about 3x the peak memory.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -29,9 +30,9 @@ VARIANTS: dict[int, tuple[Variant, ...]] = {
     4: ((False, 0), (True, 0), (False, 2), (True, 2)),
     8: ALL_VARIANTS,
 }
-# Peak working memory of one decoder sample per input pixel, in values (measured on UNet1024
-# at 512x512 and 1024x1024 without gradients: skip tensors plus the widest up block).
-_VALUES_PER_PIXEL = 320
+# Peak working memory of one decoder sample per input pixel, in values: UNet1024 without
+# gradients at 512x512 peaked at about 400 MiB per sample in fp32 (benchmarks/decoder_speed.py).
+_VALUES_PER_PIXEL = 400
 
 
 def pad_to_multiple(pixel: torch.Tensor, latent: torch.Tensor, multiple: int = 64):
@@ -70,21 +71,14 @@ def _undo(y: torch.Tensor, variant: Variant) -> torch.Tensor:
     return torch.flip(y, dims=(3,)) if flip else y
 
 
-def _free_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    if device.type == "cpu":
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return 4 << 30
-    return 0  # MPS and others: one sample at a time
-
-
 def auto_batch_size(device: torch.device, dtype: torch.dtype, height: int, width: int) -> int:
-    """Samples per decoder pass that fit in half the free memory (at least 1, at most 8)."""
+    """Samples per decoder pass: on CUDA as many as fit in half the free memory (1 to 8);
+    elsewhere 1 (no speed-up on the CPU; MPS memory cannot be queried reliably)."""
+    if device.type != "cuda":
+        return 1
     per_sample = _VALUES_PER_PIXEL * height * width * torch.finfo(dtype).bits // 8
-    return max(1, min(8, (_free_memory(device) // 2) // max(per_sample, 1)))
+    free = torch.cuda.mem_get_info(device)[0]
+    return max(1, min(8, (free // 2) // max(per_sample, 1)))
 
 
 def _is_oom(exc: BaseException) -> bool:
