@@ -203,32 +203,29 @@ def _check_encodable(img: np.ndarray) -> None:
 
 _CACHE: dict[tuple, object] = {}
 _CACHE_LOCK = threading.Lock()
+_KINDS = {"decoder": (DECODER_FILES, TransparentDecoder), "encoder": (ENCODER_FILES, TransparentEncoder)}
 
 
-def _cached(kind: str, family: Union[Family, str], store: Optional[WeightStore], device, dtype, build):
+def _cached(kind: str, family: Union[Family, str], store: Optional[WeightStore], device, dtype):
+    files, cls = _KINDS[kind]
     fam = Family(family)
     store = store or WeightStore()
     device, dtype = default_device_and_dtype(device, dtype)
     key = (kind, fam, str(store.folder), str(device), dtype)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = build(fam, store, device, dtype)
+            name = files[fam]
+            _CACHE[key] = cls.from_state_dict(store.load(name), str(store.path(name)), device, dtype)
         return _CACHE[key]
 
 
 def decoder_for(family: Union[Family, str], store: Optional[WeightStore] = None, device=None,
                 dtype=None) -> TransparentDecoder:
     """The (cached) transparent decoder of `family`, downloading its weights if needed."""
-    def build(fam, st, dev, dt):
-        name = DECODER_FILES[fam]
-        return TransparentDecoder.from_state_dict(st.load(name), str(st.path(name)), dev, dt)
-    return _cached("decoder", family, store, device, dtype, build)
+    return _cached("decoder", family, store, device, dtype)
 
 
 def encoder_for(family: Union[Family, str], store: Optional[WeightStore] = None, device=None,
                 dtype=None) -> TransparentEncoder:
     """The (cached) offset encoder of `family`, downloading its weights if needed."""
-    def build(fam, st, dev, dt):
-        name = ENCODER_FILES[fam]
-        return TransparentEncoder.from_state_dict(st.load(name), str(st.path(name)), dev, dt)
-    return _cached("encoder", family, store, device, dtype, build)
+    return _cached("encoder", family, store, device, dtype)
