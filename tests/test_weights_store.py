@@ -176,3 +176,16 @@ def test_pickles_are_refused_without_being_opened(tmp_path, name):
     torch.save({"w": torch.ones(1)}, path)
     with pytest.raises(WeightFormatError, match="only .safetensors"):
         load_safetensors(path)
+
+
+def test_file_for_finds_each_family_decoder_and_encoder():
+    from lib_layerdiffuse.methods import Method
+    from lib_layerdiffuse.weights import file_for
+
+    assert file_for("sd15", "decoder") == "layer_sd15_vae_transparent_decoder.safetensors"
+    assert file_for(Family.SDXL, "encoder") == "vae_transparent_encoder.safetensors"
+    for m in Method:
+        if m.spec.decoder_file:
+            assert m.spec.decoder_file == file_for(m.family, "decoder")
+    with pytest.raises(ValueError, match="SD1.5.*'vae'"):
+        file_for("sd15", "vae")

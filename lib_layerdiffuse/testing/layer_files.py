@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..methods import Family
-from ..weights.catalog import WeightFile
+from ..weights.catalog import WeightFile, file_for
 from .unet_specs import Shape, UNetSpec, attention_modules, ldm_unet_layout
 
 PREFIX = "diffusion_model."
@@ -191,7 +191,7 @@ def write_unet_files(folder: Path, spec: UNetSpec, names: Optional[Iterable[str]
         catalog[name] = write_weight_file(Path(folder) / name, random_state_dict(layout, seed + i),
                                           fam, CATALOG[name].role)
     for role, layout in (("encoder", offset_encoder_layout()), ("decoder", decoder_layout(**TINY_DECODER_CONFIG))):
-        name = next(n for n, e in CATALOG.items() if e.family is fam and e.role == role)
+        name = file_for(fam, role)
         catalog[name] = write_weight_file(Path(folder) / name,
                                           random_state_dict(layout, seed + len(catalog), std=0.1), fam, role)
     return catalog

@@ -2,16 +2,15 @@
 encoder (RGBA -> img2img latent), with their pixel conventions."""
 
 from .augment import VARIANTS, auto_batch_size, estimate_augmented, pad_to_multiple
-from .frontends import (DECODER_FILES, ENCODER_FILES, OFFSET_SCALE, DecodedImages, TransparentDecoder,
-                        TransparentEncoder, decoder_for, default_device_and_dtype, encoder_for,
-                        load_strict)
-from .networks import DECODER_PARAMETERS, ENCODER_PARAMETERS, LatentTransparencyOffsetEncoder, UNet1024
+from .frontends import (OFFSET_SCALE, DecodedImages, TransparentDecoder, TransparentEncoder,
+                        decoder_for, default_device_and_dtype, encoder_for, load_strict)
+from .networks import LatentTransparencyOffsetEncoder, UNet1024
 from .pixels import checkerboard, flatten_over_grey, pad_rgb, to_uint8
 
 __all__ = [
-    "VARIANTS", "auto_batch_size", "estimate_augmented", "pad_to_multiple", "DECODER_FILES",
-    "ENCODER_FILES", "OFFSET_SCALE", "DecodedImages", "TransparentDecoder", "TransparentEncoder",
-    "decoder_for", "default_device_and_dtype", "encoder_for", "load_strict", "DECODER_PARAMETERS",
-    "ENCODER_PARAMETERS", "LatentTransparencyOffsetEncoder", "UNet1024", "checkerboard",
+    "VARIANTS", "auto_batch_size", "estimate_augmented", "pad_to_multiple", "OFFSET_SCALE",
+    "DecodedImages", "TransparentDecoder", "TransparentEncoder", "decoder_for",
+    "default_device_and_dtype", "encoder_for", "load_strict", "LatentTransparencyOffsetEncoder",
+    "UNet1024", "checkerboard",
     "flatten_over_grey", "pad_rgb", "to_uint8",
 ]

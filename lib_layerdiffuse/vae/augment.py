@@ -11,7 +11,7 @@ Batching: on a GPU, variants of one orientation (k even keeps HxW, k odd turns i
 together, as many per forward pass as fit in half the free memory at the measured cost per
 pixel; if a pass still runs out of memory the batch is halved and retried, down to one. On the
 CPU the default is one sample per pass: benchmarks/decoder_speed.py measured batching there as
-no faster (0.9-1.2x the time) for about 3x the peak memory.
+no faster (1.0-1.3x the time) for 1.6-3.4x the peak memory.
 """
 
 from __future__ import annotations

@@ -16,16 +16,11 @@ import numpy as np
 import torch
 
 from ..methods import Family
-from ..weights import WeightStore
+from ..weights import WeightStore, file_for
 from ..weights.errors import WeightFormatError
 from .augment import estimate_augmented
 from .networks import LatentTransparencyOffsetEncoder, UNet1024
 from .pixels import checkerboard, flatten_over_grey, pad_rgb, to_uint8
-
-DECODER_FILES = {Family.SDXL: "vae_transparent_decoder.safetensors",
-                 Family.SD15: "layer_sd15_vae_transparent_decoder.safetensors"}
-ENCODER_FILES = {Family.SDXL: "vae_transparent_encoder.safetensors",
-                 Family.SD15: "layer_sd15_vae_transparent_encoder.safetensors"}
 
 # The offset encoder's output is multiplied by this before it is added to the latent:
 # the official diffusers CLI (LayerDiffuse_DiffusersCLI) scales it like a LoRA alpha, because
@@ -203,18 +198,18 @@ def _check_encodable(img: np.ndarray) -> None:
 
 _CACHE: dict[tuple, object] = {}
 _CACHE_LOCK = threading.Lock()
-_KINDS = {"decoder": (DECODER_FILES, TransparentDecoder), "encoder": (ENCODER_FILES, TransparentEncoder)}
+_KINDS = {"decoder": TransparentDecoder, "encoder": TransparentEncoder}
 
 
 def _cached(kind: str, family: Union[Family, str], store: Optional[WeightStore], device, dtype):
-    files, cls = _KINDS[kind]
+    cls = _KINDS[kind]
     fam = Family(family)
     store = store or WeightStore()
     device, dtype = default_device_and_dtype(device, dtype)
     key = (kind, fam, str(store.folder), str(device), dtype)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            name = files[fam]
+            name = file_for(fam, kind)
             _CACHE[key] = cls.from_state_dict(store.load(name), str(store.path(name)), device, dtype)
         return _CACHE[key]
 

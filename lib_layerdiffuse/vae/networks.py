@@ -22,9 +22,6 @@ try:  # diffusers >= 0.26
 except ImportError:  # diffusers 0.25 (early Forge)
     from diffusers.models.unet_2d_blocks import UNetMidBlock2D, get_down_block, get_up_block
 
-DECODER_PARAMETERS = 104_104_804
-ENCODER_PARAMETERS = 1_181_764
-SIZE_MULTIPLE = 64  # 2 ** number of down-sampling stages
 LATENT_LEVEL = 3  # the latent joins the features entering this level (H/8)
 
 

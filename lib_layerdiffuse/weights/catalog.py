@@ -84,3 +84,11 @@ CATALOG: dict[str, WeightFile] = {
                    2_370_000, Family.SD15, "encoder"),
     )
 }
+
+
+def file_for(family: Family, role: str) -> str:
+    """Name of the official file with this family and role (e.g. the SD1.5 "decoder")."""
+    for name, entry in CATALOG.items():
+        if entry.family is Family(family) and entry.role == role:
+            return name
+    raise ValueError(f"no {Family(family).label} file with role {role!r} in the catalog")
