@@ -1,0 +1,319 @@
+"""LayerDiffuse on a user's own diffusers pipeline.
+
+>>> from diffusers import StableDiffusionXLPipeline
+>>> pipe = StableDiffusionXLPipeline.from_pretrained("stabilityai/stable-diffusion-xl-base-1.0")
+>>> ld = LayerDiffuse(pipe)
+>>> result = ld.generate("an apple, high quality", method="FG_ONLY_ATTN", seed=12345)
+>>> result.rgba[0].save("apple.png")          # straight-alpha RGBA
+
+Every generation patches the UNet (or installs the SD1.5 attention-sharing processors) on
+entry and restores it on exit, also on errors, so the pipeline is unchanged between calls.
+Everything that can be checked (model family, method, condition images, batch, sizes, weight
+files) is checked before sampling starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..images import to_rgba_uint8
+from ..methods import Family, Method, PatchKind
+from ..params import LayerDiffuseParams, ResizeMode
+from ..patches import apply_frozen_patches, parse_frozen_patches
+from ..vae.frontends import decoder_for, default_device_and_dtype, encoder_for
+from ..weights import WeightStore
+from .conditions import condition_latents, control_pixels
+from .family import check_method_family, family_of_model, family_of_unet
+from .outputs import LayerResult, decode_outputs
+from .samplers import default_sampler, make_scheduler, parse_sampler
+from .sharing import AttentionSharingWeights, SharingState, install_attention_sharing
+from .unet_hook import UNetStepHook, stop_timestep
+
+DEFAULT_STEPS = 25
+DEFAULT_CFG = 7.0
+_CONDITION_FIELDS = {"fg": "fg_image", "bg": "bg_image", "blend": "blend_image"}
+_PROMPT_FIELDS = {"fg": "fg_prompt", "bg": "bg_prompt", "blend": "blend_prompt"}
+
+
+@dataclass
+class _Request:
+    """A generation request after validation."""
+
+    settings: LayerDiffuseParams
+    prompt: str
+    negative_prompt: str
+    steps: int
+    cfg: float
+    seed: int
+    width: int
+    height: int
+    batch: int
+    sampler: Optional[str]
+    init_image: Optional[np.ndarray]
+    strength: float
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
+class LayerDiffuse:
+    """LayerDiffuse methods on a `StableDiffusionXLPipeline` or `StableDiffusionPipeline`."""
+
+    def __init__(self, pipe, store: Optional[WeightStore] = None, decoder_passes: int = 8,
+                 progress: bool = True, backup_device: Union[str, torch.device] = "cpu"):
+        self.pipe = pipe
+        self.family = family_of_unet(pipe.unet)
+        self.store = store or WeightStore(progress=progress)
+        self.decoder_passes = decoder_passes
+        self.progress = progress
+        self.backup_device = backup_device
+        self._loaded: dict[str, Any] = {}
+
+    # ---- loading -------------------------------------------------------------------------
+
+    @classmethod
+    def from_model(cls, model: str, method: Union[Method, str, None] = None, device=None, dtype=None,
+                   **kwargs: Any) -> "LayerDiffuse":
+        """Load a pipeline from a hub id, a diffusers folder or a single .safetensors checkpoint.
+
+        The family is read from the model's UNet config or tensor names first, and checked
+        against `method` before the (large) weights are loaded.
+        """
+        family = family_of_model(model)
+        if method is not None:
+            check_method_family(Method.parse(method, family=family), family)
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        pipe_cls = StableDiffusionXLPipeline if family is Family.SDXL else StableDiffusionPipeline
+        device, dtype = default_device_and_dtype(device, dtype)
+        extra = {"safety_checker": None, "requires_safety_checker": False} if family is Family.SD15 else {}
+        try:
+            if Path(model).is_file():
+                pipe = pipe_cls.from_single_file(model, torch_dtype=dtype, **extra)
+            else:
+                pipe = pipe_cls.from_pretrained(model, torch_dtype=dtype, **extra)
+        except Exception as exc:
+            raise RuntimeError(f"could not load {family.label} model {model!r}: {type(exc).__name__}: "
+                               f"{exc}") from exc
+        return cls(pipe.to(device), **kwargs)
+
+    def _weights(self, name: str, kind: PatchKind):
+        """Parsed patches or attention-sharing modules of a UNet file, kept for the next call
+        (one file at a time: they are large)."""
+        if name not in self._loaded:
+            self._loaded.clear()
+            state_dict = self.store.load(name)
+            source = str(self.store.path(name))
+            if kind is PatchKind.ATTENTION_SHARING:
+                self._loaded[name] = AttentionSharingWeights.from_state_dict(state_dict, self.pipe.unet, source)
+            else:
+                self._loaded[name] = parse_frozen_patches(state_dict)
+        return self._loaded[name]
+
+    # ---- validation ----------------------------------------------------------------------
+
+    def default_size(self) -> int:
+        pipe = self.pipe
+        size = getattr(pipe, "default_sample_size", None) or pipe.unet.config.sample_size
+        return int(size) * int(getattr(pipe, "vae_scale_factor", 8))
+
+    def _request(self, prompt: str, method, negative_prompt: str, steps, cfg, seed, width, height,
+                 batch, sampler, init_image, strength, layer: dict[str, Any]) -> _Request:
+        if method is None:
+            method = Method.FG_ONLY_ATTN if self.family is Family.SDXL else Method.FG_ONLY_ATTN_SD15
+        method = Method.parse(method, family=self.family)
+        check_method_family(method, self.family)
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be text, got {type(prompt).__name__}")
+        settings = LayerDiffuseParams(enabled=True, method=method, **layer)
+        spec = method.spec
+        for name in spec.conditions:
+            if getattr(settings, _CONDITION_FIELDS[name]) is None:
+                raise ValueError(f"{method.value} needs a {name} image ({name}=... / --{name})")
+        unused = [n for n, f in _CONDITION_FIELDS.items()
+                  if n not in spec.conditions and getattr(settings, f) is not None]
+        if unused:
+            raise ValueError(f"{method.value} does not use a {' or '.join(unused)} image; it takes "
+                             f"{', '.join(spec.conditions) or 'no condition images'}")
+        init = to_rgba_uint8(init_image, "init_image")
+        if init is not None and (width is None or height is None):
+            width = width or init.shape[1] // 8 * 8
+            height = height or init.shape[0] // 8 * 8
+        width = _positive_int("width", width if width is not None else self.default_size())
+        height = _positive_int("height", height if height is not None else self.default_size())
+        if width % 8 or height % 8:
+            raise ValueError(f"width and height must be multiples of 8, got {width}x{height}")
+        frames = spec.frame_count
+        batch = _positive_int("batch", batch if batch is not None else frames)
+        if batch % frames:
+            raise ValueError(f"{method.value} generates {frames} images together "
+                             f"({', '.join(spec.frames)}); the batch must be a multiple of {frames}, "
+                             f"got {batch}")
+        if sampler is None:
+            sampler = default_sampler(method)
+        strength = float(strength)
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        return _Request(
+            settings=settings, prompt=prompt, negative_prompt=negative_prompt or "",
+            steps=_positive_int("steps", steps if steps is not None else DEFAULT_STEPS),
+            cfg=float(cfg if cfg is not None else DEFAULT_CFG),
+            seed=int(seed) if seed is not None else random.randrange(2**32),
+            width=width, height=height, batch=batch,
+            sampler=parse_sampler(sampler) if sampler else None, init_image=init, strength=strength)
+
+    # ---- generation ----------------------------------------------------------------------
+
+    def generate(self, prompt: str, method: Union[Method, str, None] = None, *,
+                 negative_prompt: str = "", steps: Optional[int] = None, cfg: Optional[float] = None,
+                 seed: Optional[int] = None, width: Optional[int] = None, height: Optional[int] = None,
+                 batch: Optional[int] = None, fg=None, bg=None, blend=None, weight: float = 1.0,
+                 stop_at: float = 1.0, resize_mode: Union[ResizeMode, str, int] = ResizeMode.CROP_AND_RESIZE,
+                 fg_prompt: str = "", bg_prompt: str = "", blend_prompt: str = "",
+                 sampler: Optional[str] = None, init_image=None, strength: float = 0.7) -> LayerResult:
+        """Generate with a LayerDiffuse method; returns the images of every frame.
+
+        `batch` counts images; the SD1.5 multi-frame methods need a multiple of their frames
+        (default: one set). `fg`/`bg`/`blend` are condition images (PIL, arrays, paths are not
+        read here). `init_image` turns it into img2img; an RGBA init image goes through the
+        transparent encoder for the methods that have one.
+        """
+        layer = dict(weight=weight, stop_at=stop_at, fg_image=fg, bg_image=bg, blend_image=blend,
+                     resize_mode=resize_mode, fg_prompt=fg_prompt, bg_prompt=bg_prompt,
+                     blend_prompt=blend_prompt)
+        req = self._request(prompt, method, negative_prompt, steps, cfg, seed, width, height, batch,
+                            sampler, init_image, strength, layer)
+        method = req.settings.method
+        spec = method.spec
+        pipe = self.pipe
+        weights = self._weights(spec.unet_file, spec.patch_kind)
+        device = pipe.unet.device
+        dec_device, dec_dtype = default_device_and_dtype(device)
+        decoder = (decoder_for(self.family, self.store, dec_device, dec_dtype) if spec.transparent else None)
+        if decoder is not None:
+            decoder.passes = self.decoder_passes
+        run_pipe, call = self._pipeline_call(req)
+        pipe.set_progress_bar_config(disable=not self.progress)
+        run_pipe.set_progress_bar_config(disable=not self.progress)
+        condition = self._concat_condition(req)
+        with contextlib.ExitStack() as stack:
+            if spec.patch_kind is PatchKind.ATTENTION_SHARING:
+                state = SharingState(spec.frame_count, images=req.batch,
+                                     frame_contexts=self._frame_contexts(req))
+                control = None
+                if spec.conditions:
+                    image = getattr(req.settings, _CONDITION_FIELDS[spec.conditions[0]])
+                    control = control_pixels(image, req.width, req.height, req.settings.resize_mode)
+                installed = install_attention_sharing(pipe.unet, weights, state, control)
+                stack.callback(installed.remove)
+                on_stop = lambda: setattr(state, "active", False)  # noqa: E731
+            else:
+                applied = apply_frozen_patches(pipe.unet, weights, self.family, req.settings.weight,
+                                               self.backup_device, str(self.store.path(spec.unet_file)),
+                                               progress=self.progress)
+                stack.callback(applied.restore)
+                on_stop = applied.restore
+            if req.sampler:
+                original_scheduler = run_pipe.scheduler
+                run_pipe.scheduler = make_scheduler(req.sampler, original_scheduler.config, method)
+                stack.callback(setattr, run_pipe, "scheduler", original_scheduler)
+            total = run_pipe.scheduler.config.get("num_train_timesteps", 1000)
+            hook = stack.enter_context(UNetStepHook(pipe.unet, condition,
+                                                    stop_timestep(req.settings.stop_at, total), on_stop))
+            latents = run_pipe(**call).images
+        images = decode_outputs(pipe.vae, latents, method, decoder, self.progress)
+        settings = self._settings(req, run_pipe)
+        return LayerResult(images, method, req.seed, format_infotext(req.prompt, req.negative_prompt, settings),
+                           settings, unet_calls=(hook.calls_active, hook.calls_stopped))
+
+    def _pipeline_call(self, req: _Request):
+        call: dict[str, Any] = dict(
+            prompt=req.prompt, negative_prompt=req.negative_prompt or None,
+            num_inference_steps=req.steps, guidance_scale=req.cfg, num_images_per_prompt=req.batch,
+            generator=torch.Generator("cpu").manual_seed(req.seed), output_type="latent")
+        if req.init_image is None:
+            call.update(width=req.width, height=req.height)
+            return self.pipe, call
+        from diffusers import AutoPipelineForImage2Image
+
+        img2img = AutoPipelineForImage2Image.from_pipe(self.pipe)
+        rgba = _fit_rgba(req.init_image, req.width, req.height)
+        method = req.settings.method
+        if method.spec.encoder_file:
+            enc_device, enc_dtype = default_device_and_dtype(self.pipe.unet.device)
+            encoder = encoder_for(self.family, self.store, enc_device, enc_dtype)
+            image = encoder.encode(self.pipe.vae, [rgba]).to(self.pipe.unet.dtype)
+        else:
+            from ..vae.pixels import flatten_over_grey, to_uint8
+            image = Image.fromarray(to_uint8(flatten_over_grey(rgba)), "RGB")
+        call.update(image=image, strength=req.strength)
+        return img2img, call
+
+    @torch.no_grad()
+    def _concat_condition(self, req: _Request) -> Optional[torch.Tensor]:
+        spec = req.settings.method.spec
+        if spec.patch_kind is PatchKind.ATTENTION_SHARING or not spec.conditions:
+            return None
+        images = [getattr(req.settings, _CONDITION_FIELDS[n]) for n in spec.conditions]
+        latents = [condition_latents(self.pipe.vae, [img], req.width, req.height, req.settings.resize_mode)
+                   for img in images]
+        return torch.cat(latents, dim=1).to(self.pipe.unet.dtype)
+
+    @torch.no_grad()
+    def _frame_contexts(self, req: _Request) -> list[Optional[torch.Tensor]]:
+        """Per frame, the text context of "<additional prompt>, <prompt>" (None: the prompt's)."""
+        spec = req.settings.method.spec
+        contexts: list[Optional[torch.Tensor]] = []
+        for frame in spec.frames:
+            extra = getattr(req.settings, _PROMPT_FIELDS[frame]) if frame in spec.prompts else ""
+            if not extra:
+                contexts.append(None)
+                continue
+            embeds = self.pipe.encode_prompt(f"{extra}, {req.prompt}", self.pipe.unet.device, 1, False)[0]
+            contexts.append(embeds)
+        return contexts
+
+    def _settings(self, req: _Request, run_pipe) -> dict[str, Any]:
+        settings: dict[str, Any] = {
+            "Steps": req.steps, "Sampler": req.sampler or type(run_pipe.scheduler).__name__,
+            "CFG scale": req.cfg, "Seed": req.seed, "Size": f"{req.width}x{req.height}",
+            "Model": getattr(self.pipe, "name_or_path", None) or self.pipe.config.get("_name_or_path", ""),
+        }
+        if req.init_image is not None:
+            settings["Denoising strength"] = req.strength
+        settings.update(req.settings.to_infotext())
+        return {k: v for k, v in settings.items() if v not in ("", None)}
+
+
+def format_infotext(prompt: str, negative_prompt: str, settings: dict[str, Any]) -> str:
+    """WebUI-style generation parameters (what "PNG Info" and paste-to-prompt read)."""
+    def value(v: Any) -> str:
+        text = str(v)
+        return json.dumps(text) if any(c in text for c in ',:"\n') else text
+
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    lines.append(", ".join(f"{k}: {value(v)}" for k, v in settings.items()))
+    return "\n".join(lines)
+
+
+def _fit_rgba(rgba: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize an RGBA init image to the generation size in premultiplied form (no dark or
+    coloured fringes from the invisible pixels)."""
+    if rgba.shape[:2] == (height, width):
+        return rgba
+    image = Image.fromarray(rgba, "RGBA").convert("RGBa").resize((width, height), Image.Resampling.LANCZOS)
+    return np.asarray(image.convert("RGBA"))

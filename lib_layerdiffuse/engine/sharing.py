@@ -1,0 +1,267 @@
+"""SD1.5 attention sharing (the layer_sd15_* files) as diffusers attention processors.
+
+The files hold, for each of the 32 attention modules of SD1.5, one rank-256 LoRA per frame
+on q/k/v/out, a cross-frame ("temporal") attention, and for the conditional models control
+convolutions fed by a small image encoder. Each processor works on a batch of interleaved
+frames (sample index = b * frames + f): per-frame attention with the merged projections, the
+frame's own text context on the positive branch only, then attention of every token across
+the frames, added residually. The per-frame projections are merged once per generation and the
+control features computed once per generation, not at every call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..methods import Family
+from ..patches.names import ldm_to_diffusers
+from ..unet_blocks import attention_modules
+from ..vae.frontends import load_strict
+
+PROJECTIONS = (("to_q_lora", "to_q"), ("to_k_lora", "to_k"), ("to_v_lora", "to_v"), ("to_out_lora", "to_out.0"))
+
+
+class LoRAPair(nn.Module):
+    def __init__(self, in_features: int, out_features: int, rank: int):
+        super().__init__()
+        self.down = nn.Linear(in_features, rank, bias=False)
+        self.up = nn.Linear(rank, out_features, bias=False)
+
+
+class SharingLayer(nn.Module):
+    """The weights for one attention module (`hookers.layers.{i}` in the files)."""
+
+    def __init__(self, attn: nn.Module, frames: int, rank: int, control_width: Optional[int]):
+        super().__init__()
+        for name, proj in PROJECTIONS:
+            lin = attn.get_submodule(proj)
+            setattr(self, name, nn.ModuleList(LoRAPair(lin.in_features, lin.out_features, rank)
+                                              for _ in range(frames)))
+        hidden = attn.to_k.out_features
+        for name in ("temporal_i", "temporal_q", "temporal_k", "temporal_v", "temporal_o"):
+            setattr(self, name, nn.Linear(hidden, hidden))
+        self.temporal_n = nn.LayerNorm(hidden, eps=1e-6)
+        self.control_convs = None
+        if control_width:
+            self.control_convs = nn.ModuleList(nn.Sequential(
+                nn.Conv2d(control_width, control_width, 3, padding=1), nn.SiLU(),
+                nn.Conv2d(control_width, hidden, 1)) for _ in range(frames))
+
+
+class ControlEncoder(nn.Module):
+    """`kwargs_encoder`: image in [-1, 1] -> feature maps at /8, /16, /32, /64, keyed by h*w."""
+
+    def __init__(self, width: int = 256):
+        super().__init__()
+        stem = [3, 32, 32, 64, 64, 128, 128, width, width]
+        strides = [1, 1, 2, 1, 2, 1, 2, 1]
+        layers: list[nn.Module] = []
+        for cin, cout, s in zip(stem[:-1], stem[1:], strides):
+            layers += [nn.Conv2d(cin, cout, 3, padding=1, stride=s), nn.SiLU()]
+        self.blocks_0 = nn.Sequential(*layers)
+        for i in (1, 2, 3):
+            setattr(self, f"blocks_{i}", nn.Sequential(
+                nn.Conv2d(width, width, 3, padding=1, stride=2), nn.SiLU(),
+                nn.Conv2d(width, width, 3, padding=1), nn.SiLU()))
+
+    def forward(self, image: torch.Tensor) -> dict[int, torch.Tensor]:
+        out, h = {}, image
+        for i in range(4):
+            h = getattr(self, f"blocks_{i}")(h)
+            out[h.shape[2] * h.shape[3]] = h
+        return out
+
+
+class _Layers(nn.Module):
+    def __init__(self, layers: list[SharingLayer]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+
+def sharing_module_names(family: Family = Family.SD15) -> list[str]:
+    """Diffusers names of the attention modules, in the order of the files' layer index."""
+    return [ldm_to_diffusers(name, family) for name in attention_modules(family)]
+
+
+class AttentionSharingWeights(nn.Module):
+    """The state dict of a layer_sd15_* file, shaped after the UNet it is used with."""
+
+    def __init__(self, unet: nn.Module, frames: int, rank: int, control_width: Optional[int]):
+        super().__init__()
+        self.frames = frames
+        self.hookers = _Layers([SharingLayer(unet.get_submodule(n), frames, rank, control_width)
+                                for n in sharing_module_names()])
+        self.kwargs_encoder = ControlEncoder(control_width) if control_width else None
+
+    @property
+    def uses_control(self) -> bool:
+        return self.kwargs_encoder is not None
+
+    @classmethod
+    def from_state_dict(cls, state_dict: dict[str, torch.Tensor], unet: nn.Module,
+                        source: str = "attention-sharing weights") -> "AttentionSharingWeights":
+        """Build the modules the file describes (frames, rank, control) and load it strictly."""
+        frames = 0
+        while f"hookers.layers.0.to_q_lora.{frames}.down.weight" in state_dict:
+            frames += 1
+        if not frames:
+            from ..weights.errors import WeightFormatError
+            raise WeightFormatError(f"{source} is not an SD1.5 attention-sharing file "
+                                    "(no 'hookers.layers.0.to_q_lora.0.down.weight')")
+        rank = int(state_dict["hookers.layers.0.to_q_lora.0.down.weight"].shape[0])
+        ctrl = state_dict.get("kwargs_encoder.blocks_1.0.weight")
+        model = cls(unet, frames, rank, int(ctrl.shape[0]) if ctrl is not None else None)
+        load_strict(model, state_dict, source)
+        return model
+
+
+@dataclass
+class SharingState:
+    """What the processors of one generation share."""
+
+    frames: int
+    images: int = 0
+    active: bool = True
+    frame_contexts: list[Optional[torch.Tensor]] = field(default_factory=list)
+    control: Optional[dict[int, torch.Tensor]] = None
+    calls: int = 0
+
+    def positive_mask(self, n: int, device) -> torch.Tensor:
+        """Which of the `n` UNet batch entries belong to the positive prompt: the pipelines stack
+        [negative, positive] copies of the images under classifier-free guidance."""
+        if n == self.images:
+            return torch.ones(n, dtype=torch.bool, device=device)
+        if n == 2 * self.images:
+            return torch.arange(n, device=device) >= self.images
+        raise ValueError(f"attention sharing expected a UNet batch of {self.images} or {2 * self.images} "
+                         f"images, got {n}")
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    b, lq, c = q.shape
+    split = lambda t: t.view(b, t.shape[1], heads, -1).transpose(1, 2)  # noqa: E731
+    out = F.scaled_dot_product_attention(split(q), split(k), split(v))
+    return out.transpose(1, 2).reshape(b, lq, c)
+
+
+class SharingProcessor:
+    """Diffusers attention processor for one attention module in attention-sharing mode;
+    falls back to the module's own processor once "Stop At" has switched sharing off."""
+
+    def __init__(self, attn: nn.Module, layer: SharingLayer, state: SharingState, fallback):
+        self.layer = layer
+        self.state = state
+        self.fallback = fallback
+        self.heads = attn.heads
+        self.merged = self._merge(attn)
+        self._control: dict[tuple[int, int], torch.Tensor] = {}
+
+    @torch.no_grad()
+    def _merge(self, attn: nn.Module) -> list[list[tuple[torch.Tensor, Optional[torch.Tensor]]]]:
+        """Per frame, the four projections `W + up @ down` (fp32 math, model dtype)."""
+        frames = []
+        for f in range(self.state.frames):
+            per_frame = []
+            for name, proj in PROJECTIONS:
+                lin = attn.get_submodule(proj)
+                pair = getattr(self.layer, name)[f]
+                w = lin.weight.float() + pair.up.weight.float() @ pair.down.weight.float()
+                per_frame.append((w.to(lin.weight.dtype), lin.bias))
+            frames.append(per_frame)
+        return frames
+
+    def _control_features(self, f: int, tokens: int) -> torch.Tensor:
+        key = (f, tokens)
+        if key not in self._control:
+            signal = self.state.control.get(tokens) if self.state.control else None
+            if signal is None:
+                raise ValueError(f"no control features for {tokens} tokens; the control image must "
+                                 "have the generation size")
+            out = self.layer.control_convs[f](signal)
+            self._control[key] = out.flatten(2).transpose(1, 2)
+        return self._control[key]
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None,
+                 attention_mask=None, temb=None, **kwargs) -> torch.Tensor:
+        if not self.state.active:
+            return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+        if attention_mask is not None:
+            raise ValueError("attention masks are not supported together with SD1.5 attention sharing")
+        self.state.calls += 1
+        frames = self.state.frames
+        h = hidden_states
+        n, d, c = h.shape
+        if n % frames:
+            raise ValueError(f"a UNet batch of {n} is not a multiple of {frames} frames")
+        b = n // frames
+        x = h.view(b, frames, d, c).transpose(0, 1)
+        if self.layer.control_convs is not None:
+            x = x + torch.stack([self._control_features(f, d) for f in range(frames)]).to(x.dtype)
+        if encoder_hidden_states is None:
+            contexts = x
+        else:
+            ctx = encoder_hidden_states
+            contexts = ctx.view(b, frames, *ctx.shape[1:]).transpose(0, 1)
+            overwrites = self.state.frame_contexts
+            if any(o is not None for o in overwrites):
+                positive = self.state.positive_mask(n, ctx.device).view(b, frames).transpose(0, 1)
+                contexts = torch.stack([
+                    torch.where(positive[f][:, None, None], overwrites[f].to(ctx.dtype), contexts[f])
+                    if f < len(overwrites) and overwrites[f] is not None else contexts[f]
+                    for f in range(frames)])
+        outs = []
+        for f in range(frames):
+            (wq, bq), (wk, bk), (wv, bv), (wo, bo) = self.merged[f]
+            o = _attend(F.linear(x[f], wq, bq), F.linear(contexts[f], wk, bk),
+                        F.linear(contexts[f], wv, bv), self.heads)
+            outs.append(attn.to_out[1](F.linear(o, wo, bo)))
+        x = (x + torch.stack(outs)).transpose(0, 1).reshape(n, d, c)
+        lay = self.layer
+        t = lay.temporal_i(lay.temporal_n(x))
+        t = t.view(b, frames, d, c).transpose(1, 2).reshape(b * d, frames, c)
+        t = _attend(lay.temporal_q(t), lay.temporal_k(t), lay.temporal_v(t), self.heads)
+        t = lay.temporal_o(t).view(b, d, frames, c).transpose(1, 2).reshape(n, d, c)
+        return x + t - h
+
+
+@dataclass
+class InstalledSharing:
+    """Attention sharing installed on a UNet for one generation; `remove()` restores the UNet's
+    own processors."""
+
+    unet: nn.Module
+    state: SharingState
+    originals: dict[str, object]
+
+    def remove(self) -> None:
+        for name, processor in self.originals.items():
+            self.unet.get_submodule(name).set_processor(processor)
+        self.originals = {}
+
+
+@torch.no_grad()
+def install_attention_sharing(unet: nn.Module, weights: AttentionSharingWeights, state: SharingState,
+                              control_image: Optional[torch.Tensor] = None) -> InstalledSharing:
+    """Move the weights next to the UNet, compute the control features, merge the per-frame
+    projections and swap in the processors."""
+    p = next(unet.parameters())
+    weights.to(p.device, p.dtype)
+    if weights.uses_control:
+        if control_image is None:
+            raise ValueError("this SD1.5 method needs a condition image for its control encoder")
+        state.control = weights.kwargs_encoder(control_image.to(p.device, p.dtype))
+    originals = {}
+    try:
+        for name, layer in zip(sharing_module_names(), weights.hookers.layers):
+            attn = unet.get_submodule(name)
+            originals[name] = attn.processor
+            attn.set_processor(SharingProcessor(attn, layer, state, attn.processor))
+    except BaseException:
+        InstalledSharing(unet, state, originals).remove()
+        raise
+    return InstalledSharing(unet, state, originals)
