@@ -66,8 +66,9 @@ def resolve_patches(unet: torch.nn.Module, patches: Patches, family: Union[Famil
             raise PatchMismatchError(f"{source}: {exc.args[0]}. Is this a {Family(family).label} "
                                      "LayerDiffuse file?") from None
         if name not in params:
-            raise PatchMismatchError(f"{source}: {model_key!r} maps to {name!r}, which this UNet "
-                                     "does not have; the model and the file do not belong together")
+            raise PatchMismatchError(f"{source}: {model_key!r} maps to {name!r}, which this "
+                                     f"{Family(family).label} UNet does not have. Is this a "
+                                     f"{Family(family).label} LayerDiffuse file?")
         if name in resolved:
             raise PatchMismatchError(f"{source}: {model_key!r} and {resolved[name][0]!r} both map to {name!r}")
         try:

@@ -59,7 +59,9 @@ def patched_shape(shape: torch.Size, patch_type: str, tensors: list[torch.Tensor
         delta = tuple(tensors[0].shape)
         if delta == shape:
             return shape
-        if len(delta) == len(shape) == 4 and all(d >= s for d, s in zip(delta, shape)):
+        widened = (len(delta) == len(shape) == 4 and delta[1] > shape[1]
+                   and delta[0] == shape[0] and delta[2:] == shape[2:])
+        if widened:  # more input channels: conv_in of the layer models
             return delta
         raise ValueError(f"diff of shape {delta} does not fit a weight of shape {shape}")
     raise ValueError(f"unknown patch type {patch_type!r}")

@@ -166,6 +166,17 @@ def random_state_dict(layout: dict[str, Shape], seed: int = 0, std: float = 0.02
     return {k: (torch.randn(s, generator=gen) * std).to(dtype) for k, s in layout.items()}
 
 
+def keep_control_signal(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rescale the control encoder's conv weights to He initialisation: with a small uniform
+    std the image would fade out over its eight layers and tests could not see it."""
+    out = dict(tensors)
+    for key, t in tensors.items():
+        if key.startswith("kwargs_encoder.") and key.endswith(".weight"):
+            fan_in = t[0].numel()
+            out[key] = (t.float() / t.float().std() * (2.0 / fan_in) ** 0.5).to(t.dtype)
+    return out
+
+
 def write_weight_file(path: Path, tensors: dict[str, torch.Tensor], family: Family, role: str) -> WeightFile:
     """Write tensors as safetensors and return a catalog entry pinning the written bytes."""
     path = Path(path)
@@ -188,8 +199,8 @@ def write_unet_files(folder: Path, spec: UNetSpec, names: Optional[Iterable[str]
     catalog: dict[str, WeightFile] = {}
     for i, name in enumerate(names):
         layout = unet_file_layout(name, spec, rank, control_channels)
-        catalog[name] = write_weight_file(Path(folder) / name, random_state_dict(layout, seed + i),
-                                          fam, CATALOG[name].role)
+        tensors = keep_control_signal(random_state_dict(layout, seed + i))
+        catalog[name] = write_weight_file(Path(folder) / name, tensors, fam, CATALOG[name].role)
     for role, layout in (("encoder", offset_encoder_layout()), ("decoder", decoder_layout(**TINY_DECODER_CONFIG))):
         name = file_for(fam, role)
         catalog[name] = write_weight_file(Path(folder) / name,

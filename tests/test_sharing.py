@@ -1,0 +1,155 @@
+"""SD1.5 attention sharing: the processor against a step-by-step rendition of the published
+algorithm, the positive-branch-only prompt override, strict loading and the fallback."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lib_layerdiffuse.engine.sharing import (AttentionSharingWeights, SharingState,
+                                             install_attention_sharing, sharing_module_names)
+from lib_layerdiffuse.testing.layer_files import keep_control_signal, random_state_dict, unet_file_layout
+from lib_layerdiffuse.testing.models import tiny_unet
+from lib_layerdiffuse.testing.unet_specs import TINY
+from lib_layerdiffuse.weights import WeightFormatError
+
+LAYER = 1  # attn2 of the first transformer: cross-attention with a text context
+
+
+def sharing_weights(unet, name="layer_sd15_fg2bg.safetensors", seed=0):
+    layout = unet_file_layout(name, TINY["sd15"], rank=4, control_channels=8)
+    state = keep_control_signal(random_state_dict(layout, seed, std=0.1, dtype=torch.float32))
+    return AttentionSharingWeights.from_state_dict(state, unet), state
+
+
+def naive_attention(q, k, v, heads):
+    b, n, c = q.shape
+    split = lambda t: t.reshape(b, t.shape[1], heads, c // heads).permute(0, 2, 1, 3)  # noqa: E731
+    w = torch.softmax(split(q) @ split(k).transpose(-1, -2) / math.sqrt(c // heads), dim=-1)
+    return (w @ split(v)).permute(0, 2, 1, 3).reshape(b, n, c)
+
+
+def published_unit(attn, layer, frames, h, context, cond_mark, overwrites, control):
+    """The algorithm as published, one step at a time: per-call LoRA merge, cond_mark mixing."""
+    n, d, c = h.shape
+    b = n // frames
+    x = h.reshape(b, frames, d, c).permute(1, 0, 2, 3)
+    if control is not None:
+        x = x + torch.stack([layer.control_convs[f](control).flatten(2).transpose(1, 2) for f in range(frames)])
+    framed = x if context is None else context.reshape(b, frames, *context.shape[1:]).permute(1, 0, 2, 3)
+    mark = cond_mark.reshape(b, frames).T
+    outs = []
+    for f in range(frames):
+        ctx = framed[f]
+        if context is not None and overwrites[f] is not None:
+            m = mark[f][:, None, None]
+            ctx = overwrites[f] * (1.0 - m) + ctx * m
+
+        def project(lora, proj, inp):
+            pair = getattr(layer, lora)[f]
+            lin = attn.get_submodule(proj)
+            return F.linear(inp, lin.weight + pair.up.weight @ pair.down.weight, lin.bias)
+
+        o = naive_attention(project("to_q_lora", "to_q", x[f]), project("to_k_lora", "to_k", ctx),
+                            project("to_v_lora", "to_v", ctx), attn.heads)
+        outs.append(project("to_out_lora", "to_out.0", o))
+    x = (x + torch.stack(outs)).permute(1, 0, 2, 3).reshape(n, d, c)
+    t = layer.temporal_i(layer.temporal_n(x))
+    t = t.reshape(b, frames, d, c).permute(0, 2, 1, 3).reshape(b * d, frames, c)
+    t = naive_attention(layer.temporal_q(t), layer.temporal_k(t), layer.temporal_v(t), attn.heads)
+    t = layer.temporal_o(t).reshape(b, d, frames, c).permute(0, 2, 1, 3).reshape(n, d, c)
+    return x + t - h
+
+
+@pytest.fixture()
+def setup():
+    torch.manual_seed(0)
+    unet = tiny_unet("sd15")
+    weights, _ = sharing_weights(unet)
+    name = sharing_module_names()[LAYER]
+    attn = unet.get_submodule(name)
+    images = 2  # one set of 2 frames... twice: [negative x2, positive x2] under CFG
+    h = torch.randn(2 * images, 64, attn.to_q.in_features)
+    context = torch.randn(2 * images, 5, attn.to_k.in_features)
+    overwrite = torch.randn(1, 5, attn.to_k.in_features)
+    control_image = torch.rand(1, 3, 64, 64) * 2 - 1
+    return unet, weights, attn, h, context, overwrite, control_image, images
+
+
+def run(unet, weights, attn, h, context, overwrites, control_image, images):
+    state = SharingState(frames=2, images=images, frame_contexts=overwrites)
+    installed = install_attention_sharing(unet, weights, state, control_image)
+    try:
+        with torch.no_grad():
+            return attn.processor(attn, h, context), state
+    finally:
+        installed.remove()
+
+
+def test_processor_matches_the_published_algorithm(setup):
+    unet, weights, attn, h, context, overwrite, control_image, images = setup
+    out, state = run(unet, weights, attn, h, context, [overwrite, None], control_image, images)
+    layer = weights.hookers.layers[LAYER]
+    with torch.no_grad():
+        control = weights.kwargs_encoder(control_image)[64]
+        cond_mark = torch.tensor([1.0, 1.0, 0.0, 0.0])  # Forge: 1 = negative branch
+        expected = published_unit(attn, layer, 2, h, context, cond_mark, [overwrite, None], control)
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert state.calls == 1
+
+
+def test_frame_prompts_reach_the_positive_branch_only(setup):
+    unet, weights, attn, h, context, overwrite, control_image, images = setup
+    with_prompt, _ = run(unet, weights, attn, h, context, [overwrite, None], control_image, images)
+    without, _ = run(unet, weights, attn, h, context, [None, None], control_image, images)
+    assert torch.equal(with_prompt[:images], without[:images])  # negative half untouched
+    assert not torch.allclose(with_prompt[images:], without[images:])
+
+
+def test_stopped_sharing_falls_back_to_the_modules_own_processor(setup):
+    unet, weights, attn, h, context, _, control_image, images = setup
+    with torch.no_grad():
+        plain = attn(h, context)
+    state = SharingState(frames=2, images=images)
+    installed = install_attention_sharing(unet, weights, state, control_image)
+    state.active = False
+    with torch.no_grad():
+        assert torch.equal(attn(h, context), plain)
+    installed.remove()
+    assert type(attn.processor).__name__ != "SharingProcessor"
+
+
+def test_batches_that_do_not_split_into_frames_are_refused(setup):
+    unet, weights, attn, h, context, _, control_image, _ = setup
+    with pytest.raises(ValueError, match="not a multiple of 2 frames"):
+        run(unet, weights, attn, h[:3], context[:3], [None, None], control_image, 3)
+
+
+def test_control_methods_need_their_image():
+    unet = tiny_unet("sd15")
+    weights, _ = sharing_weights(unet)
+    with pytest.raises(ValueError, match="needs a condition image"):
+        install_attention_sharing(unet, weights, SharingState(frames=2, images=2))
+    assert all(type(p).__name__ != "SharingProcessor" for p in unet.attn_processors.values())
+
+
+def test_loading_is_strict():
+    unet = tiny_unet("sd15")
+    _, state = sharing_weights(unet, "layer_sd15_joint.safetensors")
+    weights = AttentionSharingWeights.from_state_dict(state, unet)
+    assert weights.frames == 3 and not weights.uses_control
+    broken = dict(state)
+    broken.pop("hookers.layers.31.temporal_o.bias")
+    with pytest.raises(WeightFormatError, match="1 missing keys"):
+        AttentionSharingWeights.from_state_dict(broken, unet, "layer_sd15_joint.safetensors")
+    with pytest.raises(WeightFormatError, match="not an SD1.5 attention-sharing file"):
+        AttentionSharingWeights.from_state_dict({"blocks.0.weight": torch.ones(1)}, unet)
+    # an SD1.5 file on a UNet with other widths does not load
+    other = tiny_unet("sd15")
+    other_weights = {k: v for k, v in state.items()}
+    other_weights["hookers.layers.0.temporal_i.weight"] = torch.ones(3, 3)
+    with pytest.raises(WeightFormatError, match="temporal_i.weight has shape"):
+        AttentionSharingWeights.from_state_dict(other_weights, other)
