@@ -1,7 +1,7 @@
 """Run by Forge (in a subprocess) before every start: install what LayerDiffuse needs and lacks.
 
 Only missing packages are installed, never upgraded: Forge pins its own torch, numpy, Pillow
-and gradio (and bundles the rest), and replacing any of them can break the WebUI.
+and gradio (and transformers; it bundles the rest), and replacing any of them can break the WebUI.
 Outside Forge, `pip install -e .` from pyproject.toml does this job instead.
 """
 
@@ -19,7 +19,7 @@ REQUIREMENTS = {
     "requests": "requests>=2.28",
     "tqdm": "tqdm>=4.60",
 }
-HOST_PINNED = ("torch", "numpy", "Pillow", "gradio")
+HOST_PINNED = ("torch", "numpy", "Pillow", "gradio", "transformers")
 
 
 def _installed(name: str) -> bool:

@@ -1,4 +1,4 @@
-"""Command line: `python -m lib_layerdiffuse [status|download] ...`."""
+"""Command line: `python -m lib_layerdiffuse [status|download|generate] ...`."""
 
 from __future__ import annotations
 
@@ -64,6 +64,96 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _read_image(path: Optional[str], flag: str):
+    """An image file as RGBA uint8, or None; unreadable files are a clear error."""
+    if path is None:
+        return None
+    from PIL import Image, UnidentifiedImageError
+
+    from .images import to_rgba_uint8
+
+    try:
+        with Image.open(path) as img:
+            return to_rgba_uint8(img, flag)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ValueError(f"cannot read the {flag} image {path!r}: {exc}") from None
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .engine import LayerDiffuse, check_method_family, family_of_model
+    from .engine.samplers import parse_sampler
+
+    family = family_of_model(args.model)
+    method = Method.parse(args.method, family=family) if args.method else None
+    if method is not None:
+        check_method_family(method, family)
+    if args.sampler:
+        parse_sampler(args.sampler)
+    images = {flag: _read_image(getattr(args, flag), f"--{flag}") for flag in ("fg", "bg", "blend", "init")}
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, None: None}[args.dtype]
+    store = WeightStore(args.models_dir, progress=not args.quiet)
+    print(f"Loading {family.label} model {args.model} ...", file=sys.stderr)
+    engine = LayerDiffuse.from_model(args.model, method, device=args.device, dtype=dtype, store=store,
+                                     decoder_passes=args.passes, progress=not args.quiet)
+    result = engine.generate(
+        args.prompt, method, negative_prompt=args.negative, steps=args.steps, cfg=args.cfg, seed=args.seed,
+        width=args.width, height=args.height, batch=args.batch, fg=images["fg"], bg=images["bg"],
+        blend=images["blend"], weight=args.weight, stop_at=args.stop_at, resize_mode=args.resize_mode,
+        fg_prompt=args.fg_prompt, bg_prompt=args.bg_prompt, blend_prompt=args.blend_prompt,
+        sampler=args.sampler, init_image=images["init"], strength=args.strength)
+    for path in result.save(args.out, originals=args.originals, previews=args.previews):
+        print(path)
+    return 0
+
+
+def _add_generate(sub, common: argparse.ArgumentParser) -> None:
+    from .params import ResizeMode
+
+    gen = sub.add_parser("generate", parents=[common], help="generate images with a LayerDiffuse method",
+                         description="Generate with a LayerDiffuse method on a diffusers pipeline. "
+                                     "Transparent outputs are written as straight-alpha RGBA PNGs with "
+                                     "the generation parameters embedded.")
+    gen.add_argument("--model", required=True,
+                     help="hub id, diffusers folder or single-file .safetensors checkpoint (SD1.5 or SDXL)")
+    gen.add_argument("--method", help="method name or member (default: attention injection of the "
+                                      "model's family); see `status` for the list")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--negative", default="", help="negative prompt")
+    gen.add_argument("--steps", type=int)
+    gen.add_argument("--cfg", type=float, help="guidance scale (default 7)")
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--width", type=int)
+    gen.add_argument("--height", type=int)
+    gen.add_argument("--batch", type=int, help="images per run (SD1.5 multi-frame methods: a multiple "
+                                               "of their frames; default one set)")
+    gen.add_argument("--fg", help="foreground image (methods that take one)")
+    gen.add_argument("--bg", help="background image")
+    gen.add_argument("--blend", help="blended image")
+    gen.add_argument("--resize-mode", default=ResizeMode.CROP_AND_RESIZE.value,
+                     help="how condition images are fitted: " + ", ".join(m.value for m in ResizeMode))
+    gen.add_argument("--fg-prompt", default="", help="additional prompt of the foreground frame (SD1.5)")
+    gen.add_argument("--bg-prompt", default="", help="additional prompt of the background frame (SD1.5)")
+    gen.add_argument("--blend-prompt", default="", help="additional prompt of the blended frame (SD1.5)")
+    gen.add_argument("--weight", type=float, default=1.0, help="patch strength 0..2 (SDXL)")
+    gen.add_argument("--stop-at", type=float, default=1.0, help="fraction of the steps run with "
+                                                                "LayerDiffuse (0..1)")
+    gen.add_argument("--sampler", help="Euler a, Euler, UniPC, DDIM, DPM++ 2M [Karras|SDE Karras] "
+                                       "(default: the model's own; Euler a for the blend-to-layer methods)")
+    gen.add_argument("--init", help="init image for img2img (RGBA keeps its transparency)")
+    gen.add_argument("--strength", type=float, default=0.7, help="img2img denoising strength")
+    gen.add_argument("--passes", type=int, default=8, choices=(1, 2, 4, 8),
+                     help="transparent decoder passes (8 = the reference's quality)")
+    gen.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    gen.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="default: fp16 on GPUs, fp32 on CPU")
+    gen.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
+    gen.add_argument("--originals", action="store_true", help="also save the opaque decode of "
+                                                              "transparent images")
+    gen.add_argument("--previews", action="store_true", help="also save checkerboard previews")
+    gen.set_defaults(func=cmd_generate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lib_layerdiffuse",
@@ -85,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--family", action="append", choices=[f.value for f in Family],
                           help="every file of a family (repeatable)")
     download.set_defaults(func=cmd_download)
+    _add_generate(sub, common)
     return parser
 
 
@@ -96,9 +187,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, WeightError) as exc:
+    except (ValueError, TypeError, WeightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0

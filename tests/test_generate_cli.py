@@ -1,0 +1,153 @@
+"""`python -m lib_layerdiffuse generate` and model-family detection before any work."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from lib_layerdiffuse.cli import main
+from lib_layerdiffuse.engine import UnsupportedModelError, family_of_model, family_of_unet_config
+from lib_layerdiffuse.methods import Family
+from lib_layerdiffuse.testing.layer_files import write_unet_files
+from lib_layerdiffuse.testing.pipelines import tiny_pipeline
+from lib_layerdiffuse.testing.unet_specs import TINY, diffusers_unet_config
+from lib_layerdiffuse.weights import catalog as catalog_module
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    out = {}
+    for family in ("sd15", "sdxl"):
+        folder = root / family
+        tiny_pipeline(family).save_pretrained(folder)
+        weights = root / f"weights-{family}"
+        out[family] = (folder, weights, write_unet_files(weights, TINY[family]))
+    return out
+
+
+@pytest.fixture()
+def tiny_catalog(saved_models, monkeypatch):
+    for _, _, catalog in saved_models.values():
+        for name, entry in catalog.items():
+            monkeypatch.setitem(catalog_module.CATALOG, name, entry)
+
+
+def test_generate_writes_straight_alpha_pngs_with_parameters(saved_models, tiny_catalog, tmp_path, capsys):
+    model, weights, _ = saved_models["sdxl"]
+    out = tmp_path / "out"
+    code = main(["generate", "--model", str(model), "--models-dir", str(weights), "--method", "FG_ONLY_CONV",
+                 "--prompt", "an apple", "--steps", "2", "--seed", "7", "--width", "64", "--height", "64",
+                 "--batch", "2", "--passes", "1", "--out", str(out), "--previews", "-q"])
+    assert code == 0, capsys.readouterr().err
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["layerdiffuse-7-00-fg-preview.png", "layerdiffuse-7-00-fg.png",
+                     "layerdiffuse-7-01-fg-preview.png", "layerdiffuse-7-01-fg.png"]
+    with Image.open(out / "layerdiffuse-7-00-fg.png") as img:
+        assert img.mode == "RGBA"
+        assert np.asarray(img)[..., 3].min() < 255
+        text = img.text["parameters"]
+        settings = json.loads(img.text["layerdiffuse"])
+    assert text.startswith("an apple\nSteps: 2, Sampler: ")
+    assert "Seed: 7" in text and "layerdiffusion_method: (SDXL) Only Generate Transparent Image (Conv Injection)" in text
+    assert settings["Seed"] == 7
+    printed = capsys.readouterr().out.split()
+    assert sorted(p.rsplit("/", 1)[-1] for p in printed) == files
+
+
+def test_generate_with_condition_files_and_per_method_sampler(saved_models, tiny_catalog, tmp_path, capsys):
+    model, weights, _ = saved_models["sdxl"]
+    fg = np.zeros((40, 56, 4), np.uint8)
+    fg[5:30, 5:30] = (255, 0, 0, 255)
+    Image.fromarray(fg, "RGBA").save(tmp_path / "fg.png")
+    Image.fromarray(fg[..., :3], "RGB").save(tmp_path / "blend.jpg")
+    out = tmp_path / "out"
+    code = main(["generate", "--model", str(model), "--models-dir", str(weights), "--method",
+                 "(SDXL) From Foreground and Blending to Background", "--prompt", "a room", "--steps", "2",
+                 "--seed", "1", "--width", "64", "--height", "64", "--fg", str(tmp_path / "fg.png"),
+                 "--blend", str(tmp_path / "blend.jpg"), "--out", str(out), "-q"])
+    assert code == 0, capsys.readouterr().err
+    with Image.open(out / "layerdiffuse-1-00-bg.png") as img:
+        assert img.mode == "RGB" and "Sampler: Euler a" in img.text["parameters"]
+
+
+def test_wrong_family_is_refused_before_the_model_loads(saved_models, tmp_path, capsys, monkeypatch):
+    from lib_layerdiffuse.engine import LayerDiffuse
+
+    monkeypatch.setattr(LayerDiffuse, "from_model", lambda *a, **k: pytest.fail("model was loaded"))
+    model, _, _ = saved_models["sd15"]
+    code = main(["generate", "--model", str(model), "--method", "FG_ONLY_ATTN", "--prompt", "x",
+                 "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs an SDXL model, but the model is SD1.5" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--fg", "missing.png", "--method", "FG_TO_BLEND"], "cannot read the --fg image"),
+    (["--sampler", "PLMS"], "unknown sampler"),
+    (["--method", "nonsense"], "unknown LayerDiffuse method"),
+])
+def test_bad_arguments_are_refused_before_the_model_loads(saved_models, tmp_path, capsys, monkeypatch,
+                                                          args, message):
+    from lib_layerdiffuse.engine import LayerDiffuse
+
+    monkeypatch.setattr(LayerDiffuse, "from_model", lambda *a, **k: pytest.fail("model was loaded"))
+    model, _, _ = saved_models["sdxl"]
+    code = main(["generate", "--model", str(model), "--prompt", "x", "--out", str(tmp_path), *args])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def _checkpoint(path, tensors):
+    save_file({k: torch.zeros(s, dtype=torch.float16) for k, s in tensors.items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("tensors, expected", [
+    ({"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
+      "model.diffusion_model.label_emb.0.0.weight": (1, 2816)}, Family.SDXL),
+    ({"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
+      "model.diffusion_model.input_blocks.1.1.proj_in.weight": (320, 320, 1, 1)}, Family.SD15),
+])
+def test_single_file_family_from_tensor_names(tmp_path, tensors, expected):
+    assert family_of_model(str(_checkpoint(tmp_path / "model.safetensors", tensors))) is expected
+
+
+@pytest.mark.parametrize("tensors, message", [
+    ({"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
+      "model.diffusion_model.input_blocks.1.1.proj_in.weight": (320, 320)}, "Stable Diffusion 2.x"),
+    ({"model.diffusion_model.input_blocks.0.0.weight": (384, 4, 3, 3),
+      "model.diffusion_model.label_emb.0.0.weight": (1, 2560)}, "refiner"),
+    ({"model.diffusion_model.input_blocks.0.0.weight": (320, 9, 3, 3)}, "9 input channels"),
+    ({"double_blocks.0.img_attn.qkv.weight": (9, 3)}, "no SD UNet"),
+])
+def test_unsupported_single_files_are_named(tmp_path, tensors, message):
+    with pytest.raises(UnsupportedModelError, match=message):
+        family_of_model(str(_checkpoint(tmp_path / "model.safetensors", tensors)))
+
+
+def test_other_unsupported_inputs(tmp_path):
+    (tmp_path / "model.ckpt").write_bytes(b"pickle")
+    with pytest.raises(UnsupportedModelError, match="pickled"):
+        family_of_model(str(tmp_path / "model.ckpt"))
+    (tmp_path / "broken.safetensors").write_bytes(b"garbage")
+    with pytest.raises(UnsupportedModelError, match="cannot be read"):
+        family_of_model(str(tmp_path / "broken.safetensors"))
+    with pytest.raises(UnsupportedModelError, match="not found"):
+        family_of_model(str(tmp_path / "absent.safetensors"))
+    with pytest.raises(UnsupportedModelError, match="without unet/config.json"):
+        family_of_model(str(tmp_path))
+    with pytest.raises(UnsupportedModelError, match="Offline"):
+        family_of_model("someone/some-model")  # HF_HUB_OFFLINE is set for tests
+
+
+def test_family_of_diffusers_configs():
+    assert family_of_unet_config(diffusers_unet_config(TINY["sdxl"])) is Family.SDXL
+    assert family_of_unet_config(diffusers_unet_config(TINY["sd15"])) is Family.SD15
+    sd2 = dict(diffusers_unet_config(TINY["sd15"]), use_linear_projection=True)
+    with pytest.raises(UnsupportedModelError, match="2.x"):
+        family_of_unet_config(sd2)
