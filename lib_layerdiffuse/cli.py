@@ -83,9 +83,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from .engine import LayerDiffuse, check_method_family, family_of_model
+    from .engine.family import compatibility_warning
     from .engine.samplers import parse_sampler
 
     family = family_of_model(args.model)
+    warning = compatibility_warning(args.model)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     method = Method.parse(args.method, family=family) if args.method else None
     if method is not None:
         check_method_family(method, family)

@@ -3,15 +3,11 @@
 import argparse
 import importlib
 import os
-import pkgutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
-import pytest
-
-import lib_layerdiffuse
 from lib_layerdiffuse.cli import main
 from lib_layerdiffuse.weights import CATALOG
 

@@ -151,3 +151,11 @@ def test_family_of_diffusers_configs():
     sd2 = dict(diffusers_unet_config(TINY["sd15"]), use_linear_projection=True)
     with pytest.raises(UnsupportedModelError, match="2.x"):
         family_of_unet_config(sd2)
+
+
+def test_models_reported_not_to_work_are_warned_about():
+    from lib_layerdiffuse.engine.family import compatibility_warning
+
+    assert "illustrious" in compatibility_warning("/models/illustriousXL_v01.safetensors")
+    assert "lightning" in compatibility_warning("ByteDance/SDXL-Lightning")
+    assert compatibility_warning("stabilityai/stable-diffusion-xl-base-1.0") is None

@@ -187,3 +187,15 @@ def test_an_sdxl_file_on_an_sd15_unet_is_refused_by_name():
 def test_strength_must_be_finite():
     with pytest.raises(ValueError, match="finite"):
         apply_frozen_patches(tiny_unet("sdxl"), {}, "sdxl", strength=float("nan"))
+
+
+@pytest.mark.parametrize("name, frames, control", [("layer_sd15_transparent_attn.safetensors", 1, False),
+                                                    ("layer_sd15_joint.safetensors", 3, False),
+                                                    ("layer_sd15_bg2fg.safetensors", 2, True)])
+def test_real_sd15_sharing_files_fit_the_real_unet(name, frames, control, meta_unets):
+    from lib_layerdiffuse.engine.sharing import AttentionSharingWeights
+
+    with torch.device("meta"):
+        weights = AttentionSharingWeights(meta_unets["sd15"], frames, 256, 256 if control else None)
+    ours = {k: tuple(v.shape) for k, v in weights.state_dict().items()}
+    assert ours == unet_file_layout(name, FULL["sd15"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Union
 
 from ..methods import Family, Method
 from ..unet_blocks import STRUCTURES
@@ -113,6 +113,21 @@ def family_of_model(model: str) -> Family:
             f"{exc}). Offline? Download the model once, or give a local folder or .safetensors file"
         ) from None
     return family_of_unet_config(json.loads(Path(config_path).read_text()), model)
+
+
+_KNOWN_POOR = ("illustrious", "noob", "animagine", "lightning", "turbo", "lcm", "hyper")
+
+
+def compatibility_warning(model: str) -> Optional[str]:
+    """A warning when the model's name says it belongs to a kind LayerDiffuse is reported not to
+    work with (retrained anime SDXL bases, distilled few-step models), else None."""
+    name = Path(model).name.casefold() or model.casefold()
+    hits = [word for word in _KNOWN_POOR if word in name]
+    if not hits:
+        return None
+    return (f"{model!r} looks like a {hits[0]} model; LayerDiffuse is reported not to work with "
+            "retrained anime SDXL models (Illustrious, NoobAI, Animagine 4) or distilled few-step "
+            "models (Lightning, Turbo, LCM, Hyper): expect poor or no transparency")
 
 
 def check_method_family(method: Method, family: Family) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -32,7 +33,7 @@ from ..patches import apply_frozen_patches, parse_frozen_patches
 from ..vae.frontends import decoder_for, default_device_and_dtype, encoder_for
 from ..weights import WeightStore
 from .conditions import condition_latents, control_pixels
-from .family import check_method_family, family_of_model, family_of_unet
+from .family import check_method_family, compatibility_warning, family_of_model, family_of_unet
 from .outputs import LayerResult, decode_outputs
 from .samplers import default_sampler, make_scheduler, parse_sampler
 from .sharing import AttentionSharingWeights, SharingState, install_attention_sharing
@@ -92,6 +93,9 @@ class LayerDiffuse:
         against `method` before the (large) weights are loaded.
         """
         family = family_of_model(model)
+        warning = compatibility_warning(model)
+        if warning:
+            warnings.warn(warning, stacklevel=2)
         if method is not None:
             check_method_family(Method.parse(method, family=family), family)
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline

@@ -22,6 +22,7 @@ from ..methods import Family
 from ..patches.names import ldm_to_diffusers
 from ..unet_blocks import attention_modules
 from ..vae.frontends import load_strict
+from ..weights.errors import WeightFormatError
 
 PROJECTIONS = (("to_q_lora", "to_q"), ("to_k_lora", "to_k"), ("to_v_lora", "to_v"), ("to_out_lora", "to_out.0"))
 
@@ -110,7 +111,6 @@ class AttentionSharingWeights(nn.Module):
         while f"hookers.layers.0.to_q_lora.{frames}.down.weight" in state_dict:
             frames += 1
         if not frames:
-            from ..weights.errors import WeightFormatError
             raise WeightFormatError(f"{source} is not an SD1.5 attention-sharing file "
                                     "(no 'hookers.layers.0.to_q_lora.0.down.weight')")
         rank = int(state_dict["hookers.layers.0.to_q_lora.0.down.weight"].shape[0])
