@@ -103,11 +103,12 @@ class LayerDiffuse:
         pipe_cls = StableDiffusionXLPipeline if family is Family.SDXL else StableDiffusionPipeline
         device, dtype = default_device_and_dtype(device, dtype)
         extra = {"safety_checker": None, "requires_safety_checker": False} if family is Family.SD15 else {}
+        extra[_dtype_keyword()] = dtype
         try:
             if Path(model).is_file():
-                pipe = pipe_cls.from_single_file(model, torch_dtype=dtype, **extra)
+                pipe = pipe_cls.from_single_file(model, **extra)
             else:
-                pipe = pipe_cls.from_pretrained(model, torch_dtype=dtype, **extra)
+                pipe = pipe_cls.from_pretrained(model, **extra)
         except Exception as exc:
             raise RuntimeError(f"could not load {family.label} model {model!r}: {type(exc).__name__}: "
                                f"{exc}") from exc
@@ -299,6 +300,13 @@ class LayerDiffuse:
             settings["Denoising strength"] = req.strength
         settings.update(req.settings.to_infotext())
         return {k: v for k, v in settings.items() if v not in ("", None)}
+
+
+def _dtype_keyword() -> str:
+    """`dtype` where diffusers has renamed `torch_dtype` (and warns about the old name)."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
 
 
 def format_infotext(prompt: str, negative_prompt: str, settings: dict[str, Any]) -> str:
