@@ -95,11 +95,10 @@ def attention_modules(family: Union[Family, str]) -> tuple[str, ...]:
     table = block_table(family)
     names = []
     for section in ("input_blocks", "output_blocks"):
-        blocks = sorted((int(k.split(".")[1]), k) for k in table
-                        if k.startswith(section + ".") and k.endswith(".1") and table[k][1] == OTHER
-                        and ".attentions." in table[k][0])
-        for _, prefix in blocks:
-            level = int(table[prefix][0].split(".")[1])
+        blocks = sorted((int(ldm.split(".")[1]), ldm, target) for ldm, (target, _) in table.items()
+                        if ldm.startswith(section + ".") and ".attentions." in target)
+        for _, prefix, target in blocks:
+            level = int(target.split(".")[1])  # down_blocks.{level} / up_blocks.{levels - 1 - level}
             if section == "output_blocks":
                 level = s.levels - 1 - level
             names.extend(f"{prefix}.transformer_blocks.{d}.{a}"
