@@ -80,24 +80,30 @@ def _read_image(path: Optional[str], flag: str):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    import warnings
+
+    # the library warns (model kinds that do not work, DPM on blend-to-layer); say it plainly
+    with warnings.catch_warnings():
+        warnings.formatwarning = lambda message, *rest, **kw: f"warning: {message}\n"
+        return _generate(args)
+
+
+def _generate(args: argparse.Namespace) -> int:
     import torch
 
     from .engine import LayerDiffuse, check_method_family, family_of_model
-    from .engine.family import compatibility_warning
     from .engine.samplers import parse_sampler
 
     family = family_of_model(args.model)
-    warning = compatibility_warning(args.model)
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
-    method = Method.parse(args.method, family=family) if args.method else None
-    if method is not None:
-        check_method_family(method, family)
+    method = Method.parse(args.method or Method.default(family), family=family)
+    check_method_family(method, family)
     if args.sampler:
         parse_sampler(args.sampler)
     images = {flag: _read_image(getattr(args, flag), f"--{flag}") for flag in ("fg", "bg", "blend", "init")}
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, None: None}[args.dtype]
-    store = WeightStore(args.models_dir, progress=not args.quiet)
+    store = WeightStore(args.models_dir, allow_download=not args.offline, progress=not args.quiet)
+    for name in method.weight_files:  # download / verify before the (larger) model loads
+        store.ensure(name)
     print(f"Loading {family.label} model {args.model} ...", file=sys.stderr)
     engine = LayerDiffuse.from_model(args.model, method, device=args.device, dtype=dtype, store=store,
                                      decoder_passes=args.passes, progress=not args.quiet)
@@ -151,6 +157,8 @@ def _add_generate(sub, common: argparse.ArgumentParser) -> None:
                      help="transparent decoder passes (8 = the reference's quality)")
     gen.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     gen.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="default: fp16 on GPUs, fp32 on CPU")
+    gen.add_argument("--offline", action="store_true",
+                     help="never download weight files; say which are missing and where they go")
     gen.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
     gen.add_argument("--originals", action="store_true", help="also save the opaque decode of "
                                                               "transparent images")

@@ -176,7 +176,10 @@ class Method(enum.Enum):
         return None
 
     @classmethod
-    def default(cls) -> "Method":
+    def default(cls, family: Union[Family, str, None] = None) -> "Method":
+        """The default method: SDXL attention injection, or SD1.5's when `family` is SD1.5."""
+        if family is not None and Family(family) is Family.SD15:
+            return cls.FG_ONLY_ATTN_SD15
         return cls.FG_ONLY_ATTN
 
     @classmethod

@@ -159,3 +159,29 @@ def test_models_reported_not_to_work_are_warned_about():
     assert "illustrious" in compatibility_warning("/models/illustriousXL_v01.safetensors")
     assert "lightning" in compatibility_warning("ByteDance/SDXL-Lightning")
     assert compatibility_warning("stabilityai/stable-diffusion-xl-base-1.0") is None
+
+
+def test_generate_says_plainly_when_the_model_kind_is_reported_not_to_work(saved_models, tiny_catalog,
+                                                                          tmp_path, capsys):
+    model, weights, _ = saved_models["sdxl"]
+    named = tmp_path / "tiny-sdxl-lightning"
+    named.symlink_to(model, target_is_directory=True)
+    with pytest.warns(UserWarning, match="looks like a lightning model") as record:
+        code = main(["generate", "--model", str(named), "--models-dir", str(weights), "--prompt", "an apple",
+                     "--steps", "1", "--seed", "1", "--width", "64", "--height", "64", "--passes", "1",
+                     "--out", str(tmp_path / "out"), "-q"])
+    assert code == 0, capsys.readouterr().err
+    assert sum("lightning" in str(w.message) for w in record) == 1
+
+
+def test_missing_weights_are_reported_before_the_model_loads(saved_models, tmp_path, capsys, monkeypatch):
+    from lib_layerdiffuse.engine import LayerDiffuse
+    from lib_layerdiffuse.methods import Method
+
+    monkeypatch.setattr(LayerDiffuse, "from_model", lambda *a, **k: pytest.fail("model was loaded"))
+    model, _, _ = saved_models["sd15"]
+    code = main(["generate", "--model", str(model), "--models-dir", str(tmp_path / "empty"), "--prompt", "x",
+                 "--offline", "--out", str(tmp_path), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "layer_sd15_transparent_attn.safetensors" in err, err  # the SD1.5 default
+    assert Method.default("sd15") is Method.FG_ONLY_ATTN_SD15

@@ -136,9 +136,7 @@ class LayerDiffuse:
 
     def _request(self, prompt: str, method, negative_prompt: str, steps, cfg, seed, width, height,
                  batch, sampler, init_image, strength, layer: dict[str, Any]) -> _Request:
-        if method is None:
-            method = Method.FG_ONLY_ATTN if self.family is Family.SDXL else Method.FG_ONLY_ATTN_SD15
-        method = Method.parse(method, family=self.family)
+        method = Method.parse(method or Method.default(self.family), family=self.family)
         check_method_family(method, self.family)
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be text, got {type(prompt).__name__}")
@@ -207,10 +205,7 @@ class LayerDiffuse:
         device = pipe.unet.device
         dec_device, dec_dtype = default_device_and_dtype(device)
         decoder = (decoder_for(self.family, self.store, dec_device, dec_dtype) if spec.transparent else None)
-        if decoder is not None:
-            decoder.passes = self.decoder_passes
         run_pipe, call = self._pipeline_call(req)
-        pipe.set_progress_bar_config(disable=not self.progress)
         run_pipe.set_progress_bar_config(disable=not self.progress)
         condition = self._concat_condition(req)
         with contextlib.ExitStack() as stack:
@@ -238,7 +233,7 @@ class LayerDiffuse:
             hook = stack.enter_context(UNetStepHook(pipe.unet, condition,
                                                     stop_timestep(req.settings.stop_at, total), on_stop))
             latents = run_pipe(**call).images
-        images = decode_outputs(pipe.vae, latents, method, decoder, self.progress)
+        images = decode_outputs(pipe.vae, latents, method, decoder, self.decoder_passes, self.progress)
         settings = self._settings(req, run_pipe)
         return LayerResult(images, method, req.seed, format_infotext(req.prompt, req.negative_prompt, settings),
                            settings, unet_calls=(hook.calls_active, hook.calls_stopped))

@@ -120,8 +120,10 @@ def _to_pil(chw: torch.Tensor) -> Image.Image:
 
 
 def decode_outputs(vae, latents: torch.Tensor, method: Method, decoder: Optional[TransparentDecoder],
-                   progress: bool = True) -> list[LayerImage]:
-    """Decode every latent of a generation into a LayerImage, one image at a time."""
+                   passes: int = 8, progress: bool = True) -> list[LayerImage]:
+    """Decode every latent of a generation into a LayerImage, one image at a time; `passes`
+    is the transparent decoder's test-time augmentation (the decoder is shared, so it is
+    passed per call rather than set on it)."""
     spec = method.spec
     images = []
     for i in tqdm(range(latents.shape[0]), desc="Decoding", disable=not progress, unit="image"):
@@ -135,7 +137,7 @@ def decode_outputs(vae, latents: torch.Tensor, method: Method, decoder: Optional
         if decoder is None:
             raise ValueError(f"{method.value} makes frame {spec.frames[frame]!r} transparent; a "
                              "transparent decoder is needed")
-        out = decoder.decode(raw, pixel)
+        out = decoder.decode(raw, pixel, passes)
         rgba = Image.fromarray(np.ascontiguousarray(out.rgba[0]), "RGBA")
         preview = Image.fromarray(out.preview[0], "RGB")
         images.append(LayerImage(rgba, spec.frames[frame], True, original, preview, index=i))

@@ -6,6 +6,7 @@ Keys are `<model_key>::<patch_type>::<index>`; `lora` patches have two tensors (
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import torch
@@ -51,7 +52,7 @@ def patched_shape(shape: torch.Size, patch_type: str, tensors: list[torch.Tensor
         up, down = tensors
         if up.ndim != 2 or down.ndim < 2 or up.shape[1] != down.shape[0]:
             raise ValueError(f"LoRA up {tuple(up.shape)} and down {tuple(down.shape)} do not chain")
-        if up.shape[0] * down[0].numel() != _numel(shape) or up.shape[0] != shape[0]:
+        if up.shape[0] * down[0].numel() != math.prod(shape) or up.shape[0] != shape[0]:
             raise ValueError(f"LoRA up {tuple(up.shape)} @ down {tuple(down.shape)} does not fit a "
                              f"weight of shape {shape}")
         return shape
@@ -86,9 +87,3 @@ def merge_patch(weight: torch.Tensor, patch_type: str, tensors: list[torch.Tenso
         w = padded
     return (w + strength * delta).to(weight.dtype)
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
