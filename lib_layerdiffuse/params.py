@@ -179,6 +179,15 @@ class LayerDiffuseParams:
         values.setdefault("enabled", False)
         return cls.from_script_args(values, family=family)
 
+    def require_condition_images(self) -> None:
+        """Raise ValueError naming the condition images the method needs but did not get."""
+        spec = self.method.spec
+        missing = [n for n in spec.conditions if getattr(self, f"{n}_image") is None]
+        if missing:
+            labels = {"fg": "Foreground", "bg": "Background", "blend": "Blending"}
+            raise ValueError(f"{self.method.value} needs a {' and a '.join(labels[n] for n in missing)} "
+                             f"image ({', '.join(n for n in missing)}=...)")
+
     # ---- output -------------------------------------------------------------------------
 
     def to_script_args(self) -> tuple:

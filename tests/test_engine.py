@@ -190,7 +190,7 @@ def count_unet_calls(unet) -> list:
     ("sd15", Method.FG_ONLY_ATTN, {}, UnsupportedModelError, "needs an SDXL model"),
     ("sdxl", Method.JOINT_SD15, {}, UnsupportedModelError, "needs an SD1.5 model"),
     ("sd15", Method.JOINT_SD15, {"batch": 2}, ValueError, "multiple of 3"),
-    ("sd15", Method.BG_TO_FG_SD15, {}, ValueError, "needs a bg image"),
+    ("sd15", Method.BG_TO_FG_SD15, {}, ValueError, "needs a Background image"),
     ("sdxl", Method.FG_TO_BLEND, {"fg": subject(), "bg": subject()}, ValueError, "does not use a bg image"),
     ("sdxl", Method.FG_ONLY_ATTN, {"width": 60}, ValueError, "multiples of 8"),
     ("sdxl", Method.FG_ONLY_ATTN, {"weight": 3}, ValueError, "weight must be between 0 and 2"),

@@ -12,10 +12,11 @@ from safetensors.torch import save_file
 
 from lib_layerdiffuse.cli import main
 from lib_layerdiffuse.engine import UnsupportedModelError, family_of_model, family_of_unet_config
+from lib_layerdiffuse.engine.family import family_of_ldm_layout
 from lib_layerdiffuse.methods import Family
 from lib_layerdiffuse.testing.layer_files import write_unet_files
 from lib_layerdiffuse.testing.pipelines import tiny_pipeline
-from lib_layerdiffuse.testing.unet_specs import TINY, diffusers_unet_config
+from lib_layerdiffuse.testing.unet_specs import FULL, TINY, diffusers_unet_config, ldm_unet_layout
 from lib_layerdiffuse.weights import catalog as catalog_module
 
 
@@ -102,32 +103,39 @@ def test_bad_arguments_are_refused_before_the_model_loads(saved_models, tmp_path
     assert code == 2 and message in capsys.readouterr().err
 
 
-def _checkpoint(path, tensors):
-    save_file({k: torch.zeros(s, dtype=torch.float16) for k, s in tensors.items()}, str(path))
+def _checkpoint(path, layout):
+    save_file({f"model.diffusion_model.{k}": torch.zeros(s, dtype=torch.float16) for k, s in layout.items()},
+              str(path))
     return path
 
 
-@pytest.mark.parametrize("tensors, expected", [
-    ({"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
-      "model.diffusion_model.label_emb.0.0.weight": (1, 2816)}, Family.SDXL),
-    ({"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
-      "model.diffusion_model.input_blocks.1.1.proj_in.weight": (320, 320, 1, 1)}, Family.SD15),
-])
-def test_single_file_family_from_tensor_names(tmp_path, tensors, expected):
-    assert family_of_model(str(_checkpoint(tmp_path / "model.safetensors", tensors))) is expected
+def _variant(family, **changes):
+    """The tiny LDM layout of `family` with some tensors replaced (None removes one)."""
+    layout = dict(ldm_unet_layout(TINY[family]))
+    for key, shape in changes.items():
+        key = key.replace("__", ".")
+        if shape is None:
+            layout.pop(key)
+        else:
+            layout[key] = shape
+    return layout
 
 
-@pytest.mark.parametrize("tensors, message", [
-    ({"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
-      "model.diffusion_model.input_blocks.1.1.proj_in.weight": (320, 320)}, "Stable Diffusion 2.x"),
-    ({"model.diffusion_model.input_blocks.0.0.weight": (384, 4, 3, 3),
-      "model.diffusion_model.label_emb.0.0.weight": (1, 2560)}, "refiner"),
-    ({"model.diffusion_model.input_blocks.0.0.weight": (320, 9, 3, 3)}, "9 input channels"),
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_family_from_ldm_names_and_shapes(tmp_path, family):
+    assert family_of_model(str(_checkpoint(tmp_path / "model.safetensors", _variant(family)))) is Family(family)
+    assert family_of_ldm_layout(ldm_unet_layout(FULL[family])) is Family(family)
+
+
+@pytest.mark.parametrize("layout, message", [
+    (_variant("sd15", input_blocks__1__1__proj_in__weight=(16, 16)), "Stable Diffusion 2.x"),
+    (_variant("sd15", label_emb__0__0__weight=(64, 40)), "refiner"),
+    (_variant("sd15", input_blocks__0__0__weight=(16, 9, 3, 3)), "9 input channels"),
     ({"double_blocks.0.img_attn.qkv.weight": (9, 3)}, "no SD UNet"),
 ])
-def test_unsupported_single_files_are_named(tmp_path, tensors, message):
+def test_unsupported_single_files_are_named(tmp_path, layout, message):
     with pytest.raises(UnsupportedModelError, match=message):
-        family_of_model(str(_checkpoint(tmp_path / "model.safetensors", tensors)))
+        family_of_model(str(_checkpoint(tmp_path / "model.safetensors", layout)))
 
 
 def test_other_unsupported_inputs(tmp_path):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import torch
 
 from ..methods import Family, Method
 from ..unet_blocks import STRUCTURES
@@ -49,6 +51,37 @@ def family_of_unet(unet) -> Family:
     return family_of_unet_config(dict(unet.config), f"the loaded UNet ({type(unet).__name__})")
 
 
+def family_of_ldm_layout(shapes: Mapping[str, Sequence[int]], source: str = "the model") -> Family:
+    """Family of an LDM-named UNet from its parameter names and shapes (without the
+    `diffusion_model.` prefix): a checkpoint file's header or a UNet loaded by Forge.
+
+    SD1.5 has 4 levels and conv projections, SD2.x linear ones; SDXL has 3 levels and the
+    `label_emb` embedding, the SDXL refiner 4 levels with it."""
+    conv_in = shapes.get("input_blocks.0.0.weight")
+    if conv_in is None:
+        raise UnsupportedModelError(
+            f"{source} has no SD UNet (no input_blocks.0.0.weight); it may be a Flux, SD3 or a LoRA "
+            "file. LayerDiffuse needs an SD1.5 or SDXL checkpoint")
+    config: dict[str, Any] = {"in_channels": int(conv_in[1])}
+    levels = 1 + sum(1 for k in shapes if k.startswith("input_blocks.") and k.endswith(".0.op.weight"))
+    if "label_emb.0.0.weight" in shapes:
+        if levels != 3:
+            raise UnsupportedModelError(f"{source} looks like the SDXL refiner ({levels} levels); "
+                                        "LayerDiffuse needs an SDXL base model")
+        config.update(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                      addition_embed_type="text_time")
+    else:
+        proj = shapes.get("input_blocks.1.1.proj_in.weight", ())
+        config.update(down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",) * (levels - 3),
+                      use_linear_projection=len(proj) == 2)
+    return family_of_unet_config(config, source)
+
+
+def family_of_ldm_unet(diffusion_model: torch.nn.Module, source: str = "the loaded checkpoint") -> Family:
+    """Family of an LDM-named UNet module (`diffusion_model` inside Forge)."""
+    return family_of_ldm_layout({k: tuple(v.shape) for k, v in diffusion_model.named_parameters()}, source)
+
+
 def family_of_checkpoint_file(path: Union[str, Path]) -> Family:
     """Family of a single-file (.safetensors) checkpoint from its tensor names and shapes,
     without loading any weights."""
@@ -58,34 +91,14 @@ def family_of_checkpoint_file(path: Union[str, Path]) -> Family:
     if path.suffix.lower() != ".safetensors":
         raise UnsupportedModelError(f"{path}: only .safetensors single-file checkpoints are loaded "
                                     "(pickled .ckpt/.pt files can run code when opened)")
+    prefix = "model.diffusion_model."
     try:
         with safe_open(str(path), framework="pt") as f:
-            keys = set(f.keys())
-            conv_in = "model.diffusion_model.input_blocks.0.0.weight"
-            if conv_in not in keys:
-                raise UnsupportedModelError(
-                    f"{path} has no SD UNet (no {conv_in}); it may be a Flux, SD3 or a LoRA file. "
-                    "LayerDiffuse needs an SD1.5 or SDXL checkpoint")
-            in_channels = f.get_slice(conv_in).get_shape()[1]
-            proj = "model.diffusion_model.input_blocks.1.1.proj_in.weight"
-            proj_dims = len(f.get_slice(proj).get_shape()) if proj in keys else 0
-            label = "model.diffusion_model.label_emb.0.0.weight"
-            adm = f.get_slice(label).get_shape()[1] if label in keys else 0
-    except UnsupportedModelError:
-        raise
+            shapes = {k[len(prefix):]: tuple(f.get_slice(k).get_shape())
+                      for k in f.keys() if k.startswith(prefix)}
     except Exception as exc:
         raise UnsupportedModelError(f"{path} cannot be read as safetensors: {exc}") from None
-    config = {"in_channels": in_channels}
-    if adm:
-        if adm != 2816:
-            raise UnsupportedModelError(f"{path} looks like the SDXL refiner (ADM input {adm}); "
-                                        "LayerDiffuse needs an SDXL base model")
-        config.update(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                      addition_embed_type="text_time")
-    else:
-        config.update(down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                      use_linear_projection=proj_dims == 2)
-    return family_of_unet_config(config, str(path))
+    return family_of_ldm_layout(shapes, str(path))
 
 
 def family_of_model(model: str) -> Family:

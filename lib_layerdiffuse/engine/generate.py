@@ -142,9 +142,7 @@ class LayerDiffuse:
             raise TypeError(f"prompt must be text, got {type(prompt).__name__}")
         settings = LayerDiffuseParams(enabled=True, method=method, **layer)
         spec = method.spec
-        for name in spec.conditions:
-            if getattr(settings, _CONDITION_FIELDS[name]) is None:
-                raise ValueError(f"{method.value} needs a {name} image ({name}=... / --{name})")
+        settings.require_condition_images()
         unused = [n for n, f in _CONDITION_FIELDS.items()
                   if n not in spec.conditions and getattr(settings, f) is not None]
         if unused:

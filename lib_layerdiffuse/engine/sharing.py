@@ -12,7 +12,7 @@ control features computed once per generation, not at every call.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -92,11 +92,13 @@ def sharing_module_names(family: Family = Family.SD15) -> list[str]:
 class AttentionSharingWeights(nn.Module):
     """The state dict of a layer_sd15_* file, shaped after the UNet it is used with."""
 
-    def __init__(self, unet: nn.Module, frames: int, rank: int, control_width: Optional[int]):
+    def __init__(self, unet: Optional[nn.Module], frames: int, rank: int, control_width: Optional[int],
+                 modules: Optional[Sequence[nn.Module]] = None):
         super().__init__()
         self.frames = frames
-        self.hookers = _Layers([SharingLayer(unet.get_submodule(n), frames, rank, control_width)
-                                for n in sharing_module_names()])
+        if modules is None:
+            modules = [unet.get_submodule(n) for n in sharing_module_names()]
+        self.hookers = _Layers([SharingLayer(m, frames, rank, control_width) for m in modules])
         self.kwargs_encoder = ControlEncoder(control_width) if control_width else None
 
     @property
@@ -104,9 +106,13 @@ class AttentionSharingWeights(nn.Module):
         return self.kwargs_encoder is not None
 
     @classmethod
-    def from_state_dict(cls, state_dict: dict[str, torch.Tensor], unet: nn.Module,
-                        source: str = "attention-sharing weights") -> "AttentionSharingWeights":
-        """Build the modules the file describes (frames, rank, control) and load it strictly."""
+    def from_state_dict(cls, state_dict: dict[str, torch.Tensor], unet: Optional[nn.Module],
+                        source: str = "attention-sharing weights",
+                        modules: Optional[Sequence[nn.Module]] = None) -> "AttentionSharingWeights":
+        """Build the modules the file describes (frames, rank, control) and load it strictly.
+
+        The layers are shaped after the 32 attention modules of a diffusers `unet`, or after
+        `modules` given in file order (Forge's LDM UNet)."""
         frames = 0
         while f"hookers.layers.0.to_q_lora.{frames}.down.weight" in state_dict:
             frames += 1
@@ -115,7 +121,7 @@ class AttentionSharingWeights(nn.Module):
                                     "(no 'hookers.layers.0.to_q_lora.0.down.weight')")
         rank = int(state_dict["hookers.layers.0.to_q_lora.0.down.weight"].shape[0])
         ctrl = state_dict.get("kwargs_encoder.blocks_1.0.weight")
-        model = cls(unet, frames, rank, int(ctrl.shape[0]) if ctrl is not None else None)
+        model = cls(unet, frames, rank, int(ctrl.shape[0]) if ctrl is not None else None, modules)
         load_strict(model, state_dict, source)
         return model
 
@@ -130,6 +136,19 @@ class SharingState:
     frame_contexts: list[Optional[torch.Tensor]] = field(default_factory=list)
     control: Optional[dict[int, torch.Tensor]] = None
     calls: int = 0
+    encoder: Optional[nn.Module] = None
+    control_image: Optional[torch.Tensor] = None
+
+    @torch.no_grad()
+    def control_features(self) -> dict[int, torch.Tensor]:
+        """The control encoder's feature maps, computed on first use where the encoder is
+        (Forge moves it to the GPU only when sampling starts)."""
+        if self.control is None:
+            if self.encoder is None or self.control_image is None:
+                raise ValueError("this SD1.5 method needs a condition image for its control encoder")
+            p = next(self.encoder.parameters())
+            self.control = self.encoder(self.control_image.to(p.device, p.dtype))
+        return self.control
 
     def positive_mask(self, n: int, device) -> torch.Tensor:
         """Which of the `n` UNet batch entries belong to the positive prompt: the pipelines stack
@@ -140,6 +159,16 @@ class SharingState:
             return torch.arange(n, device=device) >= self.images
         raise ValueError(f"attention sharing expected a UNet batch of {self.images} or {2 * self.images} "
                          f"images, got {n}")
+
+
+def _match_tokens(context: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A frame's prompt context with as many tokens as the main prompt's (long prompts come in
+    chunks of 77): cut, or padded by repeating its last token."""
+    context = context.to(like.device, like.dtype)
+    n = like.shape[1]
+    if context.shape[1] >= n:
+        return context[:, :n]
+    return torch.cat([context, context[:, -1:].expand(-1, n - context.shape[1], -1)], dim=1)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
@@ -178,11 +207,12 @@ class SharingProcessor:
     def _control_features(self, f: int, tokens: int) -> torch.Tensor:
         key = (f, tokens)
         if key not in self._control:
-            signal = self.state.control.get(tokens) if self.state.control else None
+            signal = self.state.control_features().get(tokens)
             if signal is None:
                 raise ValueError(f"no control features for {tokens} tokens; the control image must "
                                  "have the generation size")
-            out = self.layer.control_convs[f](signal)
+            conv = self.layer.control_convs[f]
+            out = conv(signal.to(conv[0].weight.device, conv[0].weight.dtype))
             self._control[key] = out.flatten(2).transpose(1, 2)
         return self._control[key]
 
@@ -192,9 +222,15 @@ class SharingProcessor:
             return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
         if attention_mask is not None:
             raise ValueError("attention masks are not supported together with SD1.5 attention sharing")
+        return self.shared_attention(attn, hidden_states, encoder_hidden_states, self.state.positive_mask)
+
+    def shared_attention(self, attn: nn.Module, h: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor],
+                         positive_mask: Callable[[int, torch.device], torch.Tensor]) -> torch.Tensor:
+        """The attention-sharing output for hidden states `h` `[frames*b, tokens, c]`, returned
+        as the change to add to `h` (the transformer block adds it residually).
+        `positive_mask(n, device)` tells which batch entries carry the positive prompt."""
         self.state.calls += 1
         frames = self.state.frames
-        h = hidden_states
         n, d, c = h.shape
         if n % frames:
             raise ValueError(f"a UNet batch of {n} is not a multiple of {frames} frames")
@@ -209,9 +245,9 @@ class SharingProcessor:
             contexts = ctx.view(b, frames, *ctx.shape[1:]).transpose(0, 1)
             overwrites = self.state.frame_contexts
             if any(o is not None for o in overwrites):
-                positive = self.state.positive_mask(n, ctx.device).view(b, frames).transpose(0, 1)
+                positive = positive_mask(n, ctx.device).view(b, frames).transpose(0, 1)
                 contexts = torch.stack([
-                    torch.where(positive[f][:, None, None], overwrites[f].to(ctx.dtype), contexts[f])
+                    torch.where(positive[f][:, None, None], _match_tokens(overwrites[f], ctx), contexts[f])
                     if f < len(overwrites) and overwrites[f] is not None else contexts[f]
                     for f in range(frames)])
         outs = []
@@ -252,9 +288,8 @@ def install_attention_sharing(unet: nn.Module, weights: AttentionSharingWeights,
     p = next(unet.parameters())
     weights.to(p.device, p.dtype)
     if weights.uses_control:
-        if control_image is None:
-            raise ValueError("this SD1.5 method needs a condition image for its control encoder")
-        state.control = weights.kwargs_encoder(control_image.to(p.device, p.dtype))
+        state.encoder, state.control_image = weights.kwargs_encoder, control_image
+        state.control_features()
     originals = {}
     try:
         for name, layer in zip(sharing_module_names(), weights.hookers.layers):

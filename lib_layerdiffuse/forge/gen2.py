@@ -1,0 +1,40 @@
+"""Current Forge (`backend`, from August 2024)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from .host import ForgeHost
+
+
+class CurrentForge(ForgeHost):
+    generation = 2
+    label = "Forge (backend)"
+    supports_transparent_img2img = True
+
+    def add_weight_patches(self, unet, filename: str, patches: dict[str, tuple], strength: float) -> set[str]:
+        # Forge keys its merged-weight cache by (filename, strengths): the filename must name the
+        # content, or a different file under the same name would leave stale weights merged.
+        return set(unet.add_patches(filename=filename, patches=patches, strength_patch=float(strength),
+                                    strength_model=1.0))
+
+    def percent_to_sigma(self, unet, percent: float) -> float:
+        return float(unet.model.predictor.percent_to_sigma(percent))
+
+    def sampling_prepare(self, unet, x: torch.Tensor) -> None:
+        self.modules["sampling"].sampling_prepare(unet, x)
+
+    def raw_latents(self, p, latents: torch.Tensor) -> torch.Tensor:
+        return p.sd_model.forge_objects.vae.first_stage_model.process_out(latents)
+
+    def encode_pixels(self, p, pixels: torch.Tensor) -> torch.Tensor:
+        vae = p.sd_model.forge_objects.vae.clone()
+        vae.patcher.set_model_vae_regulation(lambda posterior: posterior.mean)
+        return vae.first_stage_model.process_in(vae.encode(pixels))
+
+    def set_vae_regulation(self, p, regulation: Callable[[Any], torch.Tensor]) -> None:
+        vae = p.sd_model.forge_objects.vae.clone()
+        vae.patcher.set_model_vae_regulation(regulation)
+        p.sd_model.forge_objects.vae = vae

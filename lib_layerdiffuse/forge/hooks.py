@@ -1,0 +1,130 @@
+"""The Forge script hooks, called by `scripts/forge_layerdiffuse.py`.
+
+Each hook reads this job's state from the processing object `p`; none of them raises into
+Forge (which would hide the error in the server log and carry on half-patched): failures go
+through `Job.fail`, which switches LayerDiffuse off for the job and tells the user.
+"""
+
+from __future__ import annotations
+
+import functools
+import traceback
+from typing import Any, Callable
+
+from PIL import Image
+
+from ..engine.family import check_method_family, family_of_ldm_unet
+from ..params import LayerDiffuseParams
+from .decode import decode_batch
+from .host import detect_host
+from .img2img import prepare_transparent_init
+from .job import Job, job_of, start_job
+from .sampling import patch_unet
+from .saving import image_format, keep_pixels, save_png_copy
+
+
+def _guarded(hook: Callable) -> Callable:
+    @functools.wraps(hook)
+    def run(p: Any, *args: Any, **kwargs: Any) -> None:
+        job = job_of(p)
+        if job is not None and not job.active:
+            return
+        try:
+            hook(p, *args, **kwargs)
+        except Exception as exc:
+            traceback.print_exc()
+            job = job_of(p) or start_job(p, Job(params=None))
+            job.fail(p, f"{type(exc).__name__}: {exc}")
+    return run
+
+
+def _looks_enabled(args: tuple) -> bool:
+    if not args:
+        return False
+    first = args[0]
+    return isinstance(first, dict) or first is True or str(first).strip().casefold() in ("true", "1")
+
+
+@_guarded
+def process(p: Any, *args: Any) -> None:
+    """Before the batch loop: parse the settings, check host, model and inputs, write the infotext."""
+    job = start_job(p, Job(params=None))
+    try:
+        job.params = LayerDiffuseParams.from_script_args(*args)
+    except (TypeError, ValueError) as exc:
+        if _looks_enabled(args):
+            job.fail(p, f"invalid LayerDiffuse settings: {exc}")
+        return
+    params = job.params
+    if not params.enabled:
+        return
+    job.host = detect_host()
+    diffusion_model = p.sd_model.forge_objects.unet.model.diffusion_model
+    job.family = family_of_ldm_unet(diffusion_model, "the loaded checkpoint")
+    job.params = params = LayerDiffuseParams.from_script_args(*args, family=job.family)
+    check_method_family(params.method, job.family)
+    params.require_condition_images()
+    frames = params.method.spec.frame_count
+    if p.batch_size % frames:
+        raise ValueError(f"{params.method.value} generates {frames} images together; set Batch size to "
+                         f"a multiple of {frames} (it is {p.batch_size})")
+    p.extra_generation_params.update(params.to_infotext())
+
+
+@_guarded
+def before_sampling(p: Any, *args: Any, **kwargs: Any) -> None:
+    """`process_before_every_sampling`: patch a fresh UNet clone for this pass."""
+    job = job_of(p)
+    if job is None:
+        return
+    patch_unet(p, job.params, job.host, kwargs["noise"])
+    job.sampling_passes += 1
+
+
+@_guarded
+def before_init_images(p: Any, pp: dict, *args: Any, **kwargs: Any) -> None:
+    job = job_of(p)
+    if job is None:
+        return
+    prepare_transparent_init(p, job, (pp or {}).get("crop_region"))
+
+
+@_guarded
+def post_sample(p: Any, ps: Any, *args: Any) -> None:
+    job = job_of(p)
+    if job is not None and job.params.method.spec.transparent:
+        job.latents = ps.samples.detach()
+
+
+@_guarded
+def postprocess_batch(p: Any, *args: Any, images=None, **kwargs: Any) -> None:
+    job = job_of(p)
+    if job is not None and job.params.method.spec.transparent:
+        decode_batch(p, job, images)
+
+
+@_guarded
+def after_composite(p: Any, pp: Any, *args: Any) -> None:
+    """`postprocess_image_after_composite`: the RGBA becomes the image Forge saves and returns;
+    the checkerboard preview (and on request the opaque original) are extra images."""
+    job = job_of(p)
+    if job is None:
+        return
+    index = p.batch_index
+    decoded = job.outputs.get(index)
+    if decoded is None:
+        return
+    rgba, preview = decoded
+    if pp.image.size != (rgba.shape[1], rgba.shape[0]):
+        job.note(p, "the transparent result was not used because the final image has another size "
+                    "(inpainting 'only masked' pastes it into the full picture)")
+        return
+    original = pp.image
+    pp.image = keep_pixels(Image.fromarray(rgba, "RGBA"))
+    p.extra_result_images.append(Image.fromarray(preview, "RGB"))
+    if job.params.output_origin:
+        p.extra_result_images.append(original)
+    from modules import shared  # Forge
+
+    if image_format(shared.opts) != "png" and p.save_samples():
+        save_png_copy(p, pp.image, index)

@@ -1,0 +1,76 @@
+"""What LayerDiffuse remembers about one Forge generation job (kept on the processing object).
+
+Forge swallows exceptions raised in script hooks and carries on without the script's effect,
+so a failure would otherwise only show in the server log. `Job.fail` makes it visible where the
+user looks: the comments under the gallery (and in the API's `info`), the infotext, and the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from ..methods import Family
+from ..params import LayerDiffuseParams
+from .host import ForgeHost
+
+log = logging.getLogger("lib_layerdiffuse.forge")
+
+ATTRIBUTE = "layerdiffuse_job"
+ERROR_KEY = "layerdiffusion_error"
+
+
+@dataclass
+class Job:
+    params: Optional[LayerDiffuseParams]
+    host: Optional[ForgeHost] = None
+    family: Optional[Family] = None
+    error: Optional[str] = None
+    sampling_passes: int = 0
+    latents: Optional[torch.Tensor] = None  # model-space latents of the current batch
+    outputs: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # index -> (rgba, preview)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.params is not None and self.params.enabled and self.error is None
+
+    def fail(self, p: Any, message: str) -> None:
+        """Switch LayerDiffuse off for this job and say why, once."""
+        if self.error is not None:
+            return
+        self.error = message
+        text = f"LayerDiffuse did not run: {message}"
+        log.error(text)
+        print(f"[LayerDiffuse] {text}")
+        _comment(p, text)
+        extra = getattr(p, "extra_generation_params", None)
+        if isinstance(extra, dict):
+            extra[ERROR_KEY] = message
+
+    def note(self, p: Any, message: str) -> None:
+        """A visible remark that does not stop LayerDiffuse (shown once per job)."""
+        if message in self.notes:
+            return
+        self.notes.append(message)
+        print(f"[LayerDiffuse] {message}")
+        _comment(p, f"LayerDiffuse: {message}")
+
+
+def _comment(p: Any, text: str) -> None:
+    comment = getattr(p, "comment", None)
+    if callable(comment):
+        comment(text)
+
+
+def job_of(p: Any) -> Optional[Job]:
+    return getattr(p, ATTRIBUTE, None)
+
+
+def start_job(p: Any, job: Job) -> Job:
+    setattr(p, ATTRIBUTE, job)
+    return job

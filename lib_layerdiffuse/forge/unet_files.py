@@ -1,0 +1,70 @@
+"""The UNet-side weight files as Forge consumes them, one file kept in memory at a time."""
+
+from __future__ import annotations
+
+import threading
+from typing import Optional, Sequence
+
+from torch import nn
+
+from ..engine.sharing import AttentionSharingWeights
+from ..patches import parse_frozen_patches
+from ..weights import WeightStore
+
+# Forge's patch lists have 16 slots (load_frozen_patcher's layout): lora reads up, down,
+# alpha, mid and (current Forge) a DoRA scale by position.
+PATCH_SLOTS = 16
+
+_store: Optional[WeightStore] = None
+_cache: dict[tuple, object] = {}
+_lock = threading.Lock()
+
+
+def weight_store() -> WeightStore:
+    """The weight folder (Forge's models/layer_model unless configured otherwise), created on
+    first use so that importing the extension touches no files."""
+    global _store
+    if _store is None:
+        _store = WeightStore()
+    return _store
+
+
+def use_store(store: Optional[WeightStore]) -> None:
+    """Point the extension at another weight folder (tests, or a user-chosen folder)."""
+    global _store
+    with _lock:
+        _store = store
+        _cache.clear()
+
+
+def _one_cached(key: tuple, build):
+    with _lock:
+        if key not in _cache:
+            _cache.clear()  # the files are large: keep one
+            _cache[key] = build()
+        return _cache[key]
+
+
+def forge_patches(name: str) -> tuple[dict[str, tuple], str]:
+    """`({model_key: (patch_type, [16 slots])}, content-unique name)` for an SDXL file."""
+    store = weight_store()
+
+    def build():
+        parsed = parse_frozen_patches(store.load(name))
+        patches = {k: (t, list(tensors) + [None] * (PATCH_SLOTS - len(tensors))) for k, (t, tensors) in parsed.items()}
+        return patches, f"{store.path(name)}#sha256={store.entry(name).sha256}"
+
+    return _one_cached(("patches", name, str(store.folder)), build)
+
+
+def sharing_weights(name: str, modules: Sequence[nn.Module]) -> AttentionSharingWeights:
+    """The attention-sharing modules of an SD1.5 file, shaped after the 32 attention modules of
+    Forge's LDM UNet (in `unet_blocks.attention_modules` order)."""
+    store = weight_store()
+    shapes = tuple(tuple(m.to_q.weight.shape) for m in modules)
+
+    def build():
+        return AttentionSharingWeights.from_state_dict(store.load(name), None, str(store.path(name)),
+                                                       modules=modules)
+
+    return _one_cached(("sharing", name, str(store.folder), shapes), build)

@@ -1,0 +1,451 @@
+"""Small stand-ins for the two Forge generations, written from the documented host behaviour
+(../shared/reference/forge-api.md), for tests that cannot install Forge.
+
+What they reproduce: `clone()` copies the patch containers and deep-copies `model_options`;
+`add_patches` ignores keys the model does not have and returns the accepted ones (a list on
+early Forge, a set keyed by a filename on current Forge); both `load_frozen_patcher`
+signatures; object patches replace modules by dotted name; the LDM attention signature
+with `transformer_options`; latent scaling on the UNet (early) or the VAE (current); a
+processing object with the attributes the hooks read.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import types
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lib_layerdiffuse.testing.models import SCALING_FACTORS, tiny_vae
+from lib_layerdiffuse.testing.unet_specs import TINY, ldm_unet_layout
+
+SIGMA_MAX = 14.6
+
+
+class CrossAttention(nn.Module):
+    """The LDM attention module (to_q/to_k/to_v, to_out = Linear + Dropout)."""
+
+    def __init__(self, query_dim: int, context_dim: int, inner: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(0.0))
+
+    def forward(self, x, context=None, value=None, mask=None, transformer_options=None):
+        ctx = x if context is None else context
+        q, k, v = self.to_q(x), self.to_k(ctx), self.to_v(ctx)
+        b, n, c = q.shape
+        split = lambda t: t.view(b, t.shape[1], self.heads, -1).transpose(1, 2)  # noqa: E731
+        out = F.scaled_dot_product_attention(split(q), split(k), split(v))
+        return self.to_out(out.transpose(1, 2).reshape(b, n, c))
+
+
+def _child(root: nn.Module, dotted: str) -> nn.Module:
+    module = root
+    for part in dotted.split("."):
+        if not hasattr(module, part) or not isinstance(getattr(module, part), nn.Module):
+            module.add_module(part, nn.Module())
+        module = getattr(module, part)
+    return module
+
+
+def ldm_unet(family: str, seed: int = 0) -> nn.Module:
+    """A tiny module tree with the LDM parameter names and shapes of `family`'s UNet, with real
+    LDM-style attention modules (what `unet.model.diffusion_model` is in Forge)."""
+    spec = TINY[family]
+    layout = ldm_unet_layout(spec)
+    gen = torch.Generator().manual_seed(seed)
+    root = nn.Module()
+    attn = {k.rsplit(".to_q.weight", 1)[0] for k in layout if k.endswith(".to_q.weight")}
+    for prefix in sorted(attn):
+        parent, name = prefix.rsplit(".", 1)
+        inner, query = layout[prefix + ".to_q.weight"]
+        module = CrossAttention(query, layout[prefix + ".to_k.weight"][1], inner, spec.heads[0])
+        for p in module.parameters():
+            p.data = torch.randn(p.shape, generator=gen) * 0.1
+        _child(root, parent).add_module(name, module)
+    for key, shape in layout.items():
+        if any(key.startswith(p + ".") for p in attn):
+            continue
+        parent, name = key.rsplit(".", 1)
+        _child(root, parent).register_parameter(name, nn.Parameter(torch.randn(shape, generator=gen) * 0.02))
+    return root
+
+
+def set_attr(root: nn.Module, dotted: str, value: nn.Module) -> nn.Module:
+    parent, name = dotted.rsplit(".", 1)
+    module = root.get_submodule(parent)
+    old = getattr(module, name)
+    setattr(module, name, value)
+    return old
+
+
+class LatentFormat:
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    def process_in(self, x):
+        return x * self.scale
+
+    def process_out(self, x):
+        return x / self.scale
+
+
+class Sigmas:
+    """percent_to_sigma as Forge defines it: 1.0 -> 0 (never), 0.0 -> a huge sigma (at once)."""
+
+    def percent_to_sigma(self, percent):
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        return SIGMA_MAX * (1.0 - percent) ** 2
+
+
+class BaseModel(nn.Module):
+    def __init__(self, family: str, generation: int):
+        super().__init__()
+        self.diffusion_model = ldm_unet(family)
+        if generation == 1:
+            self.model_sampling = Sigmas()
+            self.latent_format = LatentFormat(SCALING_FACTORS[family])
+        else:
+            self.predictor = Sigmas()
+
+
+class ModelPatcher:
+    def __init__(self, model, load_device=None, offload_device=None, size=0, current_device=None):
+        self.model = model
+        self.load_device = load_device
+        self.offload_device = offload_device
+        self.model_options = {"transformer_options": {}}
+        self.object_patches: dict[str, nn.Module] = {}
+
+    def add_object_patch(self, name, obj):
+        self.object_patches[name] = obj
+
+    def set_model_vae_regulation(self, fn):
+        self.model_options["model_vae_regulation"] = fn
+
+    def model_keys(self) -> set[str]:
+        return {k for k, _ in self.model.named_parameters()}
+
+
+class UnetPatcherBase(ModelPatcher):
+    generation = 0
+
+    def __init__(self, model, *args, **kwargs):
+        super().__init__(model, *args, **kwargs)
+        self.extra_concat_condition = None
+        self.extra_modules: list[nn.Module] = []
+
+    def clone(self):
+        n = type(self)(self.model, self.load_device, self.offload_device)
+        n.model_options = copy.deepcopy(self.model_options)
+        n.object_patches = self.object_patches.copy()
+        n.extra_concat_condition = self.extra_concat_condition
+        n.extra_modules = self.extra_modules.copy()
+        self._copy_patches(n)
+        return n
+
+    def add_conditioning_modifier(self, modifier, ensure_uniqueness=False):
+        self.model_options.setdefault("conditioning_modifiers", []).append(modifier)
+
+    def set_transformer_option(self, k, v):
+        self.model_options["transformer_options"][k] = v
+
+    def add_extra_torch_module_during_sampling(self, m, cast_to_unet_dtype=True):
+        self.extra_modules.append(m)
+        return ModelPatcher(m, self.load_device, self.offload_device)
+
+    def _frozen(self, state_dict):
+        grouped: dict[str, dict[str, list]] = {}
+        for k, w in state_dict.items():
+            key, kind, index = k.split("::")
+            grouped.setdefault(key, {}).setdefault(kind, [None] * 16)[int(index)] = w
+        return {key: (kind, slots) for key, kinds in grouped.items() for kind, slots in kinds.items()}
+
+    # what sampling_prepare does with object patches: put them into the shared model
+    def apply_object_patches(self):
+        backup = {k: set_attr(self.model, k, v) for k, v in self.object_patches.items()}
+        return lambda: [set_attr(self.model, k, v) for k, v in backup.items()]
+
+
+class EarlyUnetPatcher(UnetPatcherBase):
+    generation = 1
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.patches: dict[str, list] = {}
+
+    def _copy_patches(self, n):
+        n.patches = {k: v[:] for k, v in self.patches.items()}
+
+    def add_patches(self, patches, strength_patch=1.0, strength_model=1.0):
+        keys = self.model_keys()
+        applied = []
+        for k, v in patches.items():
+            if k in keys:
+                self.patches.setdefault(k, []).append((strength_patch, v, strength_model))
+                applied.append(k)
+        return applied
+
+    def load_frozen_patcher(self, state_dict, strength):
+        self.add_patches(self._frozen(state_dict), float(strength), 1.0)
+
+
+class CurrentUnetPatcher(UnetPatcherBase):
+    generation = 2
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lora_patches: dict[tuple, dict] = {}
+
+    def _copy_patches(self, n):
+        n.lora_patches = self.lora_patches.copy()
+
+    def add_patches(self, *, filename, patches, strength_patch=1.0, strength_model=1.0, online_mode=False):
+        keys = self.model_keys()
+        accepted = {k: [[strength_patch, v, strength_model, None, None]] for k, v in patches.items() if k in keys}
+        self.lora_patches[(filename, strength_patch, strength_model, online_mode)] = accepted
+        return set(accepted)
+
+    def load_frozen_patcher(self, filename, state_dict, strength):
+        self.add_patches(filename=filename, patches=self._frozen(state_dict), strength_patch=float(strength))
+
+
+class Posterior:
+    def __init__(self, dist):
+        self.mean, self.std = dist.mean, dist.std
+
+    def sample(self):
+        return self.mean + self.std * torch.randn_like(self.std)
+
+
+class FirstStage:
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    def process_in(self, x):
+        return x * self.scale
+
+    def process_out(self, x):
+        return x / self.scale
+
+
+class VAE:
+    """Forge's VAE object over a tiny diffusers AutoencoderKL: `encode([B,H,W,3] in [0,1])`
+    returns raw latents; current Forge lets a regulation replace `posterior.sample()`."""
+
+    def __init__(self, family: str, generation: int, model=None):
+        self.family, self.generation = family, generation
+        self.model = model if model is not None else tiny_vae(family)
+        self.patcher = ModelPatcher(self.model)
+        if generation == 2:
+            self.first_stage_model = FirstStage(SCALING_FACTORS[family])
+        self.encoded: list[torch.Tensor] = []
+
+    def clone(self):
+        n = VAE(self.family, self.generation, self.model)
+        n.patcher.model_options = copy.deepcopy(self.patcher.model_options)
+        n.encoded = self.encoded
+        return n
+
+    @torch.no_grad()
+    def encode(self, pixels):
+        self.encoded.append(pixels)
+        x = pixels.movedim(-1, 1).float() * 2.0 - 1.0
+        posterior = Posterior(self.model.encode(x).latent_dist)
+        regulation = self.patcher.model_options.get("model_vae_regulation")
+        return regulation(posterior) if regulation is not None else posterior.sample()
+
+    @torch.no_grad()
+    def decode(self, raw):
+        return ((self.model.decode(raw.float()).sample + 1.0) / 2.0).clamp(0, 1).movedim(1, -1)
+
+
+class SdModel:
+    def __init__(self, family: str, generation: int):
+        unet_cls = EarlyUnetPatcher if generation == 1 else CurrentUnetPatcher
+        self.family = family
+        self.is_sdxl, self.is_sd1 = family == "sdxl", family == "sd15"
+        self.forge_objects = types.SimpleNamespace(
+            unet=unet_cls(BaseModel(family, generation), "cpu", "cpu"), vae=VAE(family, generation), clip=None)
+        self.forge_objects_after_applying_lora = types.SimpleNamespace(**vars(self.forge_objects))
+        self.context_dim = TINY[family].context_dim
+        self.encoded_prompts: list[str] = []
+
+    def reset_objects(self):
+        """What Forge does before every sampling pass."""
+        self.forge_objects = types.SimpleNamespace(**vars(self.forge_objects_after_applying_lora))
+
+    def get_learned_conditioning(self, texts):
+        self.encoded_prompts.extend(texts)
+        gen = torch.Generator().manual_seed(sum(map(ord, texts[0])))
+        c = torch.randn(len(texts), 77, self.context_dim, generator=gen)
+        return {"crossattn": c, "vector": torch.zeros(len(texts), 8)} if self.is_sdxl else c
+
+
+@dataclass
+class Processing:
+    sd_model: SdModel
+    batch_size: int = 1
+    n_iter: int = 1
+    width: int = 64
+    height: int = 64
+    prompt: str = "a glass cup"
+    prompts: list = field(default_factory=lambda: ["a glass cup"])
+    negative_prompts: list = field(default_factory=lambda: [""])
+    seeds: list = field(default_factory=lambda: [1])
+    subseeds: list = field(default_factory=lambda: [1])
+    extra_generation_params: dict = field(default_factory=dict)
+    extra_result_images: list = field(default_factory=list)
+    comments: dict = field(default_factory=dict)
+    batch_index: int = 0
+    iteration: int = 0
+    init_images: Optional[list] = None
+    resize_mode: int = 0
+    outpath_samples: str = ""
+    saved: bool = False
+
+    def comment(self, text):
+        self.comments[text] = 1
+
+    def save_samples(self):
+        return self.saved
+
+
+def _module(name: str, **attrs: Any) -> types.ModuleType:
+    m = types.ModuleType(name)
+    m.__dict__.update(attrs)
+    return m
+
+
+class Memory:
+    """`model_management` / `memory_management`: a CPU "GPU" that records loads."""
+
+    def __init__(self):
+        self.loaded: list = []
+        self.prepared: list = []
+
+    def module(self, name: str) -> types.ModuleType:
+        return _module(name, get_torch_device=lambda: torch.device("cpu"), should_use_fp16=lambda device=None: False,
+                       unet_offload_device=lambda: torch.device("cpu"), load_model_gpu=self.loaded.append)
+
+    def sampling_prepare(self, unet, x):
+        self.prepared.append(unet)
+
+
+def forge_modules(generation: int, memory: Memory) -> dict[str, types.ModuleType]:
+    """The host module tree of one Forge generation, for `sys.modules`."""
+    if generation == 1:
+        mods = {
+            "ldm_patched": _module("ldm_patched"), "ldm_patched.modules": _module("ldm_patched.modules"),
+            "ldm_patched.modules.model_patcher": _module("ldm_patched.modules.model_patcher", ModelPatcher=ModelPatcher),
+            "ldm_patched.modules.model_management": memory.module("ldm_patched.modules.model_management"),
+            "modules_forge": _module("modules_forge"),
+            "modules_forge.unet_patcher": _module("modules_forge.unet_patcher", UnetPatcher=EarlyUnetPatcher),
+            "modules_forge.forge_sampler": _module("modules_forge.forge_sampler",
+                                                   sampling_prepare=memory.sampling_prepare),
+        }
+    else:
+        mods = {
+            "backend": _module("backend"), "backend.patcher": _module("backend.patcher"),
+            "backend.patcher.unet": _module("backend.patcher.unet", UnetPatcher=CurrentUnetPatcher),
+            "backend.patcher.base": _module("backend.patcher.base", ModelPatcher=ModelPatcher),
+            "backend.memory_management": memory.module("backend.memory_management"),
+            "backend.sampling": _module("backend.sampling"),
+            "backend.sampling.sampling_function": _module("backend.sampling.sampling_function",
+                                                          sampling_prepare=memory.sampling_prepare),
+        }
+    return mods
+
+
+HOST_ROOTS = ("ldm_patched", "modules_forge", "backend", "modules")
+
+
+def install(monkeypatch, modules: dict[str, types.ModuleType]) -> None:
+    """Put a module tree into sys.modules (undone by monkeypatch), after hiding any real one."""
+    for name in list(sys.modules):
+        if name.split(".")[0] in HOST_ROOTS:
+            monkeypatch.delitem(sys.modules, name)
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+        if "." in name:
+            parent, child = name.rsplit(".", 1)
+            if parent in modules:
+                setattr(modules[parent], child, module)
+
+
+class Component:
+    """A gradio component as far as the extension uses it (gradio 3 spelling)."""
+
+    def __init__(self, value=None, **kwargs):
+        self.value = value
+        self.kwargs = kwargs
+        self.visible = kwargs.get("visible", True)
+        self.events: list = []
+        Component.created.append(self)
+
+    def change(self, fn, inputs=None, outputs=None, **kwargs):
+        self.events.append((fn, inputs, outputs, kwargs))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+Component.created = []
+
+
+def fake_gradio() -> types.ModuleType:
+    names = ("Blocks", "Accordion", "Row", "Column", "Group", "Checkbox", "Dropdown", "Slider", "Radio",
+             "Textbox", "Image", "Markdown", "HTML")
+    gr = _module("gradio", __version__="3.41.2", update=lambda **kw: {"__type__": "update", **kw})
+    for name in names:
+        setattr(gr, name, type(name, (Component,), {}))
+    return gr
+
+
+@dataclass
+class ImageSaveParams:
+    image: Any
+    p: Any
+    filename: str
+    pnginfo: dict
+
+
+def webui_modules(opts: Any, saved: list) -> dict[str, types.ModuleType]:
+    """`modules.*` of the WebUI as far as the script file and the saving code use them."""
+    class Script:
+        def elem_id(self, item_id):
+            return f"script_layerdiffuse_{item_id}"
+
+    callbacks: list = []
+
+    def save_image(image, path, basename, seed=None, prompt=None, extension="png", info=None, p=None, suffix="", **kw):
+        saved.append(dict(image=image, extension=extension, info=info, suffix=suffix))
+        return f"{path}/{seed}{suffix}.{extension}", None
+
+    def resize_image(resize_mode, im, width, height, upscaler_name=None, force_RGBA=False):
+        return im.resize((width, height))
+
+    return {
+        "modules": _module("modules"),
+        "modules.scripts": _module("modules.scripts", Script=Script, AlwaysVisible=object()),
+        "modules.script_callbacks": _module("modules.script_callbacks", before_image_saved=callbacks,
+                                            on_before_image_saved=callbacks.append),
+        "modules.shared": _module("modules.shared", opts=opts, cmd_opts=types.SimpleNamespace()),
+        "modules.images": _module("modules.images", save_image=save_image, resize_image=resize_image),
+        "modules.processing": _module("modules.processing",
+                                      create_infotext=lambda p, *a, index=0, **kw: f"{p.prompts[index]}, Seed: {p.seeds[index]}"),
+    }

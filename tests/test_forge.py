@@ -1,0 +1,565 @@
+"""The Forge extension against stand-ins of both Forge generations: host detection, every
+method's patches, hook idempotence, batches, decoding order, alpha that survives saving,
+API arguments, infotext, transparent img2img and importing the script file."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fake_forge as ff
+from lib_layerdiffuse.forge import hooks, saving, ui, unet_files
+from lib_layerdiffuse.forge.host import UnsupportedHostError, detect_host
+from lib_layerdiffuse.forge.job import ERROR_KEY
+from lib_layerdiffuse.images import to_png_base64
+from lib_layerdiffuse.methods import Family, Method, PatchKind
+from lib_layerdiffuse.params import LayerDiffuseParams
+from lib_layerdiffuse.testing.layer_files import write_unet_files
+from lib_layerdiffuse.testing.unet_specs import TINY
+from lib_layerdiffuse.unet_blocks import attention_modules
+from lib_layerdiffuse.vae.frontends import decoder_for
+from lib_layerdiffuse.weights import WeightStore
+from sharing_reference import published_unit
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def weight_files(tmp_path_factory):
+    """Tiny official-format files of both families, written once."""
+    folder = tmp_path_factory.mktemp("layer_model")
+    catalog = {}
+    for family in ("sd15", "sdxl"):
+        catalog.update(write_unet_files(folder, TINY[family]))
+    return folder, catalog
+
+
+@pytest.fixture(params=[1, 2], ids=["early-forge", "current-forge"])
+def forge(request, monkeypatch, weight_files):
+    folder, catalog = weight_files
+    memory = ff.Memory()
+    opts = types.SimpleNamespace(samples_format="png", enable_pnginfo=True,
+                                 data={"stealth_pnginfo_option": "Alpha"})
+    saved: list = []
+    ff.install(monkeypatch, {**ff.forge_modules(request.param, memory), **ff.webui_modules(opts, saved)})
+    unet_files.use_store(WeightStore(folder, catalog=catalog, allow_download=False, progress=False))
+    yield types.SimpleNamespace(generation=request.param, memory=memory, opts=opts, saved=saved,
+                                catalog=catalog, folder=folder)
+    unet_files.use_store(None)
+
+
+def rgba_image(seed, size=48):
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (size, size, 4), dtype=np.uint8)
+    img[..., 3] = np.where(rng.random((size, size)) > 0.5, 255, 0)
+    return img
+
+
+def args_for(method, **kw):
+    values = dict(enabled=True, method=method.value, **kw)
+    for c in method.spec.conditions:
+        values.setdefault(f"{c}_image", rgba_image(len(c)))
+    return LayerDiffuseParams.from_script_args(values).to_script_args()
+
+
+@dataclasses.dataclass
+class PostSampleArgs:
+    samples: torch.Tensor
+
+
+@dataclasses.dataclass
+class PostprocessImageArgs:
+    image: Image.Image
+    index: int
+
+
+def run_job(p, args, passes=1):
+    """The order in which Forge calls the hooks (modules/processing.py), with a stand-in
+    sampler: returns the patched UNets of every pass and the final images."""
+    hooks.process(p, *args)
+    patched, outputs = [], []
+    b, h = p.batch_size, p.height // 8
+    for n in range(p.n_iter):
+        p.iteration = n
+        noise = torch.randn(b, 4, h, p.width // 8, generator=torch.Generator().manual_seed(n))
+        for _ in range(passes):
+            p.sd_model.reset_objects()
+            hooks.before_sampling(p, *args, x=noise, noise=noise, c=None, uc=None)
+            patched.append(p.sd_model.forge_objects.unet)
+        samples = noise * 0.5
+        hooks.post_sample(p, PostSampleArgs(samples), *args)
+        vae = p.sd_model.forge_objects.vae
+        scale = ff.SCALING_FACTORS[p.sd_model.family]
+        images = vae.decode(samples / scale).movedim(-1, 1)
+        hooks.postprocess_batch(p, *args, images=images, batch_number=n)
+        for i in range(b):
+            p.batch_index = i
+            pixels = (images[i].movedim(0, -1).numpy() * 255).round().astype(np.uint8)
+            pp = PostprocessImageArgs(Image.fromarray(pixels), i + n * b)
+            hooks.after_composite(p, pp, *args)
+            outputs.append(pp.image)
+    return patched, outputs
+
+
+def processing(family, generation, **kw):
+    return ff.Processing(ff.SdModel(family, generation), width=SIZE, height=SIZE, **kw)
+
+
+def file_patches(forge, method, strength):
+    """What Forge's own load_frozen_patcher makes of the method's file."""
+    from safetensors.torch import load_file
+
+    base = processing("sdxl", forge.generation).sd_model.forge_objects.unet
+    sd = load_file(str(forge.folder / method.spec.unet_file))
+    if forge.generation == 1:
+        base.load_frozen_patcher(sd, strength)
+        return {k: v[0][1] for k, v in base.patches.items()}
+    base.load_frozen_patcher("x", sd, strength)
+    return {k: v[0][1] for k, v in next(iter(base.lora_patches.values())).items()}
+
+
+def accepted(unet):
+    """{key: (strength, (type, slots))} of the weight patches on a patcher."""
+    if unet.generation == 1:
+        return {k: (v[-1][0], v[-1][1]) for k, v in unet.patches.items()}
+    out = {}
+    for (_, strength, _, _), patches in unet.lora_patches.items():
+        out.update({k: (strength, v[0][1]) for k, v in patches.items()})
+    return out
+
+
+# ---- host detection ---------------------------------------------------------------------
+
+def test_each_generation_is_detected(forge):
+    host = detect_host()
+    assert host.generation == forge.generation
+    assert host.supports_transparent_img2img is (forge.generation == 2)
+
+
+@pytest.mark.parametrize("tree, message", [
+    ({}, "AUTOMATIC1111"),
+    ({"ldm_patched": ff._module("ldm_patched"), "ldm_patched.modules": ff._module("ldm_patched.modules"),
+      "ldm_patched.modules.model_patcher": ff._module("ldm_patched.modules.model_patcher")}, "reForge"),
+])
+def test_unsupported_hosts_are_named(monkeypatch, tree, message):
+    ff.install(monkeypatch, tree)
+    with pytest.raises(UnsupportedHostError, match=message):
+        detect_host()
+
+
+def test_forks_with_changed_patchers_are_refused(monkeypatch):
+    class ClassicPatcher(ff.CurrentUnetPatcher):
+        def add_patches(self, patches, strength_patch=1.0, strength_model=1.0):
+            raise AssertionError("never called")
+    tree = ff.forge_modules(2, ff.Memory())
+    tree["backend.patcher.unet"] = ff._module("backend.patcher.unet", UnetPatcher=ClassicPatcher)
+    ff.install(monkeypatch, tree)
+    with pytest.raises(UnsupportedHostError, match="Classic/Neo"):
+        detect_host()
+
+    class OldPatcher(ff.EarlyUnetPatcher):
+        load_frozen_patcher = None
+    tree = ff.forge_modules(1, ff.Memory())
+    tree["modules_forge.unet_patcher"] = ff._module("modules_forge.unet_patcher", UnetPatcher=OldPatcher)
+    ff.install(monkeypatch, tree)
+    with pytest.raises(UnsupportedHostError, match="too old"):
+        detect_host()
+
+
+def test_unsupported_host_is_reported_in_the_result(monkeypatch):
+    opts = types.SimpleNamespace(samples_format="png", data={})
+    ff.install(monkeypatch, ff.webui_modules(opts, []))
+    p = processing("sdxl", 2)
+    base = p.sd_model.forge_objects.unet
+    run_job(p, args_for(Method.FG_ONLY_ATTN))
+    assert any("needs Stable Diffusion WebUI Forge" in c for c in p.comments)
+    assert "Forge" in p.extra_generation_params[ERROR_KEY]
+    assert p.sd_model.forge_objects.unet is base and not p.extra_result_images
+
+
+# ---- SDXL weight patches ----------------------------------------------------------------
+
+SDXL_METHODS = [m for m in Method if m.family is Family.SDXL]
+
+
+@pytest.mark.parametrize("method", SDXL_METHODS, ids=lambda m: m.name)
+def test_sdxl_methods_patch_every_key_with_the_weight(forge, method):
+    p = processing("sdxl", forge.generation, batch_size=2)
+    base = p.sd_model.forge_objects.unet
+    patched, outputs = run_job(p, args_for(method, weight=0.7), passes=3)
+    assert len(patched) == 3 and len({id(u) for u in patched}) == 3
+    expected = file_patches(forge, method, 0.7)
+    for unet in patched:
+        got = accepted(unet)
+        assert set(got) == set(expected)
+        for key, (strength, (kind, slots)) in got.items():
+            assert strength == pytest.approx(0.7) and kind == expected[key][0] and len(slots) == 16
+            assert all(a is b or torch.equal(a, b) for a, b in zip(slots, expected[key][1]) if a is not None)
+    assert not getattr(base, "patches", None) and not getattr(base, "lora_patches", None)
+    if forge.generation == 2:
+        (filename, *_), = patched[0].lora_patches
+        assert forge.catalog[method.spec.unet_file].sha256 in filename
+    if method.spec.conditions:
+        cond = patched[0].extra_concat_condition
+        assert cond.shape == (2, 4 * len(method.spec.conditions), SIZE // 8, SIZE // 8)
+        assert torch.equal(cond[0], cond[1])
+    else:
+        assert patched[0].extra_concat_condition is None
+    assert p.extra_generation_params["layerdiffusion_method"] == method.value
+    transparent = bool(method.spec.transparent)
+    assert all((img.mode == "RGBA") is transparent for img in outputs)
+    assert not p.comments
+
+
+def test_concat_condition_is_the_grey_flattened_mean_encode(forge):
+    method = Method.FG_BLEND_TO_BG
+    p = processing("sdxl", forge.generation)
+    args = args_for(method, resize_mode="Just Resize")
+    patched, _ = run_job(p, args)
+    params = LayerDiffuseParams.from_script_args(*args)
+    from lib_layerdiffuse.engine.conditions import prepare_condition
+
+    vae = p.sd_model.forge_objects.vae
+    expected, pixels = [], []
+    for image in (params.fg_image, params.blend_image):
+        rgb = torch.from_numpy(prepare_condition(image, SIZE, SIZE, "Just Resize"))
+        pixels.append(rgb)
+        x = rgb.movedim(-1, 0)[None] * 2 - 1
+        expected.append(vae.model.encode(x).latent_dist.mean * ff.SCALING_FACTORS["sdxl"])
+    sent = vae.encoded[-2:]  # what Forge's VAE was asked to encode: [1,H,W,3] in [0,1]
+    assert all(torch.equal(s[0], e) for s, e in zip(sent, pixels))
+    if forge.generation == 2:  # current Forge lets us take the posterior mean
+        torch.testing.assert_close(patched[0].extra_concat_condition, torch.cat(expected, 1), atol=1e-5, rtol=1e-5)
+
+
+def test_stop_at_switches_to_the_unpatched_unet_without_the_condition(forge):
+    p = processing("sdxl", forge.generation)
+    patched, _ = run_job(p, args_for(Method.FG_TO_BLEND, stop_at=0.5))
+    unet = patched[0]
+    modifier, = unet.model_options["conditioning_modifiers"]
+    cond = [{"model_conds": {"c_crossattn": 1, "c_concat": 2}}]
+    early = modifier("patched", None, torch.tensor([ff.SIGMA_MAX]), None, cond, 7.0, {}, 1)
+    assert early[0] == "patched" and early[4] is cond
+    late = modifier("patched", torch.zeros(1), torch.tensor([0.1]), None, cond, 7.0, {}, 1)
+    original = forge.memory.prepared[-1]
+    assert late[0] is original.model and not accepted(original)
+    assert late[4] == [{"model_conds": {"c_crossattn": 1}}] and late[3] is None
+    assert "c_concat" in cond[0]["model_conds"]  # Forge's own dicts are left alone
+    modifier("patched", torch.zeros(1), torch.tensor([0.05]), None, cond, 7.0, {}, 1)
+    assert len(forge.memory.prepared) == 1  # the unpatched UNet is loaded once
+
+
+def test_stop_at_one_adds_no_modifier(forge):
+    patched, _ = run_job(processing("sdxl", forge.generation), args_for(Method.FG_ONLY_CONV))
+    assert not patched[0].model_options.get("conditioning_modifiers")
+
+
+# ---- SD1.5 attention sharing -----------------------------------------------------------
+
+SD15_METHODS = [m for m in Method if m.family is Family.SD15]
+
+
+@pytest.mark.parametrize("method", SD15_METHODS, ids=lambda m: m.name)
+def test_sd15_methods_share_attention_like_the_published_algorithm(forge, method):
+    frames = method.spec.frame_count
+    p = processing("sd15", forge.generation, batch_size=2 * frames)
+    extra = {"fg_prompt": "a cat", "bg_prompt": "a garden", "blend_prompt": "a cat in a garden"}
+    prompts = {k: v for k, v in extra.items() if k[:-7] in method.spec.prompts}
+    patched, outputs = run_job(p, args_for(method, **prompts), passes=2)
+    unet = patched[-1]
+    names = attention_modules(Family.SD15)
+    assert set(unet.object_patches) == {"diffusion_model." + n for n in names}
+    weights, = unet.extra_modules
+    assert len(weights.hookers.layers) == len(names) == 32
+    assert sorted(p.sd_model.encoded_prompts) == sorted([f"{v}, a glass cup" for v in prompts.values()] * 2)
+
+    restore = unet.apply_object_patches()
+    try:
+        name = names[1]  # attn2 of the first block: cross-attention
+        module = unet.model.diffusion_model.get_submodule(name)
+        original = module.original
+        n = 2 * p.batch_size
+        h = torch.randn(n, (SIZE // 8) ** 2, original.to_q.in_features)
+        ctx = torch.randn(n, 77, original.to_k.in_features)
+        mark = torch.tensor([0.0] * p.batch_size + [1.0] * p.batch_size)
+        out = module(h, context=ctx, transformer_options={"cond_mark": mark})
+        state = module.state
+        control = None
+        if method.spec.conditions:
+            control = state.control_features()[(SIZE // 8) ** 2]
+        overwrites = [c if c is None else c.float() for c in state.frame_contexts]
+        expected = published_unit(original, weights.hookers.layers[1], frames, h, ctx, mark, overwrites, control)
+        torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+        state.active = False
+        plain = module(h, context=ctx, transformer_options={"cond_mark": mark})
+        torch.testing.assert_close(plain, original(h, context=ctx))
+    finally:
+        restore()
+    assert all(isinstance(m, ff.CrossAttention) for m in
+               (p.sd_model.forge_objects.unet.model.diffusion_model.get_submodule(n) for n in names))
+    transparent = [i % frames in method.spec.transparent for i in range(p.batch_size)]
+    assert [img.mode == "RGBA" for img in outputs] == transparent
+
+
+def test_stale_object_patches_are_unwrapped(forge):
+    """A previous job's modules still patched into the model must not be wrapped twice."""
+    p = processing("sd15", forge.generation)
+    patched, _ = run_job(p, args_for(Method.FG_ONLY_ATTN_SD15))
+    restore = patched[0].apply_object_patches()
+    try:
+        patched2, _ = run_job(processing_with(p.sd_model, forge), args_for(Method.FG_ONLY_ATTN_SD15))
+        for key, module in patched2[0].object_patches.items():
+            assert isinstance(module.original, ff.CrossAttention)
+    finally:
+        restore()
+
+
+def processing_with(sd_model, forge):
+    return ff.Processing(sd_model, width=SIZE, height=SIZE)
+
+
+def test_sd15_batch_must_hold_whole_frame_sets(forge):
+    p = processing("sd15", forge.generation, batch_size=2)
+    base = p.sd_model.forge_objects.unet
+    patched, outputs = run_job(p, args_for(Method.JOINT_SD15))
+    assert "multiple of 3" in p.extra_generation_params[ERROR_KEY]
+    assert any("multiple of 3" in c for c in p.comments)
+    assert all(u is base for u in patched) and all(img.mode == "RGB" for img in outputs)
+
+
+# ---- family checks, decoding, outputs ---------------------------------------------------
+
+@pytest.mark.parametrize("family, method, message", [
+    ("sd15", Method.FG_ONLY_ATTN, "needs an SDXL model, but the model is SD1.5"),
+    ("sdxl", Method.JOINT_SD15, "needs an SD1.5 model, but the model is SDXL"),
+])
+def test_wrong_family_is_refused_before_patching(forge, family, method, message):
+    p = processing(family, forge.generation, batch_size=method.spec.frame_count)
+    base = p.sd_model.forge_objects.unet
+    patched, _ = run_job(p, args_for(method))
+    assert message in p.extra_generation_params[ERROR_KEY]
+    assert all(u is base for u in patched)
+
+
+def test_flux_like_model_gets_a_message(forge):
+    p = processing("sdxl", forge.generation)
+    p.sd_model.forge_objects.unet.model.diffusion_model = torch.nn.Linear(2, 2)
+    run_job(p, args_for(Method.FG_ONLY_ATTN))
+    assert "Flux" in p.extra_generation_params[ERROR_KEY]
+
+
+def test_decoding_uses_raw_latents_per_index_over_batches(forge):
+    p = processing("sdxl", forge.generation, batch_size=2, n_iter=2)
+    _, outputs = run_job(p, args_for(Method.FG_ONLY_ATTN))
+    assert [img.mode for img in outputs] == ["RGBA"] * 4
+    assert [img.mode for img in p.extra_result_images] == ["RGB"] * 4
+    decoder = decoder_for("sdxl", unet_files.weight_store(), "cpu", torch.float32)
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    raw = noise * 0.5 / ff.SCALING_FACTORS["sdxl"]
+    pixels = p.sd_model.forge_objects.vae.decode(raw).movedim(-1, 1)
+    expected = decoder.decode(raw[1:2], pixels[1:2])
+    assert np.array_equal(np.asarray(outputs[3]), expected.rgba[0])
+    assert np.array_equal(np.asarray(p.extra_result_images[3]), expected.preview[0])
+    assert len(forge.memory.loaded) == 2  # the decoder went through Forge's memory manager per batch
+
+
+def test_any_size_decodes(forge):
+    p = processing("sdxl", forge.generation)
+    p.width, p.height = 72, 56  # not multiples of 64 (the reference fails here)
+    _, outputs = run_job(p, args_for(Method.FG_ONLY_CONV))
+    assert outputs[0].mode == "RGBA" and outputs[0].size == (72, 56)
+
+
+def test_output_origin_adds_the_opaque_image(forge):
+    p = processing("sdxl", forge.generation)
+    run_job(p, args_for(Method.FG_ONLY_ATTN, output_origin=True))
+    assert [img.mode for img in p.extra_result_images] == ["RGB", "RGB"]
+
+
+def test_stealth_infotext_cannot_wipe_the_alpha(forge):
+    p = processing("sdxl", forge.generation)
+    _, outputs = run_job(p, args_for(Method.FG_ONLY_ATTN))
+    image = outputs[0]
+    before = np.asarray(image).copy()
+    assert before[..., 3].min() < 250
+    params = ff.ImageSaveParams(image, p, "out.png", {"parameters": "x"})
+    image.putalpha(255)  # what Forge's stealth writer does to the same object ...
+    image.putpixel((0, 0), (1, 2, 3, 254))
+    saving.restore_pixels(params)  # ... and the before_image_saved callback that runs next
+    assert params.image is image and np.array_equal(np.asarray(image), before)
+    plain = Image.new("RGBA", (4, 4), (1, 2, 3, 255))
+    saving.restore_pixels(ff.ImageSaveParams(plain, p, "x.png", {}))
+    assert plain.getpixel((0, 0)) == (1, 2, 3, 255)
+
+
+def test_non_png_format_saves_a_transparent_copy(forge):
+    forge.opts.samples_format = "jpg"
+    p = processing("sdxl", forge.generation, saved=True)
+    run_job(p, args_for(Method.FG_ONLY_ATTN))
+    copy, = forge.saved
+    assert copy["extension"] == "png" and copy["suffix"] == saving.SUFFIX and copy["image"].mode == "RGBA"
+    notes = saving.alpha_notes(forge.opts)
+    assert any("JPG" in n for n in notes) and any("Stealth" in n for n in notes)
+
+
+# ---- API arguments ----------------------------------------------------------------------
+
+def test_api_arguments_short_lists_nulls_dicts_and_base64(forge):
+    p = processing("sdxl", forge.generation)
+    patched, outputs = run_job(p, [True, "Only Generate Transparent Image (Attention Injection)", None])
+    assert accepted(patched[0]) and outputs[0].mode == "RGBA" and not p.comments
+    image = to_png_base64(rgba_image(3))
+    p = processing("sdxl", forge.generation, batch_size=2)
+    patched, _ = run_job(p, [{"method": "FG_TO_BLEND", "fg": image, "weight": 1}, False, None])
+    assert patched[0].extra_concat_condition.shape[0] == 2
+    p = processing("sdxl", forge.generation)
+    patched, _ = run_job(p, [True, Method.FG_ONLY_ATTN.value, "heavy"])
+    assert "weight" in p.extra_generation_params[ERROR_KEY] and not accepted(patched[0])
+    p = processing("sdxl", forge.generation)
+    run_job(p, [False, Method.FG_ONLY_ATTN.value, "heavy"])  # off: bad values are not an error
+    assert not p.comments and ERROR_KEY not in p.extra_generation_params
+
+
+def test_missing_condition_image_is_named(forge):
+    p = processing("sdxl", forge.generation)
+    run_job(p, [True, Method.BG_TO_BLEND.value])
+    assert "needs a Background image" in p.extra_generation_params[ERROR_KEY]
+
+
+def test_missing_weights_name_the_file(forge, tmp_path):
+    unet_files.use_store(WeightStore(tmp_path, catalog=forge.catalog, allow_download=False, progress=False))
+    p = processing("sdxl", forge.generation)
+    run_job(p, args_for(Method.FG_ONLY_ATTN))
+    assert "layer_xl_transparent_attn.safetensors" in p.extra_generation_params[ERROR_KEY]
+    assert str(tmp_path) in p.extra_generation_params[ERROR_KEY]
+
+
+# ---- transparent img2img ----------------------------------------------------------------
+
+def test_transparent_img2img(forge):
+    p = processing("sdxl", forge.generation)
+    init = Image.fromarray(rgba_image(5, SIZE), "RGBA")
+    p.init_images = [init]
+    args = args_for(Method.FG_ONLY_ATTN)
+    hooks.process(p, *args)
+    hooks.before_init_images(p, {"crop_region": None, "image_mask": None}, *args)
+    assert p.init_images[0].mode == "RGB"
+    grey = np.asarray(p.init_images[0])
+    transparent = rgba_image(5, SIZE)[..., 3] == 0
+    assert np.all(np.abs(grey[transparent].astype(int) - 128) <= 1)
+    if forge.generation == 1:
+        assert any("needs current Forge" in c for c in p.comments)
+        return
+    vae = p.sd_model.forge_objects.vae
+    regulation = vae.patcher.model_options["model_vae_regulation"]
+    post = ff.Posterior(vae.model.encode(torch.zeros(2, 3, SIZE, SIZE)).latent_dist)
+    z = regulation(post)
+    from lib_layerdiffuse.vae.frontends import OFFSET_SCALE, encoder_for
+
+    offset = encoder_for("sdxl", unet_files.weight_store(), "cpu", torch.float32).offset([rgba_image(5, SIZE)])
+    torch.testing.assert_close(z, post.mean + post.std * OFFSET_SCALE * offset.expand(2, -1, -1, -1))
+
+
+# ---- UI, infotext, script file ----------------------------------------------------------
+
+@pytest.fixture()
+def gradio(monkeypatch):
+    gr = ff.fake_gradio()
+    monkeypatch.setitem(__import__("sys").modules, "gradio", gr)
+    ff.Component.created = []
+    return gr
+
+
+def load_script(monkeypatch):
+    spec = importlib.util.spec_from_file_location("forge_layerdiffuse", ROOT / "scripts" / "forge_layerdiffuse.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_file_imports_and_builds_the_panel(forge, gradio, monkeypatch):
+    import sys
+
+    module = load_script(monkeypatch)
+    script_cls = module.LayerDiffuseForForge
+    assert issubclass(script_cls, sys.modules["modules.scripts"].Script)
+    assert sys.modules["modules.script_callbacks"].before_image_saved == [saving.restore_pixels]
+    script = script_cls()
+    assert script.title() == "LayerDiffuse"
+    assert script.show(False) is sys.modules["modules.scripts"].AlwaysVisible
+    components = script.ui(True)
+    fields = dataclasses.fields(LayerDiffuseParams)
+    assert len(components) == len(fields) == 12
+    defaults = LayerDiffuseParams()
+    for comp, f in zip(components, fields):
+        if f.metadata["kind"] == "image":
+            assert type(comp).__name__ == "Image" and comp.kwargs["image_mode"] == "RGBA"
+            continue
+        assert comp.kwargs["label"] == f.metadata["label"]
+        value = getattr(defaults, f.name)
+        assert comp.value == (value.value if hasattr(value, "value") else value)
+    assert components[1].kwargs["choices"] == Method.choices()
+    assert any("Stealth" in (c.value or "") for c in ff.Component.created if type(c).__name__ == "Markdown")
+    # hooks delegate: a whole job through the script object
+    p = processing("sdxl", forge.generation)
+    args = args_for(Method.FG_ONLY_ATTN)
+    script.process(p, *args)
+    script.process_before_every_sampling(p, *args, x=None, noise=torch.zeros(1, 4, 8, 8), c=None, uc=None)
+    assert accepted(p.sd_model.forge_objects.unet)
+
+
+def test_method_change_shows_only_the_inputs_it_uses(gradio):
+    assert ui.input_visibility(Method.FG_BLEND_TO_BG) == {
+        "fg_image": True, "bg_image": False, "blend_image": True, "resize_mode": True,
+        "fg_prompt": False, "bg_prompt": False, "blend_prompt": False}
+    assert ui.input_visibility("(SD1.5) From Background to Foreground (need batch size 2)") == {
+        "fg_image": False, "bg_image": True, "blend_image": False, "resize_mode": True,
+        "fg_prompt": True, "bg_prompt": False, "blend_prompt": True}
+    script = types.SimpleNamespace(elem_id=lambda x: x)
+    components = ui.build_ui(script, False)
+    method = components[1]
+    (fn, inputs, outputs, kwargs), = method.events
+    updates = fn(Method.JOINT_SD15.value)
+    assert len(updates) == len(outputs) == 8
+    assert [u["visible"] for u in updates[1:]] == [False, False, False, False, True, True, True]
+    updates = fn(Method.FG_ONLY_ATTN.value)
+    assert updates[-1] == {"__type__": "update", "visible": False, "value": ""}
+    assert "multiple of 3" in ui.method_hint(Method.JOINT_SD15)
+
+
+def test_infotext_round_trip_through_the_paste_fields(gradio):
+    script = types.SimpleNamespace(elem_id=lambda x: x)
+    components = ui.build_ui(script, True)
+    params = LayerDiffuseParams(enabled=True, method=Method.BG_TO_FG_SD15, weight=0.75, stop_at=0.5,
+                                resize_mode="Resize and Fill", fg_prompt="a cat, sitting", blend_prompt="x")
+    text = {k: str(v) for k, v in params.to_infotext().items()}
+
+    def paste(values):
+        out = {}
+        for comp, key in script.infotext_fields:
+            v = key(values) if callable(key) else values.get(key)
+            if v is None:
+                continue
+            kind = type(comp.value)
+            out[id(comp)] = (False if v == "False" else bool(v)) if kind is bool else kind(v)
+        return [out.get(id(c), c.value) for c in components]
+
+    restored = LayerDiffuseParams.from_script_args(*paste(text))
+    assert restored == params
+    old = {"layerdiffusion_method": "From Foreground to Blending", "layerdiffusion_enabled": "True"}
+    assert LayerDiffuseParams.from_script_args(*paste(old)).method is Method.FG_TO_BLEND
+    assert LayerDiffuseParams.from_script_args(*paste({"Steps": "20"})).enabled is False
+    assert set(script.paste_field_names) >= {"layerdiffusion_method", "layerdiffusion_weight"}
+
+
+def test_patch_kinds_cover_every_method():
+    kinds = {m.spec.patch_kind for m in Method}
+    assert kinds == {PatchKind.LORA, PatchKind.DIFF, PatchKind.ATTENTION_SHARING}
