@@ -192,15 +192,18 @@ class SharingProcessor:
 
     @torch.no_grad()
     def _merge(self, attn: nn.Module) -> list[list[tuple[torch.Tensor, Optional[torch.Tensor]]]]:
-        """Per frame, the four projections `W + up @ down` (fp32 math, model dtype)."""
+        """Per frame, the four projections `W + up @ down` (fp32 math), on the device and in the
+        dtype of the sharing layer (which is moved to where the UNet runs)."""
         frames = []
         for f in range(self.state.frames):
             per_frame = []
             for name, proj in PROJECTIONS:
                 lin = attn.get_submodule(proj)
                 pair = getattr(self.layer, name)[f]
-                w = lin.weight.float() + pair.up.weight.float() @ pair.down.weight.float()
-                per_frame.append((w.to(lin.weight.dtype), lin.bias))
+                up = pair.up.weight
+                w = lin.weight.to(up.device).float() + up.float() @ pair.down.weight.float()
+                bias = lin.bias.to(up.device, up.dtype) if lin.bias is not None else None
+                per_frame.append((w.to(up.dtype), bias))
             frames.append(per_frame)
         return frames
 

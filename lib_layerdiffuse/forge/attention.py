@@ -30,9 +30,9 @@ class SharedAttention(nn.Module):
         return self._held[0]
 
     def _processor_for(self, x: torch.Tensor) -> SharingProcessor:
-        """Projections merged where the UNet runs now (Forge moves it between devices)."""
-        weight = self.original.to_q.weight
-        key = (weight.device, weight.dtype)
+        """Projections merged where the UNet runs now, in its compute dtype (Forge moves models
+        between devices, and in low-VRAM modes keeps weights elsewhere than the activations)."""
+        key = (x.device, x.dtype)
         if self._key != key:
             layer = self._held[1]
             probe = next(layer.parameters())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import weakref
 from types import ModuleType
 from typing import Any, Callable, Optional
 
@@ -88,11 +89,18 @@ class ForgeHost:
 
     def load_module(self, module: torch.nn.Module) -> torch.device:
         """Move an extra network (the transparent decoder) onto the GPU through Forge's memory
-        manager, which offloads other models when space is short."""
-        patcher = self.modules["model_patcher"].ModelPatcher(
-            module, load_device=self.torch_device(), offload_device=self.memory.unet_offload_device())
+        manager, which offloads other models when space is short. One patcher per network, so
+        the manager sees the same model every time rather than a new one per batch."""
+        patcher = _PATCHERS.get(module)
+        if patcher is None:
+            patcher = self.modules["model_patcher"].ModelPatcher(
+                module, load_device=self.torch_device(), offload_device=self.memory.unet_offload_device())
+            _PATCHERS[module] = patcher
         self.memory.load_model_gpu(patcher)
         return next(module.parameters()).device
+
+
+_PATCHERS: "weakref.WeakKeyDictionary[torch.nn.Module, Any]" = weakref.WeakKeyDictionary()
 
 
 def _missing_methods(patcher_cls: type) -> list[str]:

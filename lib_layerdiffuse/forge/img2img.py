@@ -45,8 +45,8 @@ def prepare_transparent_init(p: Any, job: Job, crop_region: Optional[tuple]) -> 
     """Set up the transparent encode; returns False when there is nothing to do."""
     spec = job.params.method.spec
     inits = list(getattr(p, "init_images", None) or [])
-    if not inits or not any(has_transparency(img) for img in inits):
-        return False
+    if not spec.transparent or not inits or not any(has_transparency(img) for img in inits):
+        return False  # opaque methods keep Forge's own flattening
     if not spec.encoder_file:
         job.note(p, f"{job.params.method.value} has no transparent encoder; the init image's "
                     "transparency was flattened over grey")
