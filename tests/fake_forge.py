@@ -87,7 +87,9 @@ def set_attr(root: nn.Module, dotted: str, value: nn.Module) -> nn.Module:
     return old
 
 
-class LatentFormat:
+class LatentScaling:
+    """`latent_format` on early Forge's UNet, `first_stage_model` on current Forge's VAE."""
+
     def __init__(self, scale: float):
         self.scale = scale
 
@@ -115,7 +117,7 @@ class BaseModel(nn.Module):
         self.diffusion_model = ldm_unet(family)
         if generation == 1:
             self.model_sampling = Sigmas()
-            self.latent_format = LatentFormat(SCALING_FACTORS[family])
+            self.latent_format = LatentScaling(SCALING_FACTORS[family])
         else:
             self.predictor = Sigmas()
 
@@ -229,17 +231,6 @@ class Posterior:
         return self.mean + self.std * torch.randn_like(self.std)
 
 
-class FirstStage:
-    def __init__(self, scale: float):
-        self.scale = scale
-
-    def process_in(self, x):
-        return x * self.scale
-
-    def process_out(self, x):
-        return x / self.scale
-
-
 class VAE:
     """Forge's VAE object over a tiny diffusers AutoencoderKL: `encode([B,H,W,3] in [0,1])`
     returns raw latents; current Forge lets a regulation replace `posterior.sample()`."""
@@ -249,7 +240,7 @@ class VAE:
         self.model = model if model is not None else tiny_vae(family)
         self.patcher = ModelPatcher(self.model)
         if generation == 2:
-            self.first_stage_model = FirstStage(SCALING_FACTORS[family])
+            self.first_stage_model = LatentScaling(SCALING_FACTORS[family])
         self.encoded: list[torch.Tensor] = []
 
     def clone(self):
