@@ -179,14 +179,30 @@ class LayerDiffuseParams:
         values.setdefault("enabled", False)
         return cls.from_script_args(values, family=family)
 
+    def layer_image(self, layer: str) -> Optional[np.ndarray]:
+        """The condition image of a layer ("fg", "bg" or "blend"), or None."""
+        return getattr(self, f"{layer}_image")
+
+    def condition_images(self) -> list[np.ndarray]:
+        """The method's condition images in its order (checked to be present)."""
+        self.require_condition_images()
+        return [self.layer_image(n) for n in self.method.spec.conditions]
+
     def require_condition_images(self) -> None:
         """Raise ValueError naming the condition images the method needs but did not get."""
         spec = self.method.spec
-        missing = [n for n in spec.conditions if getattr(self, f"{n}_image") is None]
+        missing = [n for n in spec.conditions if self.layer_image(n) is None]
         if missing:
             labels = {"fg": "Foreground", "bg": "Background", "blend": "Blending"}
             raise ValueError(f"{self.method.value} needs a {' and a '.join(labels[n] for n in missing)} "
                              f"image ({', '.join(n for n in missing)}=...)")
+
+    def frame_prompts(self, prompt: str) -> list[Optional[str]]:
+        """Per frame of the method, "<additional prompt>, <prompt>" where the frame has an
+        additional prompt, else None (the frame uses the prompt itself)."""
+        spec = self.method.spec
+        extras = [getattr(self, f"{frame}_prompt") if frame in spec.prompts else "" for frame in spec.frames]
+        return [f"{extra}, {prompt}" if extra else None for extra in extras]
 
     # ---- output -------------------------------------------------------------------------
 

@@ -41,8 +41,6 @@ from .unet_hook import UNetStepHook, stop_timestep
 
 DEFAULT_STEPS = 25
 DEFAULT_CFG = 7.0
-_CONDITION_FIELDS = {"fg": "fg_image", "bg": "bg_image", "blend": "blend_image"}
-_PROMPT_FIELDS = {"fg": "fg_prompt", "bg": "bg_prompt", "blend": "blend_prompt"}
 
 
 @dataclass
@@ -143,8 +141,8 @@ class LayerDiffuse:
         settings = LayerDiffuseParams(enabled=True, method=method, **layer)
         spec = method.spec
         settings.require_condition_images()
-        unused = [n for n, f in _CONDITION_FIELDS.items()
-                  if n not in spec.conditions and getattr(settings, f) is not None]
+        unused = [n for n in ("fg", "bg", "blend")
+                  if n not in spec.conditions and settings.layer_image(n) is not None]
         if unused:
             raise ValueError(f"{method.value} does not use a {' or '.join(unused)} image; it takes "
                              f"{', '.join(spec.conditions) or 'no condition images'}")
@@ -212,7 +210,7 @@ class LayerDiffuse:
                                      frame_contexts=self._frame_contexts(req))
                 control = None
                 if spec.conditions:
-                    image = getattr(req.settings, _CONDITION_FIELDS[spec.conditions[0]])
+                    image, = req.settings.condition_images()
                     control = control_pixels(image, req.width, req.height, req.settings.resize_mode)
                 installed = install_attention_sharing(pipe.unet, weights, state, control)
                 stack.callback(installed.remove)
@@ -264,24 +262,15 @@ class LayerDiffuse:
         spec = req.settings.method.spec
         if spec.patch_kind is PatchKind.ATTENTION_SHARING or not spec.conditions:
             return None
-        images = [getattr(req.settings, _CONDITION_FIELDS[n]) for n in spec.conditions]
         latents = [condition_latents(self.pipe.vae, [img], req.width, req.height, req.settings.resize_mode)
-                   for img in images]
+                   for img in req.settings.condition_images()]
         return torch.cat(latents, dim=1).to(self.pipe.unet.dtype)
 
     @torch.no_grad()
     def _frame_contexts(self, req: _Request) -> list[Optional[torch.Tensor]]:
-        """Per frame, the text context of "<additional prompt>, <prompt>" (None: the prompt's)."""
-        spec = req.settings.method.spec
-        contexts: list[Optional[torch.Tensor]] = []
-        for frame in spec.frames:
-            extra = getattr(req.settings, _PROMPT_FIELDS[frame]) if frame in spec.prompts else ""
-            if not extra:
-                contexts.append(None)
-                continue
-            embeds = self.pipe.encode_prompt(f"{extra}, {req.prompt}", self.pipe.unet.device, 1, False)[0]
-            contexts.append(embeds)
-        return contexts
+        """Per frame, the text context of its prompt (None: the main prompt's)."""
+        return [None if text is None else self.pipe.encode_prompt(text, self.pipe.unet.device, 1, False)[0]
+                for text in req.settings.frame_prompts(req.prompt)]
 
     def _settings(self, req: _Request, run_pipe) -> dict[str, Any]:
         settings: dict[str, Any] = {

@@ -64,10 +64,11 @@ def process(p: Any, *args: Any) -> None:
     job.params = params = LayerDiffuseParams.from_script_args(*args, family=job.family)
     check_method_family(params.method, job.family)
     params.require_condition_images()
-    frames = params.method.spec.frame_count
-    if p.batch_size % frames:
-        raise ValueError(f"{params.method.value} generates {frames} images together; set Batch size to "
-                         f"a multiple of {frames} (it is {p.batch_size})")
+    spec = params.method.spec
+    if p.batch_size % spec.frame_count:
+        raise ValueError(f"{params.method.value} generates {spec.frame_count} images together "
+                         f"({', '.join(spec.frames)}); set Batch size to a multiple of {spec.frame_count} "
+                         f"(it is {p.batch_size})")
     p.extra_generation_params.update(params.to_infotext())
 
 

@@ -18,9 +18,6 @@ from .attention import SharedAttention, unwrap
 from .host import ForgeHost
 from .unet_files import forge_patches, sharing_weights
 
-_IMAGES = {"fg": "fg_image", "bg": "bg_image", "blend": "blend_image"}
-_PROMPTS = {"fg": "fg_prompt", "bg": "bg_prompt", "blend": "blend_prompt"}
-
 
 def patch_unet(p: Any, params: LayerDiffuseParams, host: ForgeHost, noise: torch.Tensor) -> None:
     """Replace `p.sd_model.forge_objects.unet` by a clone patched for `params.method`."""
@@ -52,20 +49,15 @@ def patch_unet(p: Any, params: LayerDiffuseParams, host: ForgeHost, noise: torch
 
 def _install_sharing(p: Any, params: LayerDiffuseParams, unet, width: int, height: int) -> SharingState:
     spec = params.method.spec
-    frames = spec.frame_count
-    if p.batch_size % frames:
-        raise ValueError(f"{params.method.value} generates {frames} images together "
-                         f"({', '.join(spec.frames)}); set Batch size to a multiple of {frames} "
-                         f"(it is {p.batch_size})")
     model = unet.model.diffusion_model
     names = attention_modules(Family.SD15)
     modules = [unwrap(model.get_submodule(n)) for n in names]
     weights = sharing_weights(spec.unet_file, modules)
-    state = SharingState(frames, frame_contexts=frame_contexts(p, params))
+    state = SharingState(spec.frame_count, frame_contexts=frame_contexts(p, params))
     if spec.conditions:
         state.encoder = weights.kwargs_encoder
-        state.control_image = control_pixels(getattr(params, _IMAGES[spec.conditions[0]]), width, height,
-                                             params.resize_mode)
+        image, = params.condition_images()
+        state.control_image = control_pixels(image, width, height, params.resize_mode)
     for name, module, layer in zip(names, modules, weights.hookers.layers):
         unet.add_object_patch("diffusion_model." + name, SharedAttention(module, layer, state))
     unet.add_extra_torch_module_during_sampling(weights)
@@ -79,8 +71,8 @@ def concat_condition(p: Any, params: LayerDiffuseParams, host: ForgeHost, batch:
     when its batch equals the sampler's, so it is repeated to the batch (the reference's batch-1
     condition is silently dropped for larger batches and the widened conv_in then fails)."""
     latents = []
-    for name in params.method.spec.conditions:
-        rgb = prepare_condition(getattr(params, _IMAGES[name]), width, height, params.resize_mode)
+    for image in params.condition_images():
+        rgb = prepare_condition(image, width, height, params.resize_mode)
         latents.append(host.encode_pixels(p, torch.from_numpy(np.ascontiguousarray(rgb))[None]))
     condition = torch.cat(latents, dim=1)
     return condition.expand(batch, -1, -1, -1).contiguous()
@@ -88,16 +80,11 @@ def concat_condition(p: Any, params: LayerDiffuseParams, host: ForgeHost, batch:
 
 @torch.no_grad()
 def frame_contexts(p: Any, params: LayerDiffuseParams) -> list[Optional[torch.Tensor]]:
-    """Per frame, the text context of "<additional prompt>, <prompt>" (None: the prompt's)."""
-    spec = params.method.spec
+    """Per frame, the text context of its prompt (None: the main prompt's)."""
     prompt = (getattr(p, "prompts", None) or [p.prompt])[0]
     contexts: list[Optional[torch.Tensor]] = []
-    for frame in spec.frames:
-        extra = getattr(params, _PROMPTS[frame]) if frame in spec.prompts else ""
-        if not extra:
-            contexts.append(None)
-            continue
-        cond = p.sd_model.get_learned_conditioning([f"{extra}, {prompt}"])
+    for text in params.frame_prompts(prompt):
+        cond = None if text is None else p.sd_model.get_learned_conditioning([text])
         contexts.append(cond["crossattn"] if isinstance(cond, dict) else cond)
     return contexts
 
