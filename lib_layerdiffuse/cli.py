@@ -68,15 +68,9 @@ def _read_image(path: Optional[str], flag: str):
     """An image file as RGBA uint8, or None; unreadable files are a clear error."""
     if path is None:
         return None
-    from PIL import Image, UnidentifiedImageError
+    from .images import read_image_file
 
-    from .images import to_rgba_uint8
-
-    try:
-        with Image.open(path) as img:
-            return to_rgba_uint8(img, flag)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise ValueError(f"cannot read the {flag} image {path!r}: {exc}") from None
+    return read_image_file(path, flag)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -88,10 +82,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return _generate(args)
 
 
-def _generate(args: argparse.Namespace) -> int:
+def _fetch_weights(args: argparse.Namespace, method: Method) -> WeightStore:
+    """Download / verify the method's weight files before the (larger) model loads."""
+    store = WeightStore(args.models_dir, allow_download=not args.offline, progress=not args.quiet)
+    for name in method.weight_files:
+        store.ensure(name)
+    return store
+
+
+def _load_engine(args: argparse.Namespace, method: Method, store: WeightStore):
     import torch
 
-    from .engine import LayerDiffuse, check_method_family, family_of_model
+    from .engine import LayerDiffuse
+
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, None: None}[args.dtype]
+    print(f"Loading model {args.model} ...", file=sys.stderr)
+    return LayerDiffuse.from_model(args.model, method, device=args.device, dtype=dtype, store=store,
+                                   decoder_passes=getattr(args, "passes", 8), progress=not args.quiet)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .engine import check_method_family, family_of_model
     from .engine.samplers import parse_sampler
 
     family = family_of_model(args.model)
@@ -100,13 +111,7 @@ def _generate(args: argparse.Namespace) -> int:
     if args.sampler:
         parse_sampler(args.sampler)
     images = {flag: _read_image(getattr(args, flag), f"--{flag}") for flag in ("fg", "bg", "blend", "init")}
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, None: None}[args.dtype]
-    store = WeightStore(args.models_dir, allow_download=not args.offline, progress=not args.quiet)
-    for name in method.weight_files:  # download / verify before the (larger) model loads
-        store.ensure(name)
-    print(f"Loading {family.label} model {args.model} ...", file=sys.stderr)
-    engine = LayerDiffuse.from_model(args.model, method, device=args.device, dtype=dtype, store=store,
-                                     decoder_passes=args.passes, progress=not args.quiet)
+    engine = _load_engine(args, method, _fetch_weights(args, method))
     result = engine.generate(
         args.prompt, method, negative_prompt=args.negative, steps=args.steps, cfg=args.cfg, seed=args.seed,
         width=args.width, height=args.height, batch=args.batch, fg=images["fg"], bg=images["bg"],
@@ -166,6 +171,143 @@ def _add_generate(sub, common: argparse.ArgumentParser) -> None:
     gen.set_defaults(func=cmd_generate)
 
 
+def _cutout_settings(args: argparse.Namespace):
+    """CutoutSettings from the shared cutout flags; --bg is a colour or an image file."""
+    from .cutout import CutoutSettings, Output, parse_color
+
+    output, color, background = Output.RGBA, None, None
+    if args.bg:
+        try:
+            color = "#%02x%02x%02x" % parse_color(args.bg)
+            output = Output.COLOR
+        except ValueError:
+            background = _read_image(args.bg, "--bg")
+            output = Output.IMAGE
+    if getattr(args, "mask", False):
+        output = Output.MASK
+    return CutoutSettings(model=args.cutout_model, model_path=args.model_path or "", refine=args.refine,
+                          edge_band=args.edge_band, fg_threshold=args.fg_threshold,
+                          bg_threshold=args.bg_threshold, output=output, color=color, background=background)
+
+
+def _providers(args: argparse.Namespace) -> Optional[list[str]]:
+    return [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
+
+
+def cmd_cutout(args: argparse.Namespace) -> int:
+    from .cutout.files import cut_out_files
+
+    settings = _cutout_settings(args)
+    report = cut_out_files(args.inputs, args.out, settings, progress=not args.quiet,
+                           report=lambda line: print(line, file=sys.stderr), providers=_providers(args),
+                           models_dir=args.cutout_models_dir, allow_download=not args.offline)
+    for path in report.written:
+        print(path)
+    if report.failed:
+        print(f"{len(report.failed)} of {len(report.failed) + len(report.written)} images failed",
+              file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def cmd_replace_bg(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from PIL import Image
+
+    from .cutout import cut_out
+    from .cutout.replace import replace_background
+    from .images import save_png
+
+    settings = _cutout_settings(args)
+    image = _read_image(args.image, "IMAGE")
+    background = _read_image(args.background, "--background")
+    engine = None
+    if background is None:
+        if not args.prompt:
+            raise ValueError("give --prompt to generate a new background, or --background IMAGE")
+        from .engine import check_method_family, family_of_model
+
+        check_method_family(Method.FG_TO_BLEND, family_of_model(args.model))
+        store = _fetch_weights(args, Method.FG_TO_BLEND)
+    cut = cut_out(image, settings, providers=_providers(args), models_dir=args.cutout_models_dir,
+                  allow_download=not args.offline, progress=not args.quiet)
+    for note in cut.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if background is None:
+        engine = _load_engine(args, Method.FG_TO_BLEND, store)
+    result = replace_background(image, args.prompt or "", engine=engine, background=background, cutout=cut,
+                                max_side=args.max_side, **({} if engine is None else dict(
+                                    negative_prompt=args.negative, steps=args.steps, cfg=args.cfg,
+                                    seed=args.seed, weight=args.weight, stop_at=args.stop_at)))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(args.image).stem
+    paths = [out / f"{stem}-replaced.png", out / f"{stem}-cutout.png"]
+    save_png(result.image, paths[0], result.infotext, cut.infotext())
+    save_png(Image.fromarray(cut.rgba(), "RGBA"), paths[1], settings=cut.infotext())
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _add_cutout_flags(parser: argparse.ArgumentParser) -> None:
+    from .cutout import DEFAULT_MODEL, MODEL_CHOICES, Refine
+
+    group = parser.add_argument_group("cutout")
+    group.add_argument("--cutout-model", default=DEFAULT_MODEL, metavar="MODEL",
+                       help=f"{', '.join(MODEL_CHOICES)} (default {DEFAULT_MODEL}; 'weight-free' needs no "
+                            "download and suits flat or smooth backgrounds)")
+    group.add_argument("--model-path", help="ONNX file for --cutout-model 'local file'")
+    group.add_argument("--refine", default=Refine.DECONTAMINATE.value,
+                       help="edge refinement: " + ", ".join(r.value for r in Refine) + " (default decontaminate)")
+    group.add_argument("--edge-band", type=int, default=10, help="width in pixels of the band solved by matting")
+    group.add_argument("--fg-threshold", type=int, default=240, help="alpha (0-255) above which matting "
+                                                                     "takes a pixel as sure foreground")
+    group.add_argument("--bg-threshold", type=int, default=10, help="alpha (0-255) below which matting "
+                                                                    "takes a pixel as sure background")
+    group.add_argument("--providers", help="onnxruntime execution providers, comma-separated (default: "
+                                           "CUDA or ROCm when available, else CPU)")
+    group.add_argument("--cutout-models-dir", help="rembg's model folder (default: U2NET_HOME, Forge's "
+                                                   "models/u2net, or the project's models/u2net)")
+
+
+def _add_cutout(sub, common: argparse.ArgumentParser) -> None:
+    cut = sub.add_parser("cutout", parents=[common], help="cut the subject out of images (files or folders)",
+                         description="Cut the subject out of images. Writes straight-alpha PNGs (or masks, "
+                                     "or composites with --bg) with the settings in the PNG text.")
+    cut.add_argument("inputs", nargs="+", metavar="IN", help="image files and folders of images")
+    cut.add_argument("-o", "--out", required=True, help="output folder (or a .png file for one input)")
+    cut.add_argument("--bg", help="composite over a colour ('#rrggbb', 'r,g,b', 'white') or an image file")
+    cut.add_argument("--mask", action="store_true", help="write the alpha mask instead")
+    cut.add_argument("--offline", action="store_true", help="never download models; say what is missing")
+    _add_cutout_flags(cut)
+    cut.set_defaults(func=cmd_cutout)
+
+    rep = sub.add_parser("replace-bg", parents=[common], help="put the subject of an image on a new background",
+                         description="Cut the subject out and put it on a new background: generated around "
+                                     "it with the SDXL 'From Foreground to Blending' method (--prompt, "
+                                     "--model), or a given image (--background). Opaque subject pixels stay "
+                                     "exactly as they were.")
+    rep.add_argument("image", metavar="IMAGE")
+    rep.add_argument("--prompt", help="what the new scene shows")
+    rep.add_argument("--background", help="use this image as the new background (no generation)")
+    rep.add_argument("--model", default="stabilityai/stable-diffusion-xl-base-1.0",
+                     help="SDXL hub id, diffusers folder or .safetensors checkpoint for generating")
+    rep.add_argument("--negative", default="", help="negative prompt")
+    rep.add_argument("--steps", type=int)
+    rep.add_argument("--cfg", type=float)
+    rep.add_argument("--seed", type=int)
+    rep.add_argument("--weight", type=float, default=1.0)
+    rep.add_argument("--stop-at", type=float, default=1.0)
+    rep.add_argument("--max-side", type=int, default=1024, help="long side of the generated scene (pixels)")
+    rep.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    rep.add_argument("--dtype", choices=("fp16", "bf16", "fp32"))
+    rep.add_argument("--offline", action="store_true", help="never download weights or models")
+    rep.add_argument("-o", "--out", default="outputs", help="output folder (default: ./outputs)")
+    rep.set_defaults(func=cmd_replace_bg, bg=None)
+    _add_cutout_flags(rep)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lib_layerdiffuse",
@@ -188,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="every file of a family (repeatable)")
     download.set_defaults(func=cmd_download)
     _add_generate(sub, common)
+    _add_cutout(sub, common)
     return parser
 
 

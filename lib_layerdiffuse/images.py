@@ -11,9 +11,10 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
 import re
 import warnings
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 from PIL import Image
@@ -114,8 +115,40 @@ def to_rgba_uint8(value: Any, field: str = "image") -> Optional[np.ndarray]:
                     f"URL), got {type(value).__name__}.")
 
 
+def read_image_file(path: Union[str, os.PathLike], field: str = "image") -> np.ndarray:
+    """An image file as RGBA uint8, turned upright by its EXIF orientation; unreadable, damaged
+    or oversized files are a ValueError naming the file."""
+    from PIL import ImageOps
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                _check_size(img.height, img.width, f"{field} {str(path)!r}")
+                return to_rgba_uint8(ImageOps.exif_transpose(img), field)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ValueError(f"{field}: {str(path)!r} is too large to decode safely.") from None
+    except (OSError, SyntaxError) as exc:  # PIL raises these for unreadable or damaged files
+        raise ValueError(f"cannot read the {field} image {str(path)!r}: {exc}") from None
+
+
 def to_png_base64(rgba: np.ndarray) -> str:
     """Encode an RGBA uint8 array as a PNG data URL (for API responses and round trips)."""
     buf = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def save_png(image: Image.Image, path: Union[str, os.PathLike], infotext: str = "",
+             settings: Optional[dict] = None) -> None:
+    """PNG with the WebUI-style "parameters" text chunk (and the settings as JSON), alpha kept."""
+    import json
+
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    if infotext:
+        info.add_itxt("parameters", infotext)
+    if settings:
+        info.add_itxt("layerdiffuse", json.dumps(settings, default=str))
+    image.save(path, format="PNG", pnginfo=info)

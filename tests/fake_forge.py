@@ -400,7 +400,7 @@ Component.created = []
 
 def fake_gradio() -> types.ModuleType:
     names = ("Blocks", "Accordion", "Row", "Column", "Group", "Checkbox", "Dropdown", "Slider", "Radio",
-             "Textbox", "Image", "Markdown", "HTML")
+             "Textbox", "Image", "Markdown", "HTML", "ColorPicker")
     gr = _module("gradio", __version__="3.41.2", update=lambda **kw: {"__type__": "update", **kw})
     for name in names:
         setattr(gr, name, type(name, (Component,), {}))

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 import fake_forge as ff
+from lib_layerdiffuse.cutout import CutoutSettings
 from lib_layerdiffuse.forge import hooks, saving, ui, unet_files
 from lib_layerdiffuse.forge.host import UnsupportedHostError, detect_host
 from lib_layerdiffuse.forge.job import ERROR_KEY
@@ -496,10 +497,10 @@ def test_script_file_imports_and_builds_the_panel(forge, gradio, monkeypatch):
     assert script.title() == "LayerDiffuse"
     assert script.show(False) is sys.modules["modules.scripts"].AlwaysVisible
     components = script.ui(True)
-    fields = dataclasses.fields(LayerDiffuseParams)
-    assert len(components) == len(fields) == 12
-    defaults = LayerDiffuseParams()
+    fields = dataclasses.fields(LayerDiffuseParams) + dataclasses.fields(CutoutSettings)
+    assert len(components) == len(fields) == 22  # the reference's 12, then the cutout's 10
     for comp, f in zip(components, fields):
+        defaults = LayerDiffuseParams() if f in dataclasses.fields(LayerDiffuseParams) else CutoutSettings()
         if f.metadata["kind"] == "image":
             assert type(comp).__name__ == "Image" and comp.kwargs["image_mode"] == "RGBA"
             continue

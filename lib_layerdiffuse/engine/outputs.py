@@ -8,16 +8,16 @@ ordinary decode. The ordinary decode of every image is kept as `original`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 import torch
-from PIL import Image, PngImagePlugin
+from PIL import Image
 from tqdm.auto import tqdm
 
+from ..images import save_png
 from ..methods import Method
 from ..vae.frontends import TransparentDecoder
 from ..vae.pixels import to_uint8
@@ -76,16 +76,6 @@ class LayerResult:
                 save_png(image, path, self.infotext, self.settings)
                 written.append(path)
         return written
-
-
-def save_png(image: Image.Image, path: Union[str, Path], infotext: str = "", settings: Optional[dict] = None) -> None:
-    """PNG with the WebUI-style "parameters" text chunk (and the settings as JSON), alpha kept."""
-    info = PngImagePlugin.PngInfo()
-    if infotext:
-        info.add_itxt("parameters", infotext)
-    if settings:
-        info.add_itxt("layerdiffuse", json.dumps(settings, default=str))
-    image.save(path, format="PNG", pnginfo=info)
 
 
 @torch.no_grad()

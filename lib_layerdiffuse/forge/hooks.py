@@ -2,7 +2,8 @@
 
 Each hook reads this job's state from the processing object `p`; none of them raises into
 Forge (which would hide the error in the server log and carry on half-patched): failures go
-through `Job.fail`, which switches LayerDiffuse off for the job and tells the user.
+through `Job.fail`, which switches LayerDiffuse off for the job and tells the user. The cutout
+(`forge/cutout.py`) has its own switch and its own failures.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from PIL import Image
 
 from ..engine.family import check_method_family, family_of_ldm_unet
 from ..params import LayerDiffuseParams
+from .cutout import cut_out_image, looks_enabled, split_script_args, start_cutout
 from .decode import decode_batch
 from .host import detect_host
 from .img2img import prepare_transparent_init
@@ -27,7 +29,7 @@ def _guarded(hook: Callable) -> Callable:
     @functools.wraps(hook)
     def run(p: Any, *args: Any, **kwargs: Any) -> None:
         job = job_of(p)
-        if job is not None and not job.active:
+        if job is not None and not (job.active or job.cutting):
             return
         try:
             hook(p, *args, **kwargs)
@@ -38,21 +40,16 @@ def _guarded(hook: Callable) -> Callable:
     return run
 
 
-def _looks_enabled(args: tuple) -> bool:
-    if not args:
-        return False
-    first = args[0]
-    return isinstance(first, dict) or first is True or str(first).strip().casefold() in ("true", "1")
-
-
 @_guarded
 def process(p: Any, *args: Any) -> None:
     """Before the batch loop: parse the settings, check host, model and inputs, write the infotext."""
     job = start_job(p, Job(params=None))
+    args, cutout_args = split_script_args(args)
+    start_cutout(p, job, cutout_args)
     try:
         job.params = LayerDiffuseParams.from_script_args(*args)
     except (TypeError, ValueError) as exc:
-        if _looks_enabled(args):
+        if looks_enabled(args):
             job.fail(p, f"invalid LayerDiffuse settings: {exc}")
         return
     params = job.params
@@ -76,7 +73,7 @@ def process(p: Any, *args: Any) -> None:
 def before_sampling(p: Any, *args: Any, **kwargs: Any) -> None:
     """`process_before_every_sampling`: patch a fresh UNet clone for this pass."""
     job = job_of(p)
-    if job is None:
+    if job is None or not job.active:
         return
     patch_unet(p, job.params, job.host, kwargs["noise"])
     job.sampling_passes += 1
@@ -85,7 +82,7 @@ def before_sampling(p: Any, *args: Any, **kwargs: Any) -> None:
 @_guarded
 def before_init_images(p: Any, pp: dict, *args: Any, **kwargs: Any) -> None:
     job = job_of(p)
-    if job is None:
+    if job is None or not job.active:
         return
     prepare_transparent_init(p, job, (pp or {}).get("crop_region"))
 
@@ -93,33 +90,40 @@ def before_init_images(p: Any, pp: dict, *args: Any, **kwargs: Any) -> None:
 @_guarded
 def post_sample(p: Any, ps: Any, *args: Any) -> None:
     job = job_of(p)
-    if job is not None and job.params.method.spec.transparent:
+    if job is not None and job.active and job.params.method.spec.transparent:
         job.latents = ps.samples.detach()
 
 
 @_guarded
 def postprocess_batch(p: Any, *args: Any, images=None, **kwargs: Any) -> None:
     job = job_of(p)
-    if job is not None and job.params.method.spec.transparent:
+    if job is not None and job.active and job.params.method.spec.transparent:
         decode_batch(p, job, images)
 
 
 @_guarded
 def after_composite(p: Any, pp: Any, *args: Any) -> None:
     """`postprocess_image_after_composite`: the RGBA becomes the image Forge saves and returns;
-    the checkerboard preview (and on request the opaque original) are extra images."""
+    the checkerboard preview (and on request the opaque original) are extra images. Images
+    LayerDiffuse did not make transparent go to the cutout when it is on."""
     job = job_of(p)
     if job is None:
         return
+    transparent = job.active and _use_transparent(p, pp, job)
+    if job.cutting and not transparent:
+        cut_out_image(p, pp, job)
+
+
+def _use_transparent(p: Any, pp: Any, job: Job) -> bool:
     index = p.batch_index
     decoded = job.outputs.get(index)
     if decoded is None:
-        return
+        return False
     rgba, preview = decoded
     if pp.image.size != (rgba.shape[1], rgba.shape[0]):
         job.note(p, "the transparent result was not used because the final image has another size "
                     "(inpainting 'only masked' pastes it into the full picture)")
-        return
+        return False
     original = pp.image
     pp.image = keep_pixels(Image.fromarray(rgba, "RGBA"))
     p.extra_result_images.append(Image.fromarray(preview, "RGB"))
@@ -129,3 +133,4 @@ def after_composite(p: Any, pp: Any, *args: Any) -> None:
 
     if image_format(shared.opts) != "png" and p.save_samples():
         save_png_copy(p, pp.image, index)
+    return True

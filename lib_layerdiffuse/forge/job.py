@@ -14,6 +14,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from ..cutout.options import CutoutSettings
 from ..methods import Family
 from ..params import LayerDiffuseParams
 from .host import ForgeHost
@@ -34,10 +35,24 @@ class Job:
     latents: Optional[torch.Tensor] = None  # model-space latents of the current batch
     outputs: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # index -> (rgba, preview)
     notes: list[str] = field(default_factory=list)
+    cutout: Optional[CutoutSettings] = None
+    cutout_error: Optional[str] = None
 
     @property
     def active(self) -> bool:
+        """LayerDiffuse runs in this job."""
         return self.params is not None and self.params.enabled and self.error is None
+
+    @property
+    def cutting(self) -> bool:
+        """The cutout runs on this job's images."""
+        return self.cutout is not None and self.cutout.enabled and self.cutout_error is None
+
+    def fail_cutout(self, p: Any, message: str) -> None:
+        """Switch the cutout off for this job (LayerDiffuse itself goes on) and say why."""
+        if self.cutout_error is None:
+            self.cutout_error = message
+            self.note(p, f"the cutout did not run: {message}")
 
     def fail(self, p: Any, message: str) -> None:
         """Switch LayerDiffuse off for this job and say why, once."""

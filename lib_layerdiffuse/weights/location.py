@@ -29,16 +29,22 @@ class ModelsDir:
     source: str
 
 
+def forge_models_root() -> Optional[Path]:
+    """The running Forge's `models/` folder, or None outside Forge."""
+    paths = sys.modules.get("modules.paths")
+    models_path = getattr(paths, "models_path", None)
+    return Path(models_path) if models_path else None
+
+
 def _forge_models_dir() -> Optional[ModelsDir]:
     shared = sys.modules.get("modules.shared")
     cmd_opts = getattr(shared, "cmd_opts", None)
     flag = getattr(cmd_opts, FORGE_FLAG, None)
     if flag:
         return ModelsDir(Path(flag).expanduser(), "Forge flag --layerdiffuse-models-dir")
-    paths = sys.modules.get("modules.paths")
-    models_path = getattr(paths, "models_path", None)
-    if models_path:
-        return ModelsDir(Path(models_path) / "layer_model", "Forge models/layer_model")
+    root = forge_models_root()
+    if root is not None:
+        return ModelsDir(root / "layer_model", "Forge models/layer_model")
     return None
 
 

@@ -1,0 +1,257 @@
+"""rembg as a cutout backend: imported lazily and guarded, one session per (model, file, providers).
+
+What we take from rembg is the model zoo, its downloads and its per-model pre-processing
+(`session.predict`); edges, colours and outputs are ours (`refine.py`, `result.py`). Guards:
+- onnxruntime is checked before rembg is imported (rembg >= 2.0.71 calls `sys.exit` at import
+  when it is missing, which would end the WebUI), and `SystemExit` is caught as well;
+- rembg's models folder (`U2NET_HOME`, read by every rembg version) points at our models
+  folder unless the user set it; built-in models missing with downloads off, failed downloads
+  and files onnxruntime cannot load all give a message with the file, its URL and the path;
+- the execution provider is chosen (CUDA, then ROCm, else CPU) and the one the session really
+  got is reported, so a silent fall-back to the CPU is visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import shutil
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from ..weights.location import PROJECT_MODELS_DIR, forge_models_root
+from .models import CUSTOM_SESSIONS, LOCAL_FILE, REMBG_MODELS
+
+HOME_ENV = "U2NET_HOME"
+ACCELERATED = ("CUDAExecutionProvider", "ROCMExecutionProvider")
+CPU = "CPUExecutionProvider"
+
+
+class CutoutUnavailable(RuntimeError):
+    """rembg or onnxruntime cannot be used here; the message says how to fix it."""
+
+
+class CutoutModelError(RuntimeError):
+    """A cutout model file is missing, cannot be downloaded or cannot be loaded."""
+
+
+def import_rembg():
+    """rembg, or CutoutUnavailable with install instructions (never SystemExit)."""
+    hint = ("install it with `pip install \"rembg<=2.0.69\" onnxruntime pymatting` on Python 3.10, "
+            "`pip install rembg onnxruntime pymatting` on 3.11+ (or `pip install -e .[cutout]`), "
+            "or choose the weight-free model")
+    try:
+        importlib.import_module("onnxruntime")  # first: rembg exits the process without it
+    except Exception as exc:
+        raise CutoutUnavailable(f"onnxruntime is not available ({exc}); {hint}") from None
+    try:
+        import rembg
+    except SystemExit:
+        raise CutoutUnavailable(f"rembg refused to start (it exited during import); {hint}") from None
+    except Exception as exc:
+        raise CutoutUnavailable(f"rembg could not be imported ({type(exc).__name__}: {exc}); {hint}") from None
+    return rembg
+
+
+def models_home(explicit: Union[str, os.PathLike, None] = None) -> Path:
+    """rembg's models folder: explicit; else the user's `U2NET_HOME`; else Forge's
+    `models/u2net` (shared with the A1111 rembg extension); else this project's `models/u2net`."""
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV]).expanduser().resolve()
+    root = forge_models_root()
+    return ((root if root is not None else PROJECT_MODELS_DIR) / "u2net").resolve()
+
+
+def choose_providers(requested: Optional[Sequence[str]] = None) -> list[str]:
+    """The providers to ask for: `requested` (checked against what onnxruntime offers) or the
+    first accelerated one available, always with the CPU last."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if requested:
+        unknown = [p for p in requested if p not in available]
+        if unknown:
+            raise ValueError(f"execution provider {', '.join(unknown)} is not available in this onnxruntime "
+                             f"(available: {', '.join(available)})")
+        chosen = list(dict.fromkeys(requested))
+    else:
+        chosen = [next((p for p in ACCELERATED if p in available), CPU)]
+    if CPU not in chosen:
+        chosen.append(CPU)
+    return chosen
+
+
+@dataclass
+class RembgSession:
+    """A loaded rembg session and what it really runs on."""
+
+    session: object
+    model: str
+    path: Path
+    requested: list[str]
+    active: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fell_back(self) -> bool:
+        """An accelerator was asked for but the session runs on the CPU only."""
+        return any(p != CPU for p in self.requested) and all(p == CPU for p in self.active)
+
+    def describe(self) -> str:
+        return f"{self.model} on {', '.join(self.active)}"
+
+    def predict(self, rgb: np.ndarray) -> np.ndarray:
+        """HxWx3 uint8 -> HxW float32 alpha in [0, 1] (several masks are merged by maximum)."""
+        from PIL import Image
+
+        masks = self.session.predict(Image.fromarray(rgb, "RGB"))
+        alpha = np.zeros(rgb.shape[:2], np.float32)
+        for mask in masks:
+            np.maximum(alpha, np.asarray(mask.convert("L"), np.float32) / 255.0, out=alpha)
+        return alpha
+
+
+_SESSIONS: dict[tuple, RembgSession] = {}
+_LOCK = threading.Lock()
+
+
+def release_sessions() -> None:
+    """Drop every cached session (frees its memory, GPU memory included)."""
+    with _LOCK:
+        _SESSIONS.clear()
+
+
+def get_session(model: str, model_path: str = "", providers: Optional[Sequence[str]] = None,
+                home: Union[str, os.PathLike, None] = None, allow_download: bool = True) -> RembgSession:
+    """The cached session for (model, file, providers), loading it on first use."""
+    rembg = import_rembg()
+    folder = models_home(home)
+    os.environ[HOME_ENV] = str(folder)
+    wanted = choose_providers(providers)
+    if model == LOCAL_FILE:
+        source = _local_file(model_path)
+        key = (model, str(source), os.stat(source).st_mtime_ns, tuple(wanted))
+    elif model in REMBG_MODELS:
+        key = (model, str(folder), tuple(wanted))
+    else:
+        raise ValueError(f"{model!r} is not a rembg model; choose one of {', '.join(REMBG_MODELS)} or "
+                         f"{LOCAL_FILE!r}")
+    with _LOCK:
+        if key not in _SESSIONS:
+            if model == LOCAL_FILE:
+                _SESSIONS[key] = _load_local(rembg, source, folder, wanted)
+            else:
+                _SESSIONS[key] = _load_builtin(rembg, model, folder, wanted, allow_download)
+        return _SESSIONS[key]
+
+
+def _local_file(model_path: str) -> Path:
+    if not model_path or not str(model_path).strip():
+        raise ValueError("the cutout model 'local file' needs the path of an ONNX file (model_path=...)")
+    path = Path(model_path).expanduser().resolve()
+    if not path.is_file():
+        raise CutoutModelError(f"the cutout model file {path} does not exist")
+    return path
+
+
+def _present(model: str, folder: Path) -> Optional[Path]:
+    name = REMBG_MODELS[model].local_name
+    for path in (folder / name, folder / "models" / model / name):  # rembg <= 2.0.69, >= 2.0.70
+        if path.is_file():
+            return path
+    return None
+
+
+def _load_builtin(rembg, model: str, folder: Path, providers: list[str], allow_download: bool) -> RembgSession:
+    info = REMBG_MODELS[model]
+    present = _present(model, folder)
+    target = folder / info.local_name
+    if present is None and not allow_download:
+        raise CutoutModelError(f"the cutout model {model} is not downloaded and downloads are off: fetch "
+                               f"{info.url} ({info.approx_mb} MB) and save it as {target}")
+    if present is None:
+        folder.mkdir(parents=True, exist_ok=True)
+    try:
+        session = _new_session(rembg, model, providers)
+    except Exception as exc:
+        if present is None:
+            raise CutoutModelError(f"could not download the cutout model {model} from {info.url} "
+                                   f"({type(exc).__name__}: {exc}); download it by hand and save it as "
+                                   f"{target}") from None
+        raise CutoutModelError(f"onnxruntime cannot load the cutout model file {present} "
+                               f"({type(exc).__name__}: {exc}); the file is damaged or not an ONNX model: "
+                               f"delete it (it is downloaded again) or replace it with {info.url}") from None
+    return _described(session, model, present or _present(model, folder) or target, providers)
+
+
+def _load_local(rembg, source: Path, folder: Path, providers: list[str]) -> RembgSession:
+    """A user ONNX file through rembg's custom sessions: `dis_custom` (1024x1024 input) or
+    `u2net_custom` (320x320). rembg >= 2.0.75 only loads files inside its models folder, so a
+    file elsewhere is linked (or copied) into `<folder>/local/`."""
+    inside = _inside(source, folder)
+    for size, session_name in sorted(CUSTOM_SESSIONS.items(), reverse=True):
+        try:
+            session = _new_session(rembg, session_name, providers, model_path=str(inside))
+        except Exception as exc:
+            raise CutoutModelError(f"onnxruntime cannot load the cutout model file {source} "
+                                   f"({type(exc).__name__}: {exc}); it is damaged or not an ONNX model") from None
+        shape = session.inner_session.get_inputs()[0].shape
+        if list(shape[-2:]) == [size, size]:
+            return _described(session, f"{LOCAL_FILE} {source.name} ({session_name})", source, providers)
+    raise CutoutModelError(f"the cutout model file {source} takes input of shape {shape}; rembg runs local "
+                           f"models with a square input of {' or '.join(str(s) for s in CUSTOM_SESSIONS)} pixels "
+                           "(U2-Net-like or IS-Net/BiRefNet-like graphs)")
+
+
+def _inside(source: Path, folder: Path) -> Path:
+    if folder in source.parents:
+        return source
+    digest = hashlib.sha256(str(source).encode()).hexdigest()[:10]
+    link = folder / "local" / f"{source.stem}-{digest}.onnx"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.exists() or link.is_symlink():
+        if link.resolve() == source or (link.is_file() and os.path.samefile(link, source)):
+            return link
+        link.unlink()
+    for make in (os.link, os.symlink):
+        try:
+            make(source, link)
+            return link
+        except OSError:
+            continue
+    shutil.copyfile(source, link)
+    return link
+
+
+def _new_session(rembg, name: str, providers: list[str], **kwargs):
+    if any(p == "CUDAExecutionProvider" for p in providers):
+        try:  # onnxruntime >= 1.21 can reuse the CUDA libraries that ship with torch
+            import onnxruntime
+
+            onnxruntime.preload_dlls()
+        except Exception:
+            pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # we report provider fall-backs ourselves
+        return rembg.new_session(name, providers=list(providers), **kwargs)
+
+
+def _described(session, model: str, path: Path, requested: list[str]) -> RembgSession:
+    try:
+        active = list(session.inner_session.get_providers())
+    except Exception:
+        active = list(requested)
+    out = RembgSession(session=session, model=model, path=Path(path), requested=requested, active=active)
+    if out.fell_back:
+        out.notes.append(f"{', '.join(p for p in requested if p != CPU)} was requested for {model} but "
+                         "onnxruntime runs it on the CPU (its CUDA/cuDNN libraries did not load); "
+                         "cutouts will be slow")
+    return out

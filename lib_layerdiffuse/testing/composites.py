@@ -1,0 +1,124 @@
+"""Synthetic cutout cases with exactly known alpha and foreground colour.
+
+Foregrounds: a soft-edged disc, a body with hair-like strands, a glass-like panel (uniform
+partial alpha inside an opaque frame) and, when given, real LayerDiffuse RGBA outputs.
+Backgrounds: solid, gradient, textured. The composite is `round(255 * (a F + (1 - a) B))`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass
+class Case:
+    name: str
+    image: np.ndarray  # HxWx3 uint8
+    alpha: np.ndarray  # HxW float32
+    fg: np.ndarray  # HxWx3 float32
+    background: np.ndarray  # HxWx3 float32
+
+
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    return yy / size, xx / size
+
+
+def subject_colours(size: int) -> np.ndarray:
+    """A warm, gently varying colour (so colour estimation has something to get right)."""
+    yy, xx = _grid(size)
+    return np.stack([0.85 + 0.1 * np.sin(xx * 9), 0.35 + 0.15 * np.cos(yy * 7), 0.15 + 0.1 * xx], -1)
+
+
+def soft_disc(size: int, feather: float = 3.0) -> np.ndarray:
+    yy, xx = _grid(size)
+    r = np.hypot(yy - 0.5, xx - 0.5) * size
+    from scipy.special import erf
+
+    return (0.5 - 0.5 * erf((r - 0.3 * size) / (feather * np.sqrt(2)))).astype(np.float32)
+
+
+def strands(size: int, count: int = 9) -> np.ndarray:
+    """A disc body with thin wavy strands rising from it (1-2 px wide, partly translucent)."""
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    body = soft_disc(size, 1.5)
+    alpha = body.copy()
+    rng = np.random.default_rng(7)
+    for i in range(count):
+        x0 = size * (0.3 + 0.4 * i / max(count - 1, 1))
+        centre = x0 + size * 0.03 * np.sin(yy / (size * 0.05) + rng.uniform(0, 6))
+        width = rng.uniform(0.6, 1.2)
+        line = np.clip(1.0 + width - np.abs(xx - centre), 0.0, 1.0) * rng.uniform(0.6, 1.0)
+        line[yy > size * 0.5] = 0.0
+        line[yy < size * 0.06] = 0.0
+        alpha = np.maximum(alpha, line)
+    return alpha.astype(np.float32)
+
+
+def glass_panel(size: int) -> np.ndarray:
+    """A rectangle of 50% alpha inside an opaque 6% frame, edges anti-aliased by one pixel."""
+    yy, xx = _grid(size)
+    outer = (np.abs(yy - 0.5) < 0.3) & (np.abs(xx - 0.5) < 0.3)
+    inner = (np.abs(yy - 0.5) < 0.24) & (np.abs(xx - 0.5) < 0.24)
+    alpha = np.where(inner, 0.5, np.where(outer, 1.0, 0.0)).astype(np.float32)
+    from scipy.ndimage import uniform_filter
+
+    return uniform_filter(alpha, 2)
+
+
+def solid(size: int) -> np.ndarray:
+    return np.broadcast_to(np.array([0.92, 0.93, 0.95], np.float32), (size, size, 3)).copy()
+
+
+def gradient(size: int) -> np.ndarray:
+    yy, xx = _grid(size)
+    return np.stack([0.2 + 0.6 * yy, 0.5 + 0.3 * xx, 0.8 - 0.4 * yy], -1).astype(np.float32)
+
+
+def textured(size: int) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    noise = np.random.default_rng(3).random((size, size, 3)).astype(np.float32)
+    smooth = gaussian_filter(noise, (size / 40, size / 40, 0))
+    smooth = (smooth - smooth.min()) / (smooth.max() - smooth.min())
+    return (0.2 + 0.6 * smooth).astype(np.float32)
+
+
+FOREGROUNDS = {"disc": soft_disc, "strands": strands, "glass": glass_panel}
+BACKGROUNDS = {"solid": solid, "gradient": gradient, "textured": textured}
+
+
+def compose(name: str, alpha: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> Case:
+    a = alpha[..., None]
+    image = np.round(np.clip(a * fg + (1 - a) * bg, 0, 1) * 255).astype(np.uint8)
+    return Case(name, image, alpha.astype(np.float32), fg.astype(np.float32), bg.astype(np.float32))
+
+
+def synthetic_case(foreground: str, background: str, size: int = 256) -> Case:
+    return compose(f"{foreground}/{background}", FOREGROUNDS[foreground](size), subject_colours(size),
+                   BACKGROUNDS[background](size))
+
+
+def synthetic_cases(size: int = 256) -> Iterator[Case]:
+    for fg in FOREGROUNDS:
+        for bg in BACKGROUNDS:
+            yield synthetic_case(fg, bg, size)
+
+
+def rgba_cases(folder: Path, backgrounds: tuple = ("solid", "gradient"), size: Optional[int] = None) -> Iterator[Case]:
+    """Real straight-alpha RGBA files (e.g. LayerDiffuse outputs) composited over backgrounds."""
+    for path in sorted(Path(folder).glob("*.png")):
+        with Image.open(path) as img:
+            rgba = img.convert("RGBA")
+            if size:
+                rgba = rgba.resize((size, size), Image.LANCZOS)
+            arr = np.asarray(rgba, np.float32) / 255.0
+        side = max(arr.shape[:2])
+        for bg in backgrounds:
+            back = BACKGROUNDS[bg](side)[: arr.shape[0], : arr.shape[1]]
+            yield compose(f"{path.stem}/{bg}", arr[..., 3], arr[..., :3], back)
