@@ -21,6 +21,20 @@ REQUIREMENTS = {
 }
 HOST_PINNED = ("torch", "numpy", "Pillow", "gradio", "transformers")
 
+# The cutout panel: {distributions any of which counts as installed: pip arguments}. rembg goes
+# in without its dependencies: from 2.0.70 it pins numpy, Pillow and scikit-image versions Forge
+# cannot take, and 2.0.69 is the last release for Python 3.10 (Forge's); what it needs beyond
+# Forge's own packages is listed here. Any onnxruntime build counts (two of them break each other).
+REMBG = "--no-deps rembg==2.0.69" if sys.version_info < (3, 11) else "--no-deps rembg"
+CUTOUT_REQUIREMENTS = {
+    ("pymatting",): "pymatting>=1.1.10",
+    ("pooch",): "pooch>=1.8",
+    ("jsonschema",): "jsonschema",
+    ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-rocm",
+     "onnxruntime-openvino"): "onnxruntime>=1.16",
+    ("rembg",): REMBG,
+}
+
 
 def _installed(name: str) -> bool:
     try:
@@ -32,7 +46,9 @@ def _installed(name: str) -> bool:
 
 def missing(is_installed=_installed) -> list[str]:
     """Requirements whose package is not installed at all."""
-    return [req for name, req in REQUIREMENTS.items() if not is_installed(name)]
+    out = [req for name, req in REQUIREMENTS.items() if not is_installed(name)]
+    out += [req for names, req in CUTOUT_REQUIREMENTS.items() if not any(is_installed(n) for n in names)]
+    return out
 
 
 def main() -> int:

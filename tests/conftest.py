@@ -20,7 +20,10 @@ def _loopback_only():
 
 @pytest.fixture(autouse=True)
 def _private_models_dir(tmp_path, monkeypatch):
-    """Every test starts with an empty weight folder of its own (never the project's models/)."""
+    """Every test starts with empty weight and rembg model folders of its own (never the
+    project's models/ or the user's ~/.u2net)."""
     folder = tmp_path / "models"
     monkeypatch.setenv("LAYERDIFFUSE_MODELS_DIR", str(folder))
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "u2net"))
+    monkeypatch.delenv("REMBG_HOME", raising=False)
     return folder

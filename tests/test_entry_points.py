@@ -111,3 +111,19 @@ def test_install_py_mirrors_pyproject_without_host_pinned_packages():
     expected = {k: v for k, v in by_name.items() if k not in mod.HOST_PINNED}
     assert mod.REQUIREMENTS == expected
     assert set(by_name) - set(expected) == set(mod.HOST_PINNED) - {"gradio"}
+
+
+def test_install_py_adds_the_cutout_packages_without_their_pins(tmp_path):
+    fake = tmp_path / "launch.py"
+    log = tmp_path / "pip.log"
+    fake.write_text(
+        "def is_installed(name):\n"
+        "    return name not in ('rembg', 'onnxruntime', 'pymatting')\n"  # onnxruntime-gpu is there
+        "def run_pip(command, desc):\n"
+        f"    open({str(log)!r}, 'a').write(command + '\\n')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    res = subprocess.run([sys.executable, str(ROOT / "install.py")], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    rembg = "rembg==2.0.69" if sys.version_info < (3, 11) else "rembg"
+    assert log.read_text().splitlines() == ["install pymatting>=1.1.10", f"install --no-deps {rembg}"]

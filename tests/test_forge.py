@@ -17,11 +17,13 @@ from PIL import Image
 import fake_forge as ff
 from lib_layerdiffuse.cutout import CutoutSettings
 from lib_layerdiffuse.forge import hooks, saving, ui, unet_files
+from lib_layerdiffuse.forge.cutout import split_script_args
 from lib_layerdiffuse.forge.host import UnsupportedHostError, detect_host
-from lib_layerdiffuse.forge.job import ERROR_KEY
+from lib_layerdiffuse.forge.job import ERROR_KEY, job_of
 from lib_layerdiffuse.images import to_png_base64
 from lib_layerdiffuse.methods import Family, Method, PatchKind
 from lib_layerdiffuse.params import LayerDiffuseParams
+from lib_layerdiffuse.testing.composites import synthetic_case
 from lib_layerdiffuse.testing.layer_files import write_unet_files
 from lib_layerdiffuse.testing.unet_specs import TINY
 from lib_layerdiffuse.unet_blocks import attention_modules
@@ -553,14 +555,88 @@ def test_infotext_round_trip_through_the_paste_fields(gradio):
             out[id(comp)] = (False if v == "False" else bool(v)) if kind is bool else kind(v)
         return [out.get(id(c), c.value) for c in components]
 
-    restored = LayerDiffuseParams.from_script_args(*paste(text))
-    assert restored == params
+    def parse(values):
+        layer, cut = split_script_args(tuple(paste(values)))
+        return LayerDiffuseParams.from_script_args(*layer), CutoutSettings.from_values(*cut)
+
+    cutout = CutoutSettings(enabled=True, model="weight-free", refine="alpha matting", fg_threshold=200,
+                            edge_band=4, output="over a colour", color="#102030")
+    text.update({k: str(v) for k, v in cutout.to_infotext().items()})
+    assert parse(text) == (params, cutout)
     old = {"layerdiffusion_method": "From Foreground to Blending", "layerdiffusion_enabled": "True"}
-    assert LayerDiffuseParams.from_script_args(*paste(old)).method is Method.FG_TO_BLEND
-    assert LayerDiffuseParams.from_script_args(*paste({"Steps": "20"})).enabled is False
-    assert set(script.paste_field_names) >= {"layerdiffusion_method", "layerdiffusion_weight"}
+    assert parse(old)[0].method is Method.FG_TO_BLEND
+    plain_layer, plain_cut = parse({"Steps": "20"})
+    assert plain_layer.enabled is False and plain_cut.enabled is False
+    assert set(script.paste_field_names) >= {"layerdiffusion_method", "layerdiffusion_weight",
+                                             "layerdiffusion_cutout_model", "layerdiffusion_cutout_refine"}
 
 
 def test_patch_kinds_cover_every_method():
     kinds = {m.spec.patch_kind for m in Method}
     assert kinds == {PatchKind.LORA, PatchKind.DIFF, PatchKind.ATTENTION_SHARING}
+
+
+# ---- the cutout (rembg fallback) --------------------------------------------------------
+
+def cutout_args(*cutout, layer=False):
+    layer_args = args_for(Method.FG_ONLY_ATTN) if layer else [False]
+    return list(layer_args) + [None] * (12 - len(layer_args)) + list(cutout)
+
+
+def composite_image(p, image, index=0):
+    p.batch_index = index
+    pp = PostprocessImageArgs(Image.fromarray(image), index)
+    hooks.after_composite(p, pp)
+    return pp.image
+
+
+def test_cutout_runs_on_every_image_when_layerdiffuse_is_off(forge):
+    case = synthetic_case("disc", "gradient", 96)
+    p = processing("sdxl", forge.generation)
+    args = cutout_args(True, "weight-free")
+    hooks.process(p, *args)
+    out = composite_image(p, case.image)
+    assert out.mode == "RGBA" and not p.comments
+    assert np.asarray(out)[0, 0, 3] == 0 and np.asarray(out)[48, 48, 3] == 255
+    assert [img.mode for img in p.extra_result_images] == ["RGB"]  # the checkerboard preview
+    info = p.extra_generation_params
+    assert info["layerdiffusion_cutout"] == "weight-free" and info["layerdiffusion_cutout_enabled"] is True
+    assert "layerdiffusion_enabled" not in info
+    before = np.asarray(out).copy()
+    params = ff.ImageSaveParams(out, p, "out.png", {"parameters": "x"})
+    out.putalpha(255)  # Forge's stealth infotext, then our callback
+    saving.restore_pixels(params)
+    assert np.array_equal(np.asarray(out), before)
+
+
+def test_cutout_leaves_layerdiffuse_transparent_images_alone(forge):
+    p = processing("sdxl", forge.generation)
+    _, outputs = run_job(p, cutout_args(True, "weight-free", layer=True))
+    assert all(o.mode == "RGBA" for o in outputs)
+    assert "layerdiffusion_cutout" not in p.extra_generation_params  # never ran
+    assert not p.comments
+
+
+def test_cutout_problems_are_shown_and_keep_the_image(forge):
+    p = processing("sdxl", forge.generation)
+    hooks.process(p, *cutout_args(True, "weight-free"))
+    busy = synthetic_case("disc", "textured", 64).image
+    assert composite_image(p, busy).mode == "RGB"
+    assert any("image 1 was not cut out" in c and "flat or smooth" in c for c in p.comments)
+    p = processing("sdxl", forge.generation)
+    hooks.process(p, *cutout_args(True, "u2netp"))  # no model file, downloads blocked here
+    image = synthetic_case("disc", "solid", 64).image
+    assert np.array_equal(np.asarray(composite_image(p, image)), image)
+    assert any("the cutout did not run" in c and "u2netp" in c for c in p.comments)
+    assert job_of(p).cutting is False  # one failure stops it for the job, not once per image
+
+
+def test_cutout_api_named_values_and_bad_values(forge):
+    p = processing("sdxl", forge.generation)
+    hooks.process(p, {"cutout": True, "cutout_model": "weight-free", "cutout_output": "mask"})
+    job = job_of(p)
+    assert job.params.enabled is False and job.cutting and job.cutout.output.value == "mask"
+    assert composite_image(p, synthetic_case("disc", "solid", 64).image).mode == "RGB"
+    p = processing("sdxl", forge.generation)
+    hooks.process(p, *cutout_args(True, "no-such-model"))
+    assert any("invalid cutout settings" in c and "no-such-model" in c for c in p.comments)
