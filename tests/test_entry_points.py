@@ -86,20 +86,24 @@ def test_preload_adds_the_models_dir_flag():
     assert parser.parse_args([]).layerdiffuse_models_dir is None
 
 
-def test_install_py_installs_only_missing_and_never_host_pinned(tmp_path):
-    fake = tmp_path / "launch.py"
+def run_install(tmp_path, absent: tuple) -> list[str]:
+    """Run install.py under a fake Forge `launch` module where only `absent` is not installed;
+    returns the pip commands it ran."""
     log = tmp_path / "pip.log"
-    fake.write_text(
-        "import os\n"
+    (tmp_path / "launch.py").write_text(
         "def is_installed(name):\n"
-        "    return name not in ('diffusers', 'tqdm')\n"
+        f"    return name not in {absent!r}\n"
         "def run_pip(command, desc):\n"
         f"    open({str(log)!r}, 'a').write(command + '\\n')\n")
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     res = subprocess.run([sys.executable, str(ROOT / "install.py")], env=env, capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    assert log.read_text().splitlines() == ["install diffusers>=0.25", "install tqdm>=4.60"]
+    return log.read_text().splitlines()
+
+
+def test_install_py_installs_only_missing_and_never_host_pinned(tmp_path):
+    assert run_install(tmp_path, ("diffusers", "tqdm")) == ["install diffusers>=0.25", "install tqdm>=4.60"]
 
 
 def test_install_py_mirrors_pyproject_without_host_pinned_packages():
@@ -114,16 +118,7 @@ def test_install_py_mirrors_pyproject_without_host_pinned_packages():
 
 
 def test_install_py_adds_the_cutout_packages_without_their_pins(tmp_path):
-    fake = tmp_path / "launch.py"
-    log = tmp_path / "pip.log"
-    fake.write_text(
-        "def is_installed(name):\n"
-        "    return name not in ('rembg', 'onnxruntime', 'pymatting')\n"  # onnxruntime-gpu is there
-        "def run_pip(command, desc):\n"
-        f"    open({str(log)!r}, 'a').write(command + '\\n')\n")
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    res = subprocess.run([sys.executable, str(ROOT / "install.py")], env=env, capture_output=True,
-                         text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
     rembg = "rembg==2.0.69" if sys.version_info < (3, 11) else "rembg"
-    assert log.read_text().splitlines() == ["install pymatting>=1.1.10", f"install --no-deps {rembg}"]
+    # onnxruntime-gpu counts as onnxruntime: a second build would break the first
+    assert run_install(tmp_path, ("rembg", "onnxruntime", "pymatting")) == [
+        "install pymatting>=1.1.10", f"install --no-deps {rembg}"]

@@ -17,7 +17,7 @@ from ..cutout.options import CutoutSettings
 from ..params import LayerDiffuseParams
 from ..settings import name_key
 from .job import Job
-from .saving import image_format, keep_pixels, save_png_copy
+from .saving import show_transparent
 
 
 def split_script_args(args: tuple) -> tuple[tuple, tuple]:
@@ -78,12 +78,8 @@ def cut_out_image(p: Any, pp: Any, job: Job) -> None:
         job.note(p, note)
     out = result.render()
     if out.mode == "RGBA":
-        pp.image = keep_pixels(out)
+        pp.image = show_transparent(p, out, p.batch_index)
         p.extra_result_images.append(Image.fromarray(result.preview(), "RGB"))
     else:
         pp.image = out.convert("RGB")
     p.extra_generation_params.update(result.infotext())
-    from modules import shared  # Forge
-
-    if out.mode == "RGBA" and image_format(shared.opts) != "png" and p.save_samples():
-        save_png_copy(p, pp.image, p.batch_index)

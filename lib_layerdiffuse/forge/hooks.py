@@ -22,7 +22,7 @@ from .host import detect_host
 from .img2img import prepare_transparent_init
 from .job import Job, job_of, start_job
 from .sampling import patch_unet
-from .saving import image_format, keep_pixels, save_png_copy
+from .saving import show_transparent
 
 
 def _guarded(hook: Callable) -> Callable:
@@ -125,12 +125,8 @@ def _use_transparent(p: Any, pp: Any, job: Job) -> bool:
                     "(inpainting 'only masked' pastes it into the full picture)")
         return False
     original = pp.image
-    pp.image = keep_pixels(Image.fromarray(rgba, "RGBA"))
+    pp.image = show_transparent(p, Image.fromarray(rgba, "RGBA"), index)
     p.extra_result_images.append(Image.fromarray(preview, "RGB"))
     if job.params.output_origin:
         p.extra_result_images.append(original)
-    from modules import shared  # Forge
-
-    if image_format(shared.opts) != "png" and p.save_samples():
-        save_png_copy(p, pp.image, index)
     return True

@@ -63,6 +63,17 @@ def alpha_notes(opts: Any) -> list[str]:
     return notes
 
 
+def show_transparent(p: Any, image: Image.Image, index: int) -> Image.Image:
+    """Make an RGBA result the image Forge saves and returns: its pixels are kept through the
+    stealth-infotext step and, when Forge saves JPEG or WebP, a PNG copy is saved too."""
+    from modules import shared  # Forge
+
+    keep_pixels(image)
+    if image_format(shared.opts) != "png" and p.save_samples():
+        save_png_copy(p, image, index)
+    return image
+
+
 def save_png_copy(p: Any, image: Image.Image, index: int) -> Optional[str]:
     """Save a transparent PNG next to Forge's own (JPEG/WebP) output; returns its path."""
     from modules import images, processing  # Forge, present when this runs
