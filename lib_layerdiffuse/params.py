@@ -99,11 +99,7 @@ class LayerDiffuseParams(Settings):
         `family` (the loaded model's) disambiguates pre-2024 method names shared by SD1.5
         and SDXL.
         """
-        if args and isinstance(args[0], Mapping):
-            named = cls.named_to_fields(args[0])
-            named.setdefault("enabled", True)
-        else:
-            named = cls.positional_to_named(args)
+        named = cls.script_values(args)
         if family is not None and isinstance(named.get("method"), str):
             named["method"] = Method.parse(named["method"], family=family)
         return cls(**{k: v for k, v in named.items() if v is not None})

@@ -64,6 +64,18 @@ class Settings:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
+    def script_values(cls, args: tuple) -> dict[str, Any]:
+        """Field values from what a UI or API hands over: positional values in field order, or a
+        dict of named values as the first value (which then implies `enabled=True` unless
+        given, for classes with an `enabled` field). None stands for the default (JSON null)."""
+        if args and isinstance(args[0], Mapping):
+            named = cls.named_to_fields(args[0])
+            if "enabled" in cls.field_names():
+                named.setdefault("enabled", True)
+            return named
+        return cls.positional_to_named(args)
+
+    @classmethod
     def positional_to_named(cls, args: tuple) -> dict[str, Any]:
         """Positional values in field order; None stands for the default (JSON null)."""
         fields = dataclasses.fields(cls)

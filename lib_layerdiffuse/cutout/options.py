@@ -126,12 +126,7 @@ class CutoutSettings(Settings):
     def from_values(cls, *args: Any) -> "CutoutSettings":
         """Positional values in field order, or a dict of named values as the first value
         (which then implies `enabled=True` unless given); None means the default."""
-        if args and isinstance(args[0], Mapping):
-            named = cls.named_to_fields(args[0])
-            named.setdefault("enabled", True)
-        else:
-            named = cls.positional_to_named(args)
-        return cls(**{k: v for k, v in named.items() if v is not None})
+        return cls(**{k: v for k, v in cls.script_values(args).items() if v is not None})
 
     @classmethod
     def from_infotext(cls, params: Mapping[str, Any]) -> "CutoutSettings":
