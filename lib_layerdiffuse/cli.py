@@ -1,4 +1,4 @@
-"""Command line: `python -m lib_layerdiffuse [status|download|generate] ...`."""
+"""Command line: `python -m lib_layerdiffuse [status|download|generate|cutout|replace-bg|app] ...`."""
 
 from __future__ import annotations
 
@@ -8,11 +8,7 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .methods import Family, Method
-from .weights import CATALOG, State, WeightError, WeightStore
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+from .weights import CATALOG, State, WeightError, WeightStore, human_size
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -28,7 +24,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         out.write(f"  {m.name:<18} {m.value}\n  {'':<18} {m.family.label}; {', '.join(m.weight_files)}; {ready}\n")
     out.write("\nWeight files:\n")
     for s in statuses.values():
-        out.write(f"  {s.state.value:<26} {_size(s.entry.approx_size):>8}  {s.entry.family.label:<5} {s.entry.name}\n")
+        out.write(f"  {s.state.value:<26} {human_size(s.entry.approx_size):>8}  {s.entry.family.label:<5} {s.entry.name}\n")
         if s.detail:
             out.write(f"  {'':<26} {'':>8}  {'':<5} {s.detail}\n")
         if s.state is not State.VERIFIED:
@@ -98,14 +94,15 @@ def _load_engine(args: argparse.Namespace, method: Method, store: WeightStore):
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, None: None}[args.dtype]
     print(f"Loading model {args.model} ...", file=sys.stderr)
     return LayerDiffuse.from_model(args.model, method, device=args.device, dtype=dtype, store=store,
-                                   decoder_passes=getattr(args, "passes", 8), progress=not args.quiet)
+                                   local_files_only=args.offline, decoder_passes=getattr(args, "passes", 8),
+                                   progress=not args.quiet)
 
 
 def _generate(args: argparse.Namespace) -> int:
     from .engine import check_method_family, family_of_model
     from .engine.samplers import parse_sampler
 
-    family = family_of_model(args.model)
+    family = family_of_model(args.model, args.offline)
     method = Method.parse(args.method or Method.default(family), family=family)
     check_method_family(method, family)
     if args.sampler:
@@ -163,7 +160,8 @@ def _add_generate(sub, common: argparse.ArgumentParser) -> None:
     gen.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     gen.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="default: fp16 on GPUs, fp32 on CPU")
     gen.add_argument("--offline", action="store_true",
-                     help="never download weight files; say which are missing and where they go")
+                     help="never download weight files or the model (hub models come from the Hugging "
+                          "Face cache); say what is missing and where it goes")
     gen.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
     gen.add_argument("--originals", action="store_true", help="also save the opaque decode of "
                                                               "transparent images")
@@ -227,7 +225,7 @@ def cmd_replace_bg(args: argparse.Namespace) -> int:
             raise ValueError("give --prompt to generate a new background, or --background IMAGE")
         from .engine import check_method_family, family_of_model
 
-        check_method_family(Method.FG_TO_BLEND, family_of_model(args.model))
+        check_method_family(Method.FG_TO_BLEND, family_of_model(args.model, args.offline))
         store = _fetch_weights(args, Method.FG_TO_BLEND)
     cut = cut_out(image, settings, providers=_providers(args), models_dir=args.cutout_models_dir,
                   allow_download=not args.offline, progress=not args.quiet)
@@ -308,6 +306,53 @@ def _add_cutout(sub, common: argparse.ArgumentParser) -> None:
     _add_cutout_flags(rep)
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise RuntimeError("the web app needs gradio: pip install -e \".[app]\"")
+    import torch
+
+    from .app import Backend
+    from .app.page import serve
+
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, None: None}[args.dtype]
+    backend = Backend(args.model, models_dir=args.models_dir, offline=args.offline, device=args.device, dtype=dtype,
+                      passes=args.passes, out_dir=args.out, cutout_models_dir=args.cutout_models_dir,
+                      providers=_providers(args))
+    state = backend.state
+    print(f"Model: {state.model}: " + (f"{state.family.label}, {state.source}" if state.ready
+                                       else state.problem.replace("**", "")), file=sys.stderr)
+    serve(backend, host=args.host, port=args.port, open_browser=args.open)
+    return 0
+
+
+def _add_app(sub, common: argparse.ArgumentParser) -> None:
+    from .app.readiness import DEFAULT_MODEL
+
+    app = sub.add_parser("app", parents=[common], help="start the web app (generate, cut out, replace backgrounds)",
+                         description="Start the local web page: generate transparent images with every "
+                                     "LayerDiffuse method, cut out images, replace backgrounds. Needs the "
+                                     "`app` extra (pip install -e \".[app]\").")
+    app.add_argument("--model", default=DEFAULT_MODEL,
+                     help=f"hub id, diffusers folder or .safetensors checkpoint, SD1.5 or SDXL (default {DEFAULT_MODEL})")
+    app.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: the whole network)")
+    app.add_argument("--port", type=int, help="port (default: gradio's, 7860 or the next free one)")
+    app.add_argument("--open", action="store_true", help="open the page in the browser")
+    app.add_argument("--out", default="outputs", help="folder for the PNG files (default: ./outputs)")
+    app.add_argument("--passes", type=int, default=8, choices=(1, 2, 4, 8),
+                     help="default transparent decoder passes (8 = the reference's quality)")
+    app.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    app.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="default: fp16 on GPUs, fp32 on CPU")
+    app.add_argument("--offline", action="store_true",
+                     help="never download: the model from the Hugging Face cache, weight files and cutout "
+                          "models from their folders; the page says what is missing and where it goes")
+    app.add_argument("--providers", help="onnxruntime execution providers for the cutout models")
+    app.add_argument("--cutout-models-dir", help="rembg's model folder (default: U2NET_HOME, Forge's "
+                                                 "models/u2net, or the project's models/u2net)")
+    app.set_defaults(func=cmd_app)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lib_layerdiffuse",
@@ -331,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.set_defaults(func=cmd_download)
     _add_generate(sub, common)
     _add_cutout(sub, common)
+    _add_app(sub, common)
     return parser
 
 

@@ -162,6 +162,18 @@ def test_transparent_img2img_uses_the_alpha_of_the_init_image(engines):
     assert not np.array_equal(as_array(with_alpha.images[0].original), as_array(without.images[0].original))
 
 
+def test_progress_reports_every_step_and_every_decoded_image(engines):
+    calls = []
+    on_progress = lambda *a: calls.append(a)  # noqa: E731
+    engines["sd15"].generate("an apple", Method.JOINT_SD15, steps=3, seed=2, batch=3, on_progress=on_progress, **SIZE)
+    assert calls == [("Sampling", 1, 3), ("Sampling", 2, 3), ("Sampling", 3, 3),
+                     ("Decoding", 1, 3), ("Decoding", 2, 3), ("Decoding", 3, 3)]
+    calls.clear()
+    engines["sdxl"].generate("an apple", Method.FG_ONLY_ATTN, steps=4, seed=2, init_image=subject(), strength=0.5,
+                             on_progress=on_progress, **SIZE)
+    assert calls == [("Sampling", 1, 2), ("Sampling", 2, 2), ("Decoding", 1, 1)]  # img2img runs its share
+
+
 def test_the_unet_is_restored_when_sampling_fails(engines):
     engine = engines["sdxl"]
     unet = engine.pipe.unet

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 import fake_forge as ff
+from lib_layerdiffuse import form
 from lib_layerdiffuse.cutout import CutoutSettings
 from lib_layerdiffuse.forge import hooks, saving, ui, unet_files
 from lib_layerdiffuse.forge.cutout import split_script_args
@@ -520,10 +521,10 @@ def test_script_file_imports_and_builds_the_panel(forge, gradio, monkeypatch):
 
 
 def test_method_change_shows_only_the_inputs_it_uses(gradio):
-    assert ui.input_visibility(Method.FG_BLEND_TO_BG) == {
+    assert form.input_visibility(Method.FG_BLEND_TO_BG) == {
         "fg_image": True, "bg_image": False, "blend_image": True, "resize_mode": True,
         "fg_prompt": False, "bg_prompt": False, "blend_prompt": False}
-    assert ui.input_visibility("(SD1.5) From Background to Foreground (need batch size 2)") == {
+    assert form.input_visibility("(SD1.5) From Background to Foreground (need batch size 2)") == {
         "fg_image": False, "bg_image": True, "blend_image": False, "resize_mode": True,
         "fg_prompt": True, "bg_prompt": False, "blend_prompt": True}
     script = types.SimpleNamespace(elem_id=lambda x: x)
@@ -535,7 +536,7 @@ def test_method_change_shows_only_the_inputs_it_uses(gradio):
     assert [u["visible"] for u in updates[1:]] == [False, False, False, False, True, True, True]
     updates = fn(Method.FG_ONLY_ATTN.value)
     assert updates[-1] == {"__type__": "update", "visible": False, "value": ""}
-    assert "multiple of 3" in ui.method_hint(Method.JOINT_SD15)
+    assert "multiple of 3" in form.method_hint(Method.JOINT_SD15)
 
 
 def test_infotext_round_trip_through_the_paste_fields(gradio):

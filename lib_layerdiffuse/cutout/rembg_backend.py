@@ -162,7 +162,8 @@ def _local_file(model_path: str) -> Path:
     return path
 
 
-def _present(model: str, folder: Path) -> Optional[Path]:
+def downloaded_model_file(model: str, folder: Path) -> Optional[Path]:
+    """The file of built-in model `model` in rembg's models `folder`, or None when it is not there."""
     name = REMBG_MODELS[model].local_name
     for path in (folder / name, folder / "models" / model / name):  # rembg <= 2.0.69, >= 2.0.70
         if path.is_file():
@@ -172,7 +173,7 @@ def _present(model: str, folder: Path) -> Optional[Path]:
 
 def _load_builtin(rembg, model: str, folder: Path, providers: list[str], allow_download: bool) -> RembgSession:
     info = REMBG_MODELS[model]
-    present = _present(model, folder)
+    present = downloaded_model_file(model, folder)
     target = folder / info.local_name
     if present is None and not allow_download:
         raise CutoutModelError(f"the cutout model {model} is not downloaded and downloads are off: fetch "
@@ -189,7 +190,7 @@ def _load_builtin(rembg, model: str, folder: Path, providers: list[str], allow_d
         raise CutoutModelError(f"onnxruntime cannot load the cutout model file {present} "
                                f"({type(exc).__name__}: {exc}); the file is damaged or not an ONNX model: "
                                f"delete it (it is downloaded again) or replace it with {info.url}") from None
-    return _described(session, model, present or _present(model, folder) or target, providers)
+    return _described(session, model, present or downloaded_model_file(model, folder) or target, providers)
 
 
 def _load_local(rembg, source: Path, folder: Path, providers: list[str]) -> RembgSession:

@@ -101,9 +101,9 @@ def family_of_checkpoint_file(path: Union[str, Path]) -> Family:
     return family_of_ldm_layout(shapes, str(path))
 
 
-def family_of_model(model: str) -> Family:
+def family_of_model(model: str, local_files_only: bool = False) -> Family:
     """Family of a model given as a .safetensors file, a diffusers folder or a hub id (only
-    the UNet's config.json is fetched)."""
+    the UNet's config.json is fetched; with `local_files_only` only the hub cache is read)."""
     path = Path(model)
     if path.is_file():
         return family_of_checkpoint_file(path)
@@ -119,7 +119,7 @@ def family_of_model(model: str) -> Family:
     try:
         from huggingface_hub import hf_hub_download
 
-        config_path = hf_hub_download(model, "unet/config.json")
+        config_path = hf_hub_download(model, "unet/config.json", local_files_only=local_files_only)
     except Exception as exc:
         raise UnsupportedModelError(
             f"cannot read the UNet config of {model!r} from the Hugging Face hub ({type(exc).__name__}: "

@@ -20,7 +20,7 @@ import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ from .unet_hook import UNetStepHook, stop_timestep
 
 DEFAULT_STEPS = 25
 DEFAULT_CFG = 7.0
+
+# on_progress(stage, done, total): "Sampling" once per denoising step, "Decoding" once per image
+ProgressCallback = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -84,13 +87,14 @@ class LayerDiffuse:
 
     @classmethod
     def from_model(cls, model: str, method: Union[Method, str, None] = None, device=None, dtype=None,
-                   **kwargs: Any) -> "LayerDiffuse":
+                   local_files_only: bool = False, **kwargs: Any) -> "LayerDiffuse":
         """Load a pipeline from a hub id, a diffusers folder or a single .safetensors checkpoint.
 
         The family is read from the model's UNet config or tensor names first, and checked
-        against `method` before the (large) weights are loaded.
+        against `method` before the (large) weights are loaded. `local_files_only` reads hub
+        models from the Hugging Face cache only (no network).
         """
-        family = family_of_model(model)
+        family = family_of_model(model, local_files_only)
         warning = compatibility_warning(model)
         if warning:
             warnings.warn(warning, stacklevel=2)
@@ -102,6 +106,8 @@ class LayerDiffuse:
         device, dtype = default_device_and_dtype(device, dtype)
         extra = {"safety_checker": None, "requires_safety_checker": False} if family is Family.SD15 else {}
         extra[_dtype_keyword()] = dtype
+        if local_files_only:
+            extra["local_files_only"] = True
         try:
             if Path(model).is_file():
                 pipe = pipe_cls.from_single_file(model, **extra)
@@ -181,13 +187,15 @@ class LayerDiffuse:
                  batch: Optional[int] = None, fg=None, bg=None, blend=None, weight: float = 1.0,
                  stop_at: float = 1.0, resize_mode: Union[ResizeMode, str, int] = ResizeMode.CROP_AND_RESIZE,
                  fg_prompt: str = "", bg_prompt: str = "", blend_prompt: str = "",
-                 sampler: Optional[str] = None, init_image=None, strength: float = 0.7) -> LayerResult:
+                 sampler: Optional[str] = None, init_image=None, strength: float = 0.7,
+                 on_progress: Optional[ProgressCallback] = None) -> LayerResult:
         """Generate with a LayerDiffuse method; returns the images of every frame.
 
         `batch` counts images; the SD1.5 multi-frame methods need a multiple of their frames
         (default: one set). `fg`/`bg`/`blend` are condition images (PIL, arrays, paths are not
         read here). `init_image` turns it into img2img; an RGBA init image goes through the
-        transparent encoder for the methods that have one.
+        transparent encoder for the methods that have one. `on_progress(stage, done, total)`
+        is called after every sampling step and every decoded image.
         """
         layer = dict(weight=weight, stop_at=stop_at, fg_image=fg, bg_image=bg, blend_image=blend,
                      resize_mode=resize_mode, fg_prompt=fg_prompt, bg_prompt=bg_prompt,
@@ -203,6 +211,8 @@ class LayerDiffuse:
         decoder = (decoder_for(self.family, self.store, dec_device, dec_dtype) if spec.transparent else None)
         run_pipe, call = self._pipeline_call(req)
         run_pipe.set_progress_bar_config(disable=not self.progress)
+        if on_progress is not None:
+            call["callback_on_step_end"] = _step_reporter(on_progress, req.steps)
         condition = self._concat_condition(req)
         with contextlib.ExitStack() as stack:
             if spec.patch_kind is PatchKind.ATTENTION_SHARING:
@@ -229,7 +239,8 @@ class LayerDiffuse:
             hook = stack.enter_context(UNetStepHook(pipe.unet, condition,
                                                     stop_timestep(req.settings.stop_at, total), on_stop))
             latents = run_pipe(**call).images
-        images = decode_outputs(pipe.vae, latents, method, decoder, self.decoder_passes, self.progress)
+        images = decode_outputs(pipe.vae, latents, method, decoder, self.decoder_passes, self.progress,
+                                on_progress)
         settings = self._settings(req, run_pipe)
         return LayerResult(images, method, req.seed, format_infotext(req.prompt, req.negative_prompt, settings),
                            settings, unet_calls=(hook.calls_active, hook.calls_stopped))
@@ -282,6 +293,15 @@ class LayerDiffuse:
             settings["Denoising strength"] = req.strength
         settings.update(req.settings.to_infotext())
         return {k: v for k, v in settings.items() if v not in ("", None)}
+
+
+def _step_reporter(on_progress: ProgressCallback, steps: int):
+    """A diffusers `callback_on_step_end` that reports the step (img2img runs fewer steps than
+    asked for; the pipeline knows how many)."""
+    def report(pipe, step: int, timestep, tensors: dict) -> dict:
+        on_progress("Sampling", step + 1, int(getattr(pipe, "num_timesteps", None) or steps))
+        return {}
+    return report
 
 
 def _dtype_keyword() -> str:

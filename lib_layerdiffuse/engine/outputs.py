@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -110,25 +110,33 @@ def _to_pil(chw: torch.Tensor) -> Image.Image:
 
 
 def decode_outputs(vae, latents: torch.Tensor, method: Method, decoder: Optional[TransparentDecoder],
-                   passes: int = 8, progress: bool = True) -> list[LayerImage]:
+                   passes: int = 8, progress: bool = True,
+                   on_progress: Optional[Callable[[str, int, int], None]] = None) -> list[LayerImage]:
     """Decode every latent of a generation into a LayerImage, one image at a time; `passes`
     is the transparent decoder's test-time augmentation (the decoder is shared, so it is
-    passed per call rather than set on it)."""
-    spec = method.spec
+    passed per call rather than set on it). `on_progress("Decoding", done, total)` follows
+    every image."""
     images = []
-    for i in tqdm(range(latents.shape[0]), desc="Decoding", disable=not progress, unit="image"):
-        raw, pixel = vae_decode(vae, latents[i:i + 1])
-        frame = i % spec.frame_count
-        original = _to_pil(pixel[0])
-        transparent = frame in spec.transparent
-        if not transparent:
-            images.append(LayerImage(original, spec.frames[frame], False, original, index=i))
-            continue
-        if decoder is None:
-            raise ValueError(f"{method.value} makes frame {spec.frames[frame]!r} transparent; a "
-                             "transparent decoder is needed")
-        out = decoder.decode(raw, pixel, passes)
-        rgba = Image.fromarray(np.ascontiguousarray(out.rgba[0]), "RGBA")
-        preview = Image.fromarray(out.preview[0], "RGB")
-        images.append(LayerImage(rgba, spec.frames[frame], True, original, preview, index=i))
+    total = latents.shape[0]
+    for i in tqdm(range(total), desc="Decoding", disable=not progress, unit="image"):
+        images.append(_decode_one(vae, latents[i:i + 1], i, method, decoder, passes))
+        if on_progress is not None:
+            on_progress("Decoding", i + 1, total)
     return images
+
+
+def _decode_one(vae, latent: torch.Tensor, index: int, method: Method,
+                decoder: Optional[TransparentDecoder], passes: int) -> LayerImage:
+    spec = method.spec
+    raw, pixel = vae_decode(vae, latent)
+    frame = index % spec.frame_count
+    original = _to_pil(pixel[0])
+    if frame not in spec.transparent:
+        return LayerImage(original, spec.frames[frame], False, original, index=index)
+    if decoder is None:
+        raise ValueError(f"{method.value} makes frame {spec.frames[frame]!r} transparent; a "
+                         "transparent decoder is needed")
+    out = decoder.decode(raw, pixel, passes)
+    rgba = Image.fromarray(np.ascontiguousarray(out.rgba[0]), "RGBA")
+    preview = Image.fromarray(out.preview[0], "RGB")
+    return LayerImage(rgba, spec.frames[frame], True, original, preview, index=index)

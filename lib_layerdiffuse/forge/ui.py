@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-from ..cutout.models import LOCAL_FILE, MODEL_CHOICES, model_label
-from ..cutout.options import CutoutSettings, Output, Refine
+from ..cutout.options import CutoutSettings
+from ..form import cutout_controls, input_visibility, method_hint
 from ..methods import Method
 from ..params import LayerDiffuseParams, ResizeMode
 from .host import UnsupportedHostError, detect_host
@@ -24,34 +24,6 @@ _FIELDS = {f.name: f for f in dataclasses.fields(LayerDiffuseParams)}
 _DEFAULTS = LayerDiffuseParams()
 _CUT_FIELDS = {f.name: f for f in dataclasses.fields(CutoutSettings)}
 _CUT_DEFAULTS = CutoutSettings()
-_CONDITIONAL = ("fg_image", "bg_image", "blend_image", "resize_mode", "fg_prompt", "bg_prompt", "blend_prompt")
-
-
-def input_visibility(method: Any) -> dict[str, bool]:
-    """Which method-specific inputs `method` uses (the others are hidden)."""
-    try:
-        spec = Method.parse(method).spec
-    except (TypeError, ValueError):
-        return {name: False for name in _CONDITIONAL}
-    shown = {f"{n}_image": n in spec.conditions for n in ("fg", "bg", "blend")}
-    shown["resize_mode"] = bool(spec.conditions)
-    shown.update({f"{n}_prompt": n in spec.prompts for n in ("fg", "bg", "blend")})
-    return shown
-
-
-def method_hint(method: Any) -> str:
-    """One line under the dropdown: what the method makes and what it needs."""
-    try:
-        m = Method.parse(method)
-    except (TypeError, ValueError):
-        return ""
-    spec = m.spec
-    needs = ", ".join({"fg": "a foreground", "bg": "a background", "blend": "a blended image"}[c]
-                      for c in spec.conditions) or "only the prompt"
-    frames = f"; batch size must be a multiple of {spec.frame_count} ({', '.join(spec.frames)})" \
-        if spec.frame_count > 1 else ""
-    out = "transparent" if spec.transparent else "opaque"
-    return f"{m.family.label} checkpoint · needs {needs} · {out} output{frames}"
 
 
 def host_notes() -> list[str]:
@@ -99,56 +71,17 @@ def _paste_method(params: dict) -> Optional[str]:
         return None
 
 
-def cutout_visibility(model: Any, output: Any) -> dict[str, bool]:
-    """Which cutout inputs the chosen model and output use."""
-    try:
-        out = Output.parse(output)
-    except ValueError:
-        out = None
-    return {"model_path": model == LOCAL_FILE, "color": out is Output.COLOR, "background": out is Output.IMAGE}
-
-
 def _build_cutout(gr, script: Any, canvas: Optional[type]) -> tuple[list, list]:
     """The nested cutout accordion: (components in CutoutSettings order, infotext fields)."""
     meta = {name: f.metadata for name, f in _CUT_FIELDS.items()}
-    d = _CUT_DEFAULTS
-    shown = cutout_visibility(d.model, d.output)
     with gr.Accordion(open=False, label=CUTOUT_TITLE, elem_id=script.elem_id("cutout")):
         gr.Markdown("Cuts out every image LayerDiffuse did not make transparent (another checkpoint, "
                     "LayerDiffuse off, an opaque method). Models download on first use into models/u2net.")
-        enabled = gr.Checkbox(label=meta["enabled"]["label"], value=d.enabled, elem_id=script.elem_id("cutout_enabled"))
-        with gr.Row():
-            model = gr.Dropdown(label=meta["model"]["label"], choices=list(MODEL_CHOICES), value=d.model,
-                                type="value", elem_id=script.elem_id("cutout_model"))
-            model_path = gr.Textbox(label=meta["model_path"]["label"], value="", visible=shown["model_path"],
-                                    placeholder="/path/to/model.onnx (320 or 1024 px square input)")
-        about = gr.Markdown(model_label(d.model))
-        refine = gr.Radio(label=meta["refine"]["label"], choices=[r.value for r in Refine], value=d.refine.value,
-                          type="value")
-        with gr.Row():
-            fg_threshold = gr.Slider(label=meta["fg_threshold"]["label"], value=d.fg_threshold, minimum=1,
-                                     maximum=255, step=1)
-            bg_threshold = gr.Slider(label=meta["bg_threshold"]["label"], value=d.bg_threshold, minimum=0,
-                                     maximum=254, step=1)
-            edge_band = gr.Slider(label=meta["edge_band"]["label"], value=d.edge_band, minimum=0, maximum=64,
-                                  step=1)
-        output = gr.Radio(label=meta["output"]["label"], choices=[o.value for o in Output], value=d.output.value,
-                          type="value")
-        color = gr.ColorPicker(label=meta["color"]["label"], value=d.color, visible=shown["color"])
-        column, background = _image_input(gr, meta["background"]["label"], canvas, shown["background"])
-
-    def on_model(value, out):
-        vis = cutout_visibility(value, out)
-        return gr.update(visible=vis["model_path"]), gr.update(value=model_label(value))
-
-    def on_output(value, chosen):
-        vis = cutout_visibility(chosen, value)
-        return gr.update(visible=vis["color"]), gr.update(visible=vis["background"])
-
-    model.change(on_model, inputs=[model, output], outputs=[model_path, about], show_progress=False, queue=False)
-    output.change(on_output, inputs=[output, model], outputs=[color, column], show_progress=False, queue=False)
-    components = [enabled, model, model_path, refine, fg_threshold, bg_threshold, edge_band, output, color,
-                  background]
+        enabled = gr.Checkbox(label=meta["enabled"]["label"], value=_CUT_DEFAULTS.enabled,
+                              elem_id=script.elem_id("cutout_enabled"))
+        controls = cutout_controls(gr, _CUT_DEFAULTS.model, script.elem_id,
+                                   lambda label, visible: _image_input(gr, label, canvas, visible))
+    components = [enabled, *controls]
     key = {name: m["infotext"] for name, m in meta.items()}
     fields = [(enabled, lambda d: d.get(key["enabled"], False))]
     fields += [(c, key[name]) for c, name in zip(components[1:-1], list(_CUT_FIELDS)[1:-1])]

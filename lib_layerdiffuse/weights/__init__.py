@@ -5,7 +5,7 @@
 '59dc8fee'
 """
 
-from .catalog import CATALOG, REPO_ID, WeightFile, file_for, hub_endpoint
+from .catalog import CATALOG, REPO_ID, WeightFile, file_for, hub_endpoint, human_size
 from .download import download_file
 from .errors import (WeightDownloadError, WeightError, WeightFormatError, WeightIntegrityError,
                      WeightMissingError)
@@ -15,7 +15,7 @@ from .location import ENV_VAR, ModelsDir, resolve_models_dir
 from .store import FileStatus, State, WeightStore
 
 __all__ = [
-    "CATALOG", "REPO_ID", "WeightFile", "file_for", "hub_endpoint", "download_file",
+    "CATALOG", "REPO_ID", "WeightFile", "file_for", "hub_endpoint", "human_size", "download_file",
     "WeightError", "WeightDownloadError", "WeightFormatError", "WeightIntegrityError",
     "WeightMissingError", "HashCache", "sha256_file", "load_safetensors", "ENV_VAR",
     "ModelsDir", "resolve_models_dir", "FileStatus", "State", "WeightStore",

@@ -92,3 +92,8 @@ def file_for(family: Family, role: str) -> str:
         if entry.family is Family(family) and entry.role == role:
             return name
     raise ValueError(f"no {Family(family).label} file with role {role!r} in the catalog")
+
+
+def human_size(n: int) -> str:
+    """A byte count as people read it: 10.30 GB, 320 MB, 8 kB."""
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"

@@ -1,0 +1,210 @@
+"""The work behind the web page, without gradio: load the model once, generate, cut out,
+replace backgrounds, and write every result as a PNG with its parameters.
+
+The page calls these from gradio's worker threads; gradio's queue lets one generation run at a
+time, and a lock keeps the model from loading twice.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+from PIL import Image
+
+from ..cutout.models import DEFAULT_MODEL as DEFAULT_CUTOUT_MODEL
+from ..cutout.models import WEIGHT_FREE
+from ..images import save_png
+from ..methods import Family, Method
+from ..weights import WeightStore
+from .readiness import DEFAULT_MODEL, ModelState, check_model, status_markdown
+
+Progress = Callable[[str, int, int], None]
+FAMILY_SIZE = {Family.SDXL: 1024, Family.SD15: 512}
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    return None
+
+
+@dataclass
+class Outputs:
+    """What one action produced: (path, caption) per image to show, the files to download, the
+    parameters text and notes for the user."""
+
+    shown: list[tuple[str, str]]
+    files: list[str]
+    infotext: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+class Backend:
+    """One model (a hub id, a diffusers folder or a .safetensors file), its LayerDiffuse weights,
+    and the cutout settings of this app.
+
+    `engine` passes a ready `LayerDiffuse` (tests, notebooks); otherwise the model loads on the
+    first generation. `offline` means no downloads at all: hub models come from the Hugging Face
+    cache, and weight files and cutout models must be present.
+    """
+
+    def __init__(self, model: str = DEFAULT_MODEL, *, store: Optional[WeightStore] = None,
+                 models_dir: Optional[str] = None, offline: bool = False, device: Optional[str] = None,
+                 dtype=None, passes: int = 8, out_dir: Union[str, Path] = "outputs",
+                 cutout_models_dir: Optional[str] = None, providers: Optional[Sequence[str]] = None,
+                 engine=None):
+        self.model = model
+        self.offline = offline
+        self.store = store or WeightStore(models_dir, allow_download=not offline)
+        self.device, self.dtype, self.passes = device, dtype, passes
+        self.out_dir = Path(out_dir)
+        self.cutout_models_dir = cutout_models_dir
+        self.providers = list(providers) if providers else None
+        self._engine = engine
+        self._load_lock = threading.Lock()
+        self._names = itertools.count()
+        if engine is not None:
+            name = getattr(engine.pipe, "name_or_path", None) or model
+            self.state = ModelState(name, engine.family, "loaded")
+        else:
+            self.state = check_model(model, offline)
+
+    # ---- what the page shows -------------------------------------------------------------
+
+    @property
+    def family(self) -> Optional[Family]:
+        return self.state.family if self.state.ready else None
+
+    def methods(self) -> list[Method]:
+        """The methods this model can run (all of them while the model is unknown)."""
+        return [m for m in Method if self.family is None or m.family is self.family]
+
+    def default_method(self) -> Method:
+        return Method.default(self.family)
+
+    def default_size(self) -> int:
+        if self._engine is not None:
+            return self._engine.default_size()
+        return FAMILY_SIZE.get(self.family, 1024)
+
+    def status(self, method: Any = None) -> str:
+        """Markdown: the model, and the weight files of `method` (None: the default method)."""
+        try:
+            chosen = Method.parse(method) if method else self.default_method()
+        except ValueError:
+            chosen = None
+        return status_markdown(self.state, self.store, chosen)
+
+    def default_cutout_model(self) -> str:
+        """The default rembg model, or the weight-free backend when that model cannot be had
+        (rembg not installed, or offline and not downloaded)."""
+        import importlib.util
+
+        from ..cutout.rembg_backend import downloaded_model_file, models_home
+
+        if importlib.util.find_spec("rembg") is None or importlib.util.find_spec("onnxruntime") is None:
+            return WEIGHT_FREE
+        if self.offline and downloaded_model_file(DEFAULT_CUTOUT_MODEL, models_home(self.cutout_models_dir)) is None:
+            return WEIGHT_FREE
+        return DEFAULT_CUTOUT_MODEL
+
+    # ---- the model -----------------------------------------------------------------------
+
+    def engine(self, on_progress: Progress = _no_progress):
+        """The loaded `LayerDiffuse`, loading the model on first use."""
+        if not self.state.ready:
+            raise RuntimeError(self.state.problem.replace("**", ""))
+        with self._load_lock:
+            if self._engine is None:
+                from ..engine import LayerDiffuse
+
+                on_progress(f"Loading model {self.model}", 0, 1)
+                self._engine = LayerDiffuse.from_model(self.model, device=self.device, dtype=self.dtype,
+                                                       local_files_only=self.offline, store=self.store,
+                                                       decoder_passes=self.passes)
+                on_progress(f"Loading model {self.model}", 1, 1)
+        return self._engine
+
+    def _fetch_weights(self, method: Method, on_progress: Progress) -> None:
+        """Download / verify the method's files before the model loads or sampling starts."""
+        names = method.weight_files
+        for i, name in enumerate(names):
+            on_progress(f"Checking weight file {name}", i, len(names))
+            self.store.ensure(name)
+
+    # ---- actions -------------------------------------------------------------------------
+
+    def generate(self, prompt: str, method: Any, passes: Optional[int] = None,
+                 on_progress: Progress = _no_progress, **settings: Any) -> Outputs:
+        """Generate with a LayerDiffuse method; `settings` are `LayerDiffuse.generate`'s keywords."""
+        from ..engine import check_method_family
+
+        method = Method.parse(method, family=self.family)
+        if self.family is not None:
+            check_method_family(method, self.family)
+        self._fetch_weights(method, on_progress)
+        engine = self.engine(on_progress)
+        engine.decoder_passes = passes or self.passes
+        result = engine.generate(prompt, method, on_progress=on_progress, **settings)
+        paths = result.save(self._folder(), stem=self._stem("layerdiffuse"))
+        shown = [(str(p), f"{im.frame} · {'transparent' if im.transparent else 'opaque'}")
+                 for p, im in zip(paths, result.images)]
+        return Outputs(shown, [str(p) for p in paths], result.infotext)
+
+    def cut_out(self, image: Any, settings, on_progress: Progress = _no_progress) -> Outputs:
+        """Cut out one image with `settings` (a CutoutSettings); writes the chosen output."""
+        from ..cutout import cut_out
+
+        on_progress("Cutting out", 0, 1)
+        cut = cut_out(image, settings, providers=self.providers, models_dir=self.cutout_models_dir,
+                      allow_download=not self.offline)
+        path = self._folder() / f"{self._stem('cutout')}-{settings.output.name.lower()}.png"
+        info = ", ".join(f"{k}: {v}" for k, v in cut.infotext().items())
+        save_png(cut.render(), path, info, cut.infotext())
+        on_progress("Cutting out", 1, 1)
+        return Outputs([(str(path), f"cutout · {settings.output.value}")], [str(path)], info, list(cut.notes))
+
+    def replace(self, image: Any, prompt: str, settings, background: Any = None, max_side: int = 1024,
+                on_progress: Progress = _no_progress, **generate_kwargs: Any) -> Outputs:
+        """Put the subject of `image` on `background`, or on a scene generated from `prompt` with
+        the SDXL "From Foreground to Blending" method."""
+        from ..cutout import cut_out
+        from ..cutout.replace import replace_background
+
+        engine = None
+        if background is None:
+            if not (prompt or "").strip():
+                raise ValueError("write a prompt for the new background, or give a background image")
+            if self.family is Family.SD15:
+                raise ValueError(f"generating a background needs an SDXL model; {self.model} is SD1.5. "
+                                 "Give a background image instead, or start the app with an SDXL model")
+            self._fetch_weights(Method.FG_TO_BLEND, on_progress)
+            engine = self.engine(on_progress)
+            generate_kwargs["on_progress"] = on_progress
+        on_progress("Cutting out", 0, 1)
+        cut = cut_out(image, settings, providers=self.providers, models_dir=self.cutout_models_dir,
+                      allow_download=not self.offline)
+        result = replace_background(image, prompt or "", engine=engine, background=background, cutout=cut,
+                                    max_side=max_side, **(generate_kwargs if engine is not None else {}))
+        stem = self._stem("replaced")
+        folder = self._folder()
+        paths = [folder / f"{stem}.png", folder / f"{stem}-cutout.png"]
+        save_png(result.image, paths[0], result.infotext, cut.infotext())
+        save_png(Image.fromarray(cut.rgba(), "RGBA"), paths[1], settings=cut.infotext())
+        captions = ["new background", "cutout · transparent"]
+        return Outputs([(str(p), c) for p, c in zip(paths, captions)], [str(p) for p in paths],
+                       result.infotext, list(cut.notes))
+
+    # ---- files ---------------------------------------------------------------------------
+
+    def _folder(self) -> Path:
+        folder = self.out_dir / datetime.now().strftime("%Y-%m-%d")
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def _stem(self, kind: str) -> str:
+        """Unique within this app's run, sortable by time."""
+        return f"{kind}-{datetime.now():%H%M%S}-{next(self._names):04d}"

@@ -1,0 +1,255 @@
+"""The gradio page: Generate, Cutout and Replace background tabs over one `Backend`.
+
+Transparent results are shown over a checkerboard (page CSS behind the real RGBA image, so
+what is downloaded is the PNG with alpha and parameters). Generation and background
+replacement share one queue slot (one model, one GPU): others wait and see their position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Callable, Optional
+
+from ..cutout.models import LOCAL_FILE, MODEL_CHOICES
+from ..cutout.options import CutoutSettings, Refine
+from ..engine.generate import DEFAULT_CFG, DEFAULT_STEPS
+from ..engine.samplers import SAMPLERS
+from ..form import cutout_controls, input_visibility, method_hint
+from ..methods import Method
+from ..params import LayerDiffuseParams, ResizeMode
+from .backend import Backend, Outputs
+
+log = logging.getLogger(__name__)
+
+TITLE = "LayerDiffuse"
+DEFAULT_SAMPLER = "Default for the method"
+MODEL_QUEUE = "model"  # one event at a time uses the model
+CHECKER = "conic-gradient(#d9d9d9 25%, #fff 0 50%, #d9d9d9 0 75%, #fff 0) 0 0 / 16px 16px"
+CSS = f"""
+.ld-checker img, .ld-checker .thumbnail-item, .ld-checker .preview img {{ background: {CHECKER}; }}
+"""
+_FIELDS = {f.name: f.metadata for f in dataclasses.fields(LayerDiffuseParams)}
+_CUT_FIELDS = {f.name: f.metadata for f in dataclasses.fields(CutoutSettings)}
+_LAYERS = ("fg", "bg", "blend")
+
+
+def _reporter(progress) -> Callable[[str, int, int], None]:
+    def report(stage: str, done: int, total: int) -> None:
+        progress((done, total), desc=stage, unit="steps" if stage == "Sampling" else "")
+    return report
+
+
+def _user_error(gr, exc: Exception):
+    """A gr.Error that says what went wrong; unexpected failures are logged with their traceback."""
+    from ..weights import WeightError
+
+    if isinstance(exc, (ValueError, TypeError, RuntimeError, WeightError)):
+        return gr.Error(str(exc))
+    log.exception("LayerDiffuse app: unexpected error")
+    return gr.Error(f"unexpected {type(exc).__name__}: {exc} (details in the console)")
+
+
+def _shown(out: Outputs) -> tuple:
+    """Values for the components of `_results`."""
+    return out.shown, out.files, out.infotext, "\n".join(f"- {n}" for n in out.notes)
+
+
+def _results(gr, prefix: str, info_label: str) -> list:
+    """Gallery (over a checkerboard), downloadable PNG files, parameters text, notes."""
+    gallery = gr.Gallery(label="Results", columns=2, height="auto", object_fit="contain", format="png",
+                         elem_id=f"{prefix}-gallery", elem_classes=["ld-checker"])
+    files = gr.File(label="PNG files (alpha and parameters embedded)", file_count="multiple",
+                    interactive=False, elem_id=f"{prefix}-files")
+    info = gr.Textbox(label=info_label, lines=3, interactive=False, elem_id=f"{prefix}-info")
+    notes = gr.Markdown(elem_id=f"{prefix}-notes")
+    return [gallery, files, info, notes]
+
+
+def _image(gr, label: str, elem_id: str, visible: bool = True):
+    return gr.Image(label=label, type="numpy", image_mode="RGBA", sources=["upload", "clipboard"],
+                    visible=visible, elem_id=elem_id, elem_classes=["ld-checker"])
+
+
+def _cutout_settings(values: list) -> CutoutSettings:
+    """CutoutSettings from the values of `cutout_controls` (every field after `enabled`)."""
+    return CutoutSettings(enabled=True, **dict(zip(list(_CUT_FIELDS)[1:], values)))
+
+
+def _generate_tab(gr, backend: Backend, status) -> None:
+    default = backend.default_method()
+    shown = input_visibility(default)
+    size = backend.default_size()
+    with gr.Row():
+        with gr.Column(scale=5):
+            prompt = gr.Textbox(label="Prompt", lines=3, elem_id="ld-prompt")
+            negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="ld-negative")
+            method = gr.Dropdown(label=_FIELDS["method"]["label"], choices=[m.value for m in backend.methods()],
+                                 value=default.value, elem_id="ld-method")
+            hint = gr.Markdown(method_hint(default), elem_id="ld-hint")
+            with gr.Row():
+                images = [_image(gr, _FIELDS[f"{n}_image"]["label"], f"ld-{n}-image", shown[f"{n}_image"])
+                          for n in _LAYERS]
+            resize_mode = gr.Radio(label=_FIELDS["resize_mode"]["label"], choices=[m.value for m in ResizeMode],
+                                   value=ResizeMode.CROP_AND_RESIZE.value, visible=shown["resize_mode"])
+            prompts = [gr.Textbox(label=_FIELDS[f"{n}_prompt"]["label"], visible=shown[f"{n}_prompt"],
+                                  placeholder="Added before the prompt for this layer") for n in _LAYERS]
+            with gr.Row():
+                weight = gr.Slider(label=_FIELDS["weight"]["label"], minimum=0.0, maximum=2.0, step=0.01, value=1.0)
+                stop_at = gr.Slider(label=_FIELDS["stop_at"]["label"], minimum=0.0, maximum=1.0, step=0.01,
+                                    value=1.0)
+            with gr.Row():
+                sampler = gr.Dropdown(label="Sampler", choices=[DEFAULT_SAMPLER, *SAMPLERS], value=DEFAULT_SAMPLER)
+                steps = gr.Slider(label="Steps", minimum=1, maximum=150, step=1, value=DEFAULT_STEPS,
+                                  elem_id="ld-steps")
+                cfg = gr.Slider(label="CFG scale", minimum=1.0, maximum=30.0, step=0.5, value=DEFAULT_CFG)
+            with gr.Row():
+                width = gr.Slider(label="Width", minimum=64, maximum=2048, step=8, value=size, elem_id="ld-width")
+                height = gr.Slider(label="Height", minimum=64, maximum=2048, step=8, value=size,
+                                   elem_id="ld-height")
+                batch = gr.Slider(label="Batch size", minimum=1, maximum=16, step=1, value=default.spec.frame_count,
+                                  elem_id="ld-batch")
+            with gr.Row():
+                seed = gr.Number(label="Seed (-1: random)", value=-1, precision=0, elem_id="ld-seed")
+                passes = gr.Radio(label="Transparent decoder passes (8: the reference's quality)",
+                                  choices=[1, 2, 4, 8], value=backend.passes, elem_id="ld-passes")
+            with gr.Accordion("img2img (start from an image; RGBA keeps its transparency)", open=False):
+                init = _image(gr, "Init image", "ld-init-image")
+                strength = gr.Slider(label="Denoising strength", minimum=0.01, maximum=1.0, step=0.01, value=0.7)
+        with gr.Column(scale=6):
+            run = gr.Button("Generate", variant="primary", interactive=backend.state.ready, elem_id="ld-generate")
+            outputs = _results(gr, "ld", "Parameters")
+
+    def on_method(value, current_batch):
+        vis = input_visibility(value)
+        try:
+            frames = Method.parse(value).spec.frame_count
+        except ValueError:
+            frames = 1
+        updates = [gr.update(value=method_hint(value)), backend.status(value)]
+        updates += [gr.update(visible=vis[f"{n}_image"]) for n in _LAYERS]
+        updates.append(gr.update(visible=vis["resize_mode"]))
+        updates += [gr.update(visible=vis[f"{n}_prompt"]) for n in _LAYERS]
+        updates.append(gr.update(value=current_batch if int(current_batch) % frames == 0 else frames))
+        return updates
+
+    method.change(on_method, inputs=[method, batch], outputs=[hint, status, *images, resize_mode, *prompts, batch],
+                  show_progress="hidden", queue=False)
+
+    def generate(prompt_text, negative_text, method_value, fg, bg, blend, resize, fg_p, bg_p, blend_p, w_value,
+                 stop_value, sampler_value, steps_value, cfg_value, width_value, height_value, batch_value,
+                 seed_value, passes_value, init_value, strength_value, progress=gr.Progress(track_tqdm=True)):
+        vis = input_visibility(method_value)
+        layers = dict(zip(_LAYERS, (fg, bg, blend)))
+        extra = dict(zip(_LAYERS, (fg_p, bg_p, blend_p)))
+        try:
+            out = backend.generate(
+                prompt_text or "", method_value, passes=int(passes_value), on_progress=_reporter(progress),
+                negative_prompt=negative_text or "", steps=int(steps_value), cfg=float(cfg_value),
+                seed=None if seed_value is None or seed_value < 0 else int(seed_value),
+                width=int(width_value), height=int(height_value), batch=int(batch_value),
+                weight=float(w_value), stop_at=float(stop_value), resize_mode=resize,
+                sampler=None if sampler_value == DEFAULT_SAMPLER else sampler_value,
+                init_image=init_value, strength=float(strength_value),
+                **{n: layers[n] if vis[f"{n}_image"] else None for n in _LAYERS},
+                **{f"{n}_prompt": (extra[n] or "") if vis[f"{n}_prompt"] else "" for n in _LAYERS})
+        except Exception as exc:
+            raise _user_error(gr, exc) from exc
+        return (*_shown(out), backend.status(method_value))
+
+    run.click(generate, inputs=[prompt, negative, method, *images, resize_mode, *prompts, weight, stop_at, sampler,
+                                steps, cfg, width, height, batch, seed, passes, init, strength],
+              outputs=[*outputs, status], concurrency_limit=1, concurrency_id=MODEL_QUEUE)
+
+
+def _cutout_tab(gr, backend: Backend) -> None:
+    with gr.Row():
+        with gr.Column(scale=5):
+            gr.Markdown("Cut the subject out of any image: a transparent PNG with clean edges, a mask, or the "
+                        "subject over a colour or another image. `weight-free` needs no download (flat or smooth "
+                        "backgrounds); the other models download on first use.")
+            image = _image(gr, "Image", "ld-cut-image")
+            controls = cutout_controls(gr, backend.default_cutout_model(), lambda name: f"ld-cut-{name}",
+                                       lambda label, visible: (_image(gr, label, "ld-cut-background", visible),) * 2)
+        with gr.Column(scale=6):
+            run = gr.Button("Cut out", variant="primary", elem_id="ld-cut-run")
+            outputs = _results(gr, "ld-cut", "Settings")
+
+    def cut(image_value, *values, progress=gr.Progress(track_tqdm=True)):
+        try:
+            out = backend.cut_out(image_value, _cutout_settings(list(values)), _reporter(progress))
+        except Exception as exc:
+            raise _user_error(gr, exc) from exc
+        return _shown(out)
+
+    run.click(cut, inputs=[image, *controls], outputs=outputs, concurrency_limit=1)
+
+
+def _replace_tab(gr, backend: Backend, status) -> None:
+    with gr.Row():
+        with gr.Column(scale=5):
+            gr.Markdown("Keep the subject of an image exactly as it is and put it on a new background: one "
+                        "generated around it from the prompt (SDXL \"From Foreground to Blending\"), or an image "
+                        "you give (no generation, no LayerDiffuse weights).")
+            image = _image(gr, "Image", "ld-rep-image")
+            prompt = gr.Textbox(label="New background (prompt)", lines=2, elem_id="ld-rep-prompt")
+            negative = gr.Textbox(label="Negative prompt", lines=1)
+            background = _image(gr, "Or this background image", "ld-rep-background")
+            with gr.Row():
+                seed = gr.Number(label="Seed (-1: random)", value=-1, precision=0)
+                steps = gr.Slider(label="Steps", minimum=1, maximum=150, step=1, value=DEFAULT_STEPS,
+                                  elem_id="ld-rep-steps")
+                max_side = gr.Slider(label="Long side of the generated scene", minimum=256, maximum=2048, step=64,
+                                     value=min(1024, max(256, backend.default_size())), elem_id="ld-rep-side")
+            with gr.Row():
+                model = gr.Dropdown(label=_CUT_FIELDS["model"]["label"], value=backend.default_cutout_model(),
+                                    choices=[m for m in MODEL_CHOICES if m != LOCAL_FILE], elem_id="ld-rep-model")
+                refine = gr.Radio(label=_CUT_FIELDS["refine"]["label"], choices=[r.value for r in Refine],
+                                  value=Refine.DECONTAMINATE.value)
+        with gr.Column(scale=6):
+            run = gr.Button("Replace background", variant="primary", elem_id="ld-rep-run")
+            outputs = _results(gr, "ld-rep", "Parameters")
+
+    def replace(image_value, prompt_text, negative_text, background_value, seed_value, steps_value, side_value,
+                model_value, refine_value, progress=gr.Progress(track_tqdm=True)):
+        try:
+            settings = CutoutSettings(enabled=True, model=model_value, refine=refine_value)
+            kwargs = dict(negative_prompt=negative_text or "", steps=int(steps_value),
+                          seed=None if seed_value is None or seed_value < 0 else int(seed_value))
+            out = backend.replace(image_value, prompt_text or "", settings, background=background_value,
+                                  max_side=int(side_value), on_progress=_reporter(progress), **kwargs)
+        except Exception as exc:
+            raise _user_error(gr, exc) from exc
+        return (*_shown(out), backend.status(Method.FG_TO_BLEND))
+
+    run.click(replace, inputs=[image, prompt, negative, background, seed, steps, max_side, model, refine],
+              outputs=[*outputs, status], concurrency_limit=1, concurrency_id=MODEL_QUEUE)
+
+
+def build_page(backend: Backend):
+    """The gradio Blocks of the app (not launched)."""
+    import gradio as gr
+
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as page:
+        gr.Markdown(f"# {TITLE}\nTransparent images from Stable Diffusion (latent transparency), cutouts and "
+                    "background replacement.")
+        status = gr.Markdown(backend.status(), elem_id="ld-status")
+        with gr.Tabs():
+            with gr.Tab("Generate", id="generate"):
+                _generate_tab(gr, backend, status)
+            with gr.Tab("Cutout", id="cutout"):
+                _cutout_tab(gr, backend)
+            with gr.Tab("Replace background", id="replace"):
+                _replace_tab(gr, backend, status)
+        page.load(backend.status, outputs=[status], queue=False)
+    return page
+
+
+def serve(backend: Backend, host: str = "127.0.0.1", port: Optional[int] = None, open_browser: bool = False,
+          block: bool = True):
+    """Build the page, start gradio's queue and server; returns the page (closed with `.close()`)."""
+    page = build_page(backend)
+    page.queue(default_concurrency_limit=1)
+    page.launch(server_name=host, server_port=port, inbrowser=open_browser, prevent_thread_lock=not block,
+                quiet=not block, show_error=True, css=CSS, allowed_paths=[str(backend.out_dir.resolve())])
+    return page

@@ -1,0 +1,255 @@
+"""The web app's backend without a browser: what the page says is missing, and the files each
+action writes (the browser tests in test_app_browser.py drive the same backend through the page)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from lib_layerdiffuse.app import Backend, check_model
+from lib_layerdiffuse.app.readiness import hub_cache_dir, status_markdown, weights_report
+from lib_layerdiffuse.cli import main
+from lib_layerdiffuse.cutout import CutoutSettings, Output
+from lib_layerdiffuse.cutout.models import DEFAULT_MODEL, WEIGHT_FREE, REMBG_MODELS
+from lib_layerdiffuse.engine import LayerDiffuse, UnsupportedModelError
+from lib_layerdiffuse.methods import Family, Method
+from lib_layerdiffuse.testing.composites import synthetic_case
+from lib_layerdiffuse.testing.layer_files import write_unet_files
+from lib_layerdiffuse.testing.pipelines import tiny_pipeline
+from lib_layerdiffuse.testing.unet_specs import TINY, ldm_unet_layout
+from lib_layerdiffuse.weights import CATALOG, WeightStore
+
+NOT_CACHED = "layerdiffuse-tests/not-downloaded"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Per family: (tiny engine, its weight store)."""
+    out = {}
+    for family in ("sdxl", "sd15"):
+        folder = tmp_path_factory.mktemp(f"app-weights-{family}")
+        store = WeightStore(folder, allow_download=False, progress=False,
+                            catalog=write_unet_files(folder, TINY[family]))
+        out[family] = (LayerDiffuse(tiny_pipeline(family), store=store, progress=False, decoder_passes=1), store)
+    return out
+
+
+def backend_for(tiny, family, tmp_path, **kwargs) -> Backend:
+    engine, store = tiny[family]
+    return Backend("tiny", store=store, engine=engine, out_dir=tmp_path / "out", passes=1, **kwargs)
+
+
+def offline_backend(tmp_path, **kwargs) -> Backend:
+    return Backend(NOT_CACHED, offline=True, models_dir=str(tmp_path / "empty"), out_dir=tmp_path / "out", **kwargs)
+
+
+def disc_on_grey() -> np.ndarray:
+    return synthetic_case("disc", "solid", 96).image
+
+
+# ---- what is missing, and where it goes ---------------------------------------------------
+
+def test_offline_hub_model_not_in_the_cache_says_how_to_get_it():
+    state = check_model(NOT_CACHED, offline=True)
+    assert not state.ready and state.family is None
+    assert "not in the Hugging Face cache" in state.problem
+    assert str(hub_cache_dir()) in state.problem
+    assert f"hf download {NOT_CACHED}" in state.problem and "--model" in state.problem
+
+
+def test_hub_model_that_cannot_be_reached_names_the_reason():
+    state = check_model(NOT_CACHED, offline=False)  # HF_HUB_OFFLINE is set for the tests
+    assert not state.ready
+    assert "cannot read the UNet config" in state.problem and NOT_CACHED in state.problem
+
+
+@pytest.mark.parametrize("model", ["/no/such/model.safetensors", "not-a-hub-id"])
+def test_a_model_that_is_not_there_is_named(model):
+    state = check_model(model, offline=False)
+    assert not state.ready and "Model not found" in state.problem and model in state.problem
+
+
+def test_local_folders_and_single_files_are_recognised_without_loading(tmp_path):
+    tiny_pipeline("sdxl").save_pretrained(tmp_path / "xl")
+    folder = check_model(str(tmp_path / "xl"), offline=True)
+    assert folder.ready and folder.family is Family.SDXL and folder.source == "diffusers folder"
+    ckpt = tmp_path / "model.safetensors"
+    save_file({f"model.diffusion_model.{k}": torch.zeros(s, dtype=torch.float16)
+               for k, s in ldm_unet_layout(TINY["sd15"]).items()}, str(ckpt))
+    single = check_model(str(ckpt), offline=True)
+    assert single.ready and single.family is Family.SD15 and single.source == "single-file checkpoint"
+    lora = tmp_path / "lora.safetensors"
+    save_file({"lora_unet_down.weight": torch.zeros(2, 2)}, str(lora))
+    refused = check_model(str(lora), offline=True)
+    assert not refused.ready and "Model cannot be used" in refused.problem and "no SD UNet" in refused.problem
+
+
+def test_missing_weight_files_are_listed_with_url_and_target_path(tmp_path):
+    method = Method.FG_ONLY_ATTN
+    offline = weights_report(WeightStore(tmp_path, allow_download=False), method)
+    assert "LayerDiffuse weights missing" in offline
+    for name in method.weight_files:
+        assert f"from {CATALOG[name].url} to `{tmp_path / name}`" in offline
+    online = weights_report(WeightStore(tmp_path, allow_download=True), method)
+    assert "download into" in online and "on the first generation" in online
+    (tmp_path / method.weight_files[0]).write_bytes(b"not the real file")
+    store = WeightStore(tmp_path, allow_download=False)
+    store.status(method.weight_files[0], verify=True)  # hash once: the file is known to be corrupt
+    assert f"`{method.weight_files[0]}`, 743 MB, corrupt (SHA-256 " in weights_report(store, method)
+
+
+def test_weights_of_a_ready_method_are_reported_ready(tiny):
+    _, store = tiny["sdxl"]
+    for name in Method.FG_TO_BLEND.weight_files:
+        store.ensure(name)
+    assert weights_report(store, Method.FG_TO_BLEND).startswith("LayerDiffuse weights for this method: ready")
+
+
+def test_status_says_generation_is_off_and_the_cutout_still_works(tmp_path):
+    backend = offline_backend(tmp_path)
+    text = backend.status()
+    assert "Model not downloaded" in text and "Cutout" in text and "weight-free" in text
+    assert "layer_xl_transparent_attn.safetensors" in text  # the default method's files
+    assert backend.methods() == list(Method) and backend.default_size() == 1024
+    assert status_markdown(backend.state, backend.store, None).count("\n- ") == 0
+
+
+# ---- generating ---------------------------------------------------------------------------
+
+def test_generate_writes_pngs_with_alpha_and_parameters_and_reports_progress(tiny, tmp_path):
+    backend = backend_for(tiny, "sdxl", tmp_path)
+    assert backend.methods() == [m for m in Method if m.family is Family.SDXL]
+    stages = []
+    out = backend.generate("an apple", Method.FG_ONLY_CONV.value, on_progress=lambda *a: stages.append(a),
+                           steps=2, seed=4, width=64, height=64, batch=2)
+    assert len(out.files) == 2 and [c for _, c in out.shown] == ["fg · transparent"] * 2
+    for path in out.files:
+        assert path.startswith(str(tmp_path / "out"))
+        with Image.open(path) as img:
+            assert img.mode == "RGBA" and np.asarray(img)[..., 3].min() < 255
+            assert img.text["parameters"].startswith("an apple\nSteps: 2")
+            assert json.loads(img.text["layerdiffuse"])["Seed"] == 4
+    assert "layerdiffusion_method: (SDXL) Only Generate Transparent Image (Conv Injection)" in out.infotext
+    names = [s[0] for s in stages]
+    assert names.index("Checking weight file layer_xl_transparent_conv.safetensors") < names.index("Sampling")
+    assert ("Sampling", 2, 2) in stages and stages[-1] == ("Decoding", 2, 2)
+
+
+def test_opaque_frames_and_condition_images(tiny, tmp_path):
+    backend = backend_for(tiny, "sdxl", tmp_path)
+    fg = np.zeros((40, 40, 4), np.uint8)
+    fg[8:32, 8:32] = (200, 40, 40, 255)
+    out = backend.generate("a table", "FG_TO_BLEND", steps=2, seed=1, width=64, height=64, fg=fg)
+    assert [c for _, c in out.shown] == ["blend · opaque"]
+    with Image.open(out.files[0]) as img:
+        assert img.mode == "RGB"
+
+
+def test_generation_is_refused_with_the_reason_before_any_work(tiny, tmp_path):
+    offline = offline_backend(tmp_path)
+    with pytest.raises(RuntimeError, match="not in the Hugging Face cache") as err:
+        offline.engine()
+    assert "**" not in str(err.value)
+    with pytest.raises(UnsupportedModelError, match="needs an SD1.5 model"):
+        backend_for(tiny, "sdxl", tmp_path).generate("x", Method.JOINT_SD15)
+    with pytest.raises(ValueError, match="needs a Foreground"):
+        backend_for(tiny, "sdxl", tmp_path).generate("x", Method.FG_TO_BLEND, steps=1, width=64, height=64)
+
+
+def test_the_model_loads_once_on_first_use(tmp_path, monkeypatch):
+    tiny_pipeline("sd15").save_pretrained(tmp_path / "m")
+    calls = []
+
+    def from_model(model, **kwargs):
+        calls.append((model, kwargs))
+        time.sleep(0.2)
+        return "engine"
+
+    monkeypatch.setattr(LayerDiffuse, "from_model", staticmethod(from_model))
+    backend = Backend(str(tmp_path / "m"), offline=True, out_dir=tmp_path / "out")
+    assert backend.family is Family.SD15 and backend.default_method() is Method.FG_ONLY_ATTN_SD15
+    assert backend.default_size() == 512
+    threads = [threading.Thread(target=backend.engine) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and calls[0][1]["local_files_only"] is True
+    assert backend.engine() == "engine"
+
+
+# ---- cutouts and replacement --------------------------------------------------------------
+
+def test_cutout_writes_the_chosen_output(tmp_path):
+    backend = offline_backend(tmp_path)
+    rgba = backend.cut_out(disc_on_grey(), CutoutSettings(model=WEIGHT_FREE))
+    with Image.open(rgba.files[0]) as img:
+        alpha = np.asarray(img)[..., 3]
+        assert img.mode == "RGBA" and alpha.min() == 0 and alpha.max() == 255
+        assert json.loads(img.text["layerdiffuse"])["layerdiffusion_cutout"] == WEIGHT_FREE
+        assert img.text["parameters"] == rgba.infotext
+    mask = backend.cut_out(disc_on_grey(), CutoutSettings(model=WEIGHT_FREE, output=Output.MASK))
+    with Image.open(mask.files[0]) as img:
+        assert img.mode == "L"
+    assert rgba.files[0] != mask.files[0] and "layerdiffusion_cutout_model: weight-free" in rgba.infotext
+
+
+def test_offline_default_cutout_model_is_one_that_runs(tmp_path, monkeypatch):
+    models = tmp_path / "u2net"
+    assert offline_backend(tmp_path, cutout_models_dir=str(models)).default_cutout_model() == WEIGHT_FREE
+    models.mkdir()
+    (models / REMBG_MODELS[DEFAULT_MODEL].local_name).write_bytes(b"onnx")
+    assert offline_backend(tmp_path, cutout_models_dir=str(models)).default_cutout_model() == DEFAULT_MODEL
+    online = Backend(NOT_CACHED, models_dir=str(tmp_path / "w"), cutout_models_dir=str(tmp_path / "none"))
+    assert online.default_cutout_model() == DEFAULT_MODEL
+
+
+def test_replace_with_a_given_background_needs_no_model(tmp_path):
+    backend = offline_backend(tmp_path)
+    image = disc_on_grey()
+    background = np.zeros((50, 80, 3), np.uint8)
+    background[..., 2] = 255
+    out = backend.replace(image, "", CutoutSettings(model=WEIGHT_FREE), background=background)
+    assert [c for _, c in out.shown] == ["new background", "cutout · transparent"]
+    with Image.open(out.files[0]) as img, Image.open(out.files[1]) as cut:
+        result, alpha = np.asarray(img), np.asarray(cut)[..., 3]
+    opaque = alpha == 255
+    assert opaque.sum() > 100 and np.array_equal(result[opaque], image[opaque])
+    assert (result[alpha == 0] == (0, 0, 255)).all()
+
+
+def test_replace_generates_the_scene_on_sdxl_only(tiny, tmp_path):
+    image = disc_on_grey()
+    out = backend_for(tiny, "sdxl", tmp_path).replace(image, "a beach", CutoutSettings(model=WEIGHT_FREE),
+                                                      max_side=64, steps=2, seed=3)
+    assert "layerdiffusion_method: (SDXL) From Foreground to Blending" in out.infotext
+    with Image.open(out.files[0]) as img:
+        assert img.size == (96, 96) and "From Foreground to Blending" in img.text["parameters"]
+    sd15 = backend_for(tiny, "sd15", tmp_path)
+    with pytest.raises(ValueError, match="needs an SDXL model"):
+        sd15.replace(image, "a beach", CutoutSettings(model=WEIGHT_FREE))
+    with pytest.raises(ValueError, match="write a prompt"):
+        sd15.replace(image, " ", CutoutSettings(model=WEIGHT_FREE))
+
+
+# ---- the command ----------------------------------------------------------------------------
+
+def test_app_command_builds_the_backend_from_its_flags(tmp_path, monkeypatch, capsys):
+    from lib_layerdiffuse.app import page
+
+    started = {}
+    monkeypatch.setattr(page, "serve", lambda backend, **kw: started.update(backend=backend, **kw))
+    code = main(["app", "--model", NOT_CACHED, "--offline", "--port", "7999", "--out", str(tmp_path / "o"),
+                 "--models-dir", str(tmp_path / "w"), "--passes", "2"])
+    assert code == 0
+    backend = started["backend"]
+    assert backend.offline and not backend.store.allow_download and backend.passes == 2
+    assert backend.store.folder == tmp_path / "w" and started["port"] == 7999 and started["host"] == "127.0.0.1"
+    assert "not in the Hugging Face cache" in capsys.readouterr().err

@@ -1,0 +1,224 @@
+"""The web app end to end in a real headless Chromium (driven by Playwright), against the app
+serving a tiny SDXL model: generate, download, errors, the queue, the offline page, cutouts and
+background replacement. `.ci/run` installs the browser; without one these tests skip locally
+(and fail in CI, where LAYERDIFFUSE_REQUIRE_BROWSER is set)."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # the browser fixture says what is missing
+    expect = None
+
+from lib_layerdiffuse.app import Backend
+from lib_layerdiffuse.cutout.metrics import sad
+from lib_layerdiffuse.engine import LayerDiffuse
+from lib_layerdiffuse.methods import Method
+from lib_layerdiffuse.testing.browser import find_browser, launch_chromium, running_app
+from lib_layerdiffuse.testing.composites import synthetic_case
+from lib_layerdiffuse.testing.layer_files import write_unet_files
+from lib_layerdiffuse.testing.pipelines import tiny_pipeline
+from lib_layerdiffuse.testing.unet_specs import TINY
+from lib_layerdiffuse.weights import WeightStore
+
+pytestmark = pytest.mark.slow
+WAIT_MS = 60_000
+
+
+def _unavailable(reason: str):
+    if os.environ.get("LAYERDIFFUSE_REQUIRE_BROWSER"):
+        pytest.fail(f"browser tests cannot run: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = find_browser()
+    if executable is None:
+        _unavailable("no Chromium on PATH (apt install chromium, or set LAYERDIFFUSE_BROWSER)")
+    if expect is None:
+        _unavailable("playwright is not installed (pip install -e .[test])")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = launch_chromium(pw, executable)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture()
+def page(browser):
+    context = browser.new_context(accept_downloads=True, viewport={"width": 1400, "height": 1000})
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_app(tmp_path_factory):
+    """(URL, backend) of the app on a tiny SDXL pipeline with tiny weight files."""
+    folder = tmp_path_factory.mktemp("browser-weights")
+    store = WeightStore(folder, allow_download=False, progress=False, catalog=write_unet_files(folder, TINY["sdxl"]))
+    engine = LayerDiffuse(tiny_pipeline("sdxl"), store=store, progress=False, decoder_passes=1)
+    backend = Backend("tiny-sdxl", store=store, engine=engine, passes=1, out_dir=tmp_path_factory.mktemp("out"))
+    with running_app(backend) as url:
+        yield url, backend
+
+
+@pytest.fixture(scope="module")
+def offline_app(tmp_path_factory):
+    """The app offline with a hub model that is not in the cache and no weight files."""
+    root = tmp_path_factory.mktemp("offline")
+    backend = Backend("layerdiffuse-tests/not-downloaded", offline=True, models_dir=str(root / "weights"),
+                      cutout_models_dir=str(root / "u2net"), out_dir=root / "out")
+    with running_app(backend) as url:
+        yield url, backend
+
+
+def choose(page, elem_id: str, option: str) -> None:
+    page.click(f"{elem_id} input")
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def small_generation(page, **numbers) -> None:
+    for name, value in dict(dict(width=64, height=64, steps=2), **numbers).items():
+        set_number(page, f"#ld-{name}", value)
+
+
+def download(page, link) -> Image.Image:
+    with page.expect_download() as info:
+        link.click()
+    img = Image.open(info.value.path())
+    img.load()
+    return img
+
+
+def upload(page, elem_id: str, array: np.ndarray, path) -> None:
+    Image.fromarray(array).save(path)
+    page.set_input_files(f"{elem_id} input[type=file]", str(path))
+    page.wait_for_selector(f"{elem_id} img", timeout=WAIT_MS)
+
+
+def test_generate_and_download_a_png_with_real_alpha(page, tiny_app):
+    url, _ = tiny_app
+    page.goto(url)
+    page.fill("#ld-prompt textarea", "an apple")
+    choose(page, "#ld-method", Method.FG_ONLY_CONV.value)
+    small_generation(page, batch=2)
+    set_number(page, "#ld-seed", 11)
+    page.click("#ld-generate")
+    page.wait_for_selector("#ld-gallery img", timeout=WAIT_MS)
+    links = page.locator("#ld-files a")
+    assert links.count() == 2
+    img = download(page, links.first)
+    alpha = np.asarray(img)[..., 3]
+    assert img.format == "PNG" and img.mode == "RGBA" and img.size == (64, 64)
+    assert alpha.min() < 255 and len(np.unique(alpha)) > 10  # a real alpha channel, not a constant
+    text = img.text["parameters"]
+    assert text.startswith("an apple\nSteps: 2") and "Seed: 11" in text
+    assert f"layerdiffusion_method: {Method.FG_ONLY_CONV.value}" in text
+    background = page.locator("#ld-gallery img").first.evaluate("e => getComputedStyle(e).backgroundImage")
+    assert "conic-gradient" in background  # transparent results are shown over a checkerboard
+    assert "Seed: 11" in page.input_value("#ld-info textarea")
+
+
+def test_a_method_shows_its_inputs_and_errors_are_shown(page, tiny_app, tmp_path):
+    url, _ = tiny_app
+    page.goto(url)
+    page.fill("#ld-prompt textarea", "an apple on a table")
+    choose(page, "#ld-method", Method.FG_TO_BLEND.value)
+    expect(page.locator("#ld-hint")).to_contain_text("needs a foreground")
+    expect(page.locator("#ld-fg-image")).to_be_visible()
+    expect(page.locator("#ld-bg-image")).to_be_hidden()
+    small_generation(page)
+    page.click("#ld-generate")
+    page.get_by_text(re.compile("needs a Foreground")).first.wait_for(timeout=WAIT_MS)
+    fg = np.zeros((48, 48, 4), np.uint8)
+    fg[8:40, 8:40] = (220, 30, 30, 255)
+    upload(page, "#ld-fg-image", fg, tmp_path / "fg.png")
+    page.click("#ld-generate")
+    page.wait_for_selector("#ld-gallery img", timeout=WAIT_MS)
+    img = download(page, page.locator("#ld-files a").first)
+    assert img.mode == "RGB" and "From Foreground to Blending" in img.text["parameters"]
+
+
+def test_one_generation_at_a_time_and_the_next_sees_its_place(browser, tiny_app, monkeypatch):
+    url, backend = tiny_app
+    engine = backend.engine()
+    gate, running, peak = threading.Event(), [], []
+    generate = engine.generate
+
+    def held(*args, **kwargs):
+        running.append(1)
+        peak.append(len(running))
+        try:
+            gate.wait(WAIT_MS / 1000)
+            return generate(*args, **kwargs)
+        finally:
+            running.pop()
+
+    monkeypatch.setattr(engine, "generate", held)
+    pages = [browser.new_context().new_page() for _ in range(2)]
+    for p in pages:
+        p.goto(url)
+        p.fill("#ld-prompt textarea", "a pear")
+        small_generation(p)
+    pages[0].click("#ld-generate")
+    deadline = time.time() + 30
+    while not running and time.time() < deadline:
+        time.sleep(0.05)
+    assert running, "the first generation did not start"
+    pages[1].click("#ld-generate")
+    pages[1].get_by_text(re.compile(r"queue: 1/\d")).first.wait_for(timeout=WAIT_MS)
+    assert len(running) == 1
+    gate.set()
+    for p in pages:
+        p.wait_for_selector("#ld-gallery img", timeout=WAIT_MS)
+        p.context.close()
+    assert max(peak) == 1
+
+
+def test_offline_page_says_what_is_missing_and_cutouts_still_work(page, offline_app, tmp_path):
+    url, backend = offline_app
+    page.goto(url)
+    status = page.locator("#ld-status")
+    status.get_by_text(re.compile("not in the Hugging Face cache")).wait_for(timeout=WAIT_MS)
+    text = status.inner_text()
+    assert "hf download layerdiffuse-tests/not-downloaded" in text
+    for name in Method.FG_ONLY_ATTN.weight_files:
+        assert str(backend.store.folder / name) in text
+    assert page.is_disabled("#ld-generate")
+
+    page.get_by_role("tab", name="Cutout").click()
+    assert page.input_value("#ld-cut-cutout_model input") == "weight-free"
+    case = synthetic_case("disc", "solid", 128)
+    upload(page, "#ld-cut-image", case.image, tmp_path / "disc.png")
+    page.click("#ld-cut-run")
+    page.wait_for_selector("#ld-cut-gallery img", timeout=WAIT_MS)
+    img = download(page, page.locator("#ld-cut-files a").first)
+    alpha = np.asarray(img)[..., 3] / 255.0
+    assert img.mode == "RGBA" and alpha.min() == 0 and alpha.max() == 1
+    assert sad(alpha, case.alpha) < 0.5  # the weight-free matte of a clean disc is close to exact
+
+    page.get_by_role("tab", name="Replace background").click()
+    upload(page, "#ld-rep-image", case.image, tmp_path / "subject.png")
+    upload(page, "#ld-rep-background", np.full((64, 96, 3), (0, 90, 200), np.uint8), tmp_path / "bg.png")
+    page.click("#ld-rep-run")
+    page.wait_for_selector("#ld-rep-gallery img", timeout=WAIT_MS)
+    assert page.locator("#ld-rep-files a").count() == 2
+    composite = np.asarray(download(page, page.locator("#ld-rep-files a").first))
+    assert composite.shape == case.image.shape and (composite[0, 0] == (0, 90, 200)).all()
