@@ -317,12 +317,13 @@ def cmd_app(args: argparse.Namespace) -> int:
     from .app.page import serve
 
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, None: None}[args.dtype]
+    def report(state) -> None:
+        told = f"{state.family.label}, {state.source}" if state.ready else state.problem.replace("**", "")
+        print(f"Model {state.model}: {told}", file=sys.stderr)
+
     backend = Backend(args.model, models_dir=args.models_dir, offline=args.offline, device=args.device, dtype=dtype,
                       passes=args.passes, out_dir=args.out, cutout_models_dir=args.cutout_models_dir,
-                      providers=_providers(args))
-    state = backend.state
-    print(f"Model: {state.model}: " + (f"{state.family.label}, {state.source}" if state.ready
-                                       else state.problem.replace("**", "")), file=sys.stderr)
+                      providers=_providers(args), on_checked=report)
     serve(backend, host=args.host, port=args.port, open_browser=args.open)
     return 0
 

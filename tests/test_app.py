@@ -47,7 +47,9 @@ def backend_for(tiny, family, tmp_path, **kwargs) -> Backend:
 
 
 def offline_backend(tmp_path, **kwargs) -> Backend:
-    return Backend(NOT_CACHED, offline=True, models_dir=str(tmp_path / "empty"), out_dir=tmp_path / "out", **kwargs)
+    backend = Backend(NOT_CACHED, offline=True, models_dir=str(tmp_path / "empty"), out_dir=tmp_path / "out", **kwargs)
+    assert not backend.state.ready  # waits for the model check
+    return backend
 
 
 def disc_on_grey() -> np.ndarray:
@@ -119,6 +121,28 @@ def test_status_says_generation_is_off_and_the_cutout_still_works(tmp_path):
     assert "layer_xl_transparent_attn.safetensors" in text  # the default method's files
     assert backend.methods() == list(Method) and backend.default_size() == 1024
     assert status_markdown(backend.state, backend.store, None).count("\n- ") == 0
+
+
+def test_the_model_is_checked_in_the_background_and_the_page_waits_for_it(tmp_path, monkeypatch):
+    from lib_layerdiffuse.app import backend as backend_module
+    from lib_layerdiffuse.app.page import _model_view
+
+    release = threading.Event()
+    checked = []
+
+    def slow_check(model, offline):
+        release.wait(10)
+        return check_model(model, offline)
+
+    monkeypatch.setattr(backend_module, "check_model", slow_check)
+    backend = Backend(NOT_CACHED, offline=True, models_dir=str(tmp_path), on_checked=checked.append)
+    assert not backend.checked and backend.status() == f"Checking the model `{NOT_CACHED}` ..."
+    early = _model_view(backend, wait=False)
+    assert not early.ready and early.methods == [m.value for m in Method] and early.method == Method.FG_ONLY_ATTN.value
+    threading.Timer(0.2, release.set).start()
+    late = _model_view(backend, wait=True)
+    assert backend.checked and not late.ready and "Model not downloaded" in late.status
+    assert [s.model for s in checked] == [NOT_CACHED]
 
 
 # ---- generating ---------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -156,18 +155,24 @@ def test_a_method_shows_its_inputs_and_errors_are_shown(page, tiny_app, tmp_path
     assert img.mode == "RGB" and "From Foreground to Blending" in img.text["parameters"]
 
 
-def test_one_generation_at_a_time_and_the_next_sees_its_place(browser, tiny_app, monkeypatch):
+def test_progress_shows_and_the_next_generation_waits_with_its_place(browser, tiny_app, monkeypatch):
     url, backend = tiny_app
     engine = backend.engine()
-    gate, running, peak = threading.Event(), [], []
+    sampling, gate, running, peak = threading.Event(), threading.Event(), [], []
     generate = engine.generate
 
-    def held(*args, **kwargs):
+    def held(*args, on_progress, **kwargs):
+        """The first sampling step of every generation waits for the gate."""
+        def report(stage, done, total):
+            on_progress(stage, done, total)
+            if (stage, done) == ("Sampling", 1):
+                sampling.set()
+                gate.wait(WAIT_MS / 1000)
+
         running.append(1)
         peak.append(len(running))
         try:
-            gate.wait(WAIT_MS / 1000)
-            return generate(*args, **kwargs)
+            return generate(*args, on_progress=report, **kwargs)
         finally:
             running.pop()
 
@@ -176,14 +181,12 @@ def test_one_generation_at_a_time_and_the_next_sees_its_place(browser, tiny_app,
     for p in pages:
         p.goto(url)
         p.fill("#ld-prompt textarea", "a pear")
-        small_generation(p)
+        small_generation(p, steps=3)
     pages[0].click("#ld-generate")
-    deadline = time.time() + 30
-    while not running and time.time() < deadline:
-        time.sleep(0.05)
-    assert running, "the first generation did not start"
+    assert sampling.wait(30), "the first generation did not start sampling"
+    expect(pages[0].locator("#ld-gallery")).to_contain_text(re.compile(r"1/3 steps.*Sampling"), timeout=WAIT_MS)
     pages[1].click("#ld-generate")
-    pages[1].get_by_text(re.compile(r"queue: 1/\d")).first.wait_for(timeout=WAIT_MS)
+    expect(pages[1].locator("#ld-gallery")).to_contain_text(re.compile(r"queue: 1/\d"), timeout=WAIT_MS)
     assert len(running) == 1
     gate.set()
     for p in pages:

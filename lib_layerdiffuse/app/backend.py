@@ -46,16 +46,17 @@ class Backend:
     """One model (a hub id, a diffusers folder or a .safetensors file), its LayerDiffuse weights,
     and the cutout settings of this app.
 
-    `engine` passes a ready `LayerDiffuse` (tests, notebooks); otherwise the model loads on the
-    first generation. `offline` means no downloads at all: hub models come from the Hugging Face
-    cache, and weight files and cutout models must be present.
+    `engine` passes a ready `LayerDiffuse` (tests, notebooks); otherwise the model is checked
+    in the background (`on_checked` gets the result) and loads on the first generation.
+    `offline` means no downloads at all: hub models come from the Hugging Face cache, and weight
+    files and cutout models must be present.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, *, store: Optional[WeightStore] = None,
                  models_dir: Optional[str] = None, offline: bool = False, device: Optional[str] = None,
                  dtype=None, passes: int = 8, out_dir: Union[str, Path] = "outputs",
                  cutout_models_dir: Optional[str] = None, providers: Optional[Sequence[str]] = None,
-                 engine=None):
+                 engine=None, on_checked: Optional[Callable[[ModelState], None]] = None):
         self.model = model
         self.offline = offline
         self.store = store or WeightStore(models_dir, allow_download=not offline)
@@ -66,13 +67,33 @@ class Backend:
         self._engine = engine
         self._load_lock = threading.Lock()
         self._names = itertools.count()
+        self._checked = threading.Event()
+        self._state: Optional[ModelState] = None
         if engine is not None:
             name = getattr(engine.pipe, "name_or_path", None) or model
-            self.state = ModelState(name, engine.family, "loaded")
+            self._finish_check(ModelState(name, engine.family, "loaded"), on_checked)
         else:
-            self.state = check_model(model, offline)
+            threading.Thread(target=lambda: self._finish_check(check_model(model, offline), on_checked),
+                             name="layerdiffuse-model-check", daemon=True).start()
+
+    def _finish_check(self, state: ModelState, on_checked: Optional[Callable[[ModelState], None]]) -> None:
+        self._state = state
+        self._checked.set()
+        if on_checked is not None:
+            on_checked(state)
 
     # ---- what the page shows -------------------------------------------------------------
+
+    @property
+    def state(self) -> ModelState:
+        """Where the model loads from and its family; waits for the check started with the
+        backend (a hub id costs one small request, and retries for a while without network)."""
+        self._checked.wait()
+        return self._state
+
+    @property
+    def checked(self) -> bool:
+        return self._checked.is_set()
 
     @property
     def family(self) -> Optional[Family]:
@@ -92,6 +113,8 @@ class Backend:
 
     def status(self, method: Any = None) -> str:
         """Markdown: the model, and the weight files of `method` (None: the default method)."""
+        if not self.checked:
+            return f"Checking the model `{self.model}` ..."
         try:
             chosen = Method.parse(method) if method else self.default_method()
         except ValueError:

@@ -76,16 +76,40 @@ def _cutout_settings(values: list) -> CutoutSettings:
     return CutoutSettings(enabled=True, **dict(zip(list(_CUT_FIELDS)[1:], values)))
 
 
-def _generate_tab(gr, backend: Backend, status) -> None:
+@dataclasses.dataclass
+class _ModelView:
+    """What the Generate tab shows that depends on the model check."""
+
+    status: str
+    methods: list[str]
+    method: str
+    size: int
+    ready: bool
+
+
+def _model_view(backend: Backend, wait: bool) -> _ModelView:
+    """The model's view, or (with `wait` off while the check runs) placeholders: every method,
+    SDXL size, Generate off. The page's load event fills in the real one."""
+    if not (wait or backend.checked):
+        return _ModelView(backend.status(), [m.value for m in Method], Method.default().value, 1024, False)
     default = backend.default_method()
+    return _ModelView(backend.status(default), [m.value for m in backend.methods()], default.value,
+                      backend.default_size(), backend.state.ready)
+
+
+def _generate_tab(gr, backend: Backend, status) -> tuple[Callable, list]:
+    """Build the tab; returns the page-load handler that shows the model check's result, and
+    its outputs."""
+    view = _model_view(backend, wait=False)
+    default = Method.parse(view.method)
     shown = input_visibility(default)
-    size = backend.default_size()
+    size = view.size
     with gr.Row():
         with gr.Column(scale=5):
             prompt = gr.Textbox(label="Prompt", lines=3, elem_id="ld-prompt")
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="ld-negative")
-            method = gr.Dropdown(label=_FIELDS["method"]["label"], choices=[m.value for m in backend.methods()],
-                                 value=default.value, elem_id="ld-method")
+            method = gr.Dropdown(label=_FIELDS["method"]["label"], choices=view.methods, value=view.method,
+                                 elem_id="ld-method")
             hint = gr.Markdown(method_hint(default), elem_id="ld-hint")
             with gr.Row():
                 images = [_image(gr, _FIELDS[f"{n}_image"]["label"], f"ld-{n}-image", shown[f"{n}_image"])
@@ -117,7 +141,7 @@ def _generate_tab(gr, backend: Backend, status) -> None:
                 init = _image(gr, "Init image", "ld-init-image")
                 strength = gr.Slider(label="Denoising strength", minimum=0.01, maximum=1.0, step=0.01, value=0.7)
         with gr.Column(scale=6):
-            run = gr.Button("Generate", variant="primary", interactive=backend.state.ready, elem_id="ld-generate")
+            run = gr.Button("Generate", variant="primary", interactive=view.ready, elem_id="ld-generate")
             outputs = _results(gr, "ld", "Parameters")
 
     def on_method(value, current_batch):
@@ -161,6 +185,13 @@ def _generate_tab(gr, backend: Backend, status) -> None:
                                 steps, cfg, width, height, batch, seed, passes, init, strength],
               outputs=[*outputs, status], concurrency_limit=1, concurrency_id=MODEL_QUEUE)
 
+    def on_load():
+        loaded = _model_view(backend, wait=True)
+        return (loaded.status, gr.update(choices=loaded.methods, value=loaded.method),
+                gr.update(interactive=loaded.ready), loaded.size, loaded.size)
+
+    return on_load, [status, method, run, width, height]
+
 
 def _cutout_tab(gr, backend: Backend) -> None:
     with gr.Row():
@@ -200,7 +231,7 @@ def _replace_tab(gr, backend: Backend, status) -> None:
                 steps = gr.Slider(label="Steps", minimum=1, maximum=150, step=1, value=DEFAULT_STEPS,
                                   elem_id="ld-rep-steps")
                 max_side = gr.Slider(label="Long side of the generated scene", minimum=256, maximum=2048, step=64,
-                                     value=min(1024, max(256, backend.default_size())), elem_id="ld-rep-side")
+                                     value=1024, elem_id="ld-rep-side")
             with gr.Row():
                 model = gr.Dropdown(label=_CUT_FIELDS["model"]["label"], value=backend.default_cutout_model(),
                                     choices=[m for m in MODEL_CHOICES if m != LOCAL_FILE], elem_id="ld-rep-model")
@@ -230,18 +261,19 @@ def build_page(backend: Backend):
     """The gradio Blocks of the app (not launched)."""
     import gradio as gr
 
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as page:
+    # gradio keeps its own copies of shown files (ours stay in the output folder): drop them after a day
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(86400, 86400)) as page:
         gr.Markdown(f"# {TITLE}\nTransparent images from Stable Diffusion (latent transparency), cutouts and "
                     "background replacement.")
         status = gr.Markdown(backend.status(), elem_id="ld-status")
         with gr.Tabs():
             with gr.Tab("Generate", id="generate"):
-                _generate_tab(gr, backend, status)
+                on_load, model_outputs = _generate_tab(gr, backend, status)
             with gr.Tab("Cutout", id="cutout"):
                 _cutout_tab(gr, backend)
             with gr.Tab("Replace background", id="replace"):
                 _replace_tab(gr, backend, status)
-        page.load(backend.status, outputs=[status], queue=False)
+        page.load(on_load, outputs=model_outputs, show_progress="hidden")
     return page
 
 
