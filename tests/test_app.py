@@ -68,8 +68,8 @@ def test_offline_hub_model_not_in_the_cache_says_how_to_get_it():
 
 def test_hub_model_that_cannot_be_reached_names_the_reason():
     state = check_model(NOT_CACHED, offline=False)  # HF_HUB_OFFLINE is set for the tests
-    assert not state.ready
-    assert "cannot read the UNet config" in state.problem and NOT_CACHED in state.problem
+    assert not state.ready and state.problem.startswith("**Model not reachable:**")
+    assert "cannot read the UNet config" in state.problem and f"hf download {NOT_CACHED}" in state.problem
 
 
 @pytest.mark.parametrize("model", ["/no/such/model.safetensors", "not-a-hub-id"])

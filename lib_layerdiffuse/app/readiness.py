@@ -64,18 +64,24 @@ def check_model(model: str, offline: bool) -> ModelState:
     elif _in_hub_cache(model):
         source = f"Hugging Face cache ({hub_cache_dir()})"
     elif offline:
-        return ModelState(model, None, "", (
-            f"**Model not downloaded:** `{model}` is not in the Hugging Face cache "
-            f"(`{hub_cache_dir()}`) and downloads are off. Download it on a machine with network "
-            f"(`hf download {model}`) and copy that cache folder here (or point `HF_HOME` at it), or "
-            "start the app with `--model /path/to/checkpoint.safetensors`."))
+        return ModelState(model, None, "", f"**Model not downloaded:** `{model}` is not in the Hugging Face "
+                                           f"cache (`{hub_cache_dir()}`) and downloads are off. {_how_to_get(model)}")
     else:
         source = f"Hugging Face hub (downloads into {hub_cache_dir()} on the first generation)"
     try:
         family = family_of_model(str(path) if path.exists() else model, local_files_only=offline)
     except UnsupportedModelError as exc:
+        if source.startswith("Hugging Face hub"):
+            return ModelState(model, None, source, (
+                f"**Model not reachable:** `{model}` is not in the Hugging Face cache (`{hub_cache_dir()}`) "
+                f"and the hub did not answer ({exc}). {_how_to_get(model)}"))
         return ModelState(model, None, source, f"**Model cannot be used:** {exc}")
     return ModelState(model, family, source)
+
+
+def _how_to_get(model: str) -> str:
+    return (f"Download it on a machine with network (`hf download {model}`) and copy that cache folder "
+            "here (or point `HF_HOME` at it), or start the app with `--model /path/to/checkpoint.safetensors`.")
 
 
 def weights_report(store: WeightStore, method: Method) -> str:
