@@ -86,14 +86,23 @@ def _fetch_weights(args: argparse.Namespace, method: Method) -> WeightStore:
     return store
 
 
-def _load_engine(args: argparse.Namespace, method: Method, store: WeightStore):
+def _add_device_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="default: fp16 on GPUs, fp32 on CPU")
+
+
+def _torch_dtype(args: argparse.Namespace):
+    """The torch dtype of --dtype (None: the device's default)."""
     import torch
 
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, None: None}[args.dtype]
+
+
+def _load_engine(args: argparse.Namespace, method: Method, store: WeightStore):
     from .engine import LayerDiffuse
 
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, None: None}[args.dtype]
     print(f"Loading model {args.model} ...", file=sys.stderr)
-    return LayerDiffuse.from_model(args.model, method, device=args.device, dtype=dtype, store=store,
+    return LayerDiffuse.from_model(args.model, method, device=args.device, dtype=_torch_dtype(args), store=store,
                                    local_files_only=args.offline, decoder_passes=getattr(args, "passes", 8),
                                    progress=not args.quiet)
 
@@ -157,8 +166,7 @@ def _add_generate(sub, common: argparse.ArgumentParser) -> None:
     gen.add_argument("--strength", type=float, default=0.7, help="img2img denoising strength")
     gen.add_argument("--passes", type=int, default=8, choices=(1, 2, 4, 8),
                      help="transparent decoder passes (8 = the reference's quality)")
-    gen.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
-    gen.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="default: fp16 on GPUs, fp32 on CPU")
+    _add_device_flags(gen)
     gen.add_argument("--offline", action="store_true",
                      help="never download weight files or the model (hub models come from the Hugging "
                           "Face cache); say what is missing and where it goes")
@@ -298,8 +306,7 @@ def _add_cutout(sub, common: argparse.ArgumentParser) -> None:
     rep.add_argument("--weight", type=float, default=1.0)
     rep.add_argument("--stop-at", type=float, default=1.0)
     rep.add_argument("--max-side", type=int, default=1024, help="long side of the generated scene (pixels)")
-    rep.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
-    rep.add_argument("--dtype", choices=("fp16", "bf16", "fp32"))
+    _add_device_flags(rep)
     rep.add_argument("--offline", action="store_true", help="never download weights or models")
     rep.add_argument("-o", "--out", default="outputs", help="output folder (default: ./outputs)")
     rep.set_defaults(func=cmd_replace_bg, bg=None)
@@ -311,19 +318,16 @@ def cmd_app(args: argparse.Namespace) -> int:
 
     if importlib.util.find_spec("gradio") is None:
         raise RuntimeError("the web app needs gradio: pip install -e \".[app]\"")
-    import torch
-
     from .app import Backend
     from .app.page import serve
 
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, None: None}[args.dtype]
     def report(state) -> None:
         told = f"{state.family.label}, {state.source}" if state.ready else state.problem.replace("**", "")
         print(f"Model {state.model}: {told}", file=sys.stderr)
 
-    backend = Backend(args.model, models_dir=args.models_dir, offline=args.offline, device=args.device, dtype=dtype,
-                      passes=args.passes, out_dir=args.out, cutout_models_dir=args.cutout_models_dir,
-                      providers=_providers(args), on_checked=report)
+    backend = Backend(args.model, models_dir=args.models_dir, offline=args.offline, device=args.device,
+                      dtype=_torch_dtype(args), passes=args.passes, out_dir=args.out,
+                      cutout_models_dir=args.cutout_models_dir, providers=_providers(args), on_checked=report)
     serve(backend, host=args.host, port=args.port, open_browser=args.open)
     return 0
 
@@ -343,8 +347,7 @@ def _add_app(sub, common: argparse.ArgumentParser) -> None:
     app.add_argument("--out", default="outputs", help="folder for the PNG files (default: ./outputs)")
     app.add_argument("--passes", type=int, default=8, choices=(1, 2, 4, 8),
                      help="default transparent decoder passes (8 = the reference's quality)")
-    app.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
-    app.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="default: fp16 on GPUs, fp32 on CPU")
+    _add_device_flags(app)
     app.add_argument("--offline", action="store_true",
                      help="never download: the model from the Hugging Face cache, weight files and cutout "
                           "models from their folders; the page says what is missing and where it goes")

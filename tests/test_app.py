@@ -277,3 +277,12 @@ def test_app_command_builds_the_backend_from_its_flags(tmp_path, monkeypatch, ca
     assert backend.offline and not backend.store.allow_download and backend.passes == 2
     assert backend.store.folder == tmp_path / "w" and started["port"] == 7999 and started["host"] == "127.0.0.1"
     assert "not in the Hugging Face cache" in capsys.readouterr().err
+
+
+def test_app_command_without_gradio_says_how_to_install_it(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
+    assert main(["app", "--offline"]) == 1
+    assert 'needs gradio: pip install -e ".[app]"' in capsys.readouterr().err
