@@ -36,7 +36,7 @@ _LAYERS = ("fg", "bg", "blend")
 
 def _reporter(progress) -> Callable[[str, int, int], None]:
     def report(stage: str, done: int, total: int) -> None:
-        progress((done, total), desc=stage, unit="steps" if stage == "Sampling" else "")
+        progress((done, total), desc=stage, unit={"Sampling": "steps", "Decoding": "images"}.get(stage, ""))
     return report
 
 
