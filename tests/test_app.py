@@ -187,6 +187,18 @@ def test_generation_is_refused_with_the_reason_before_any_work(tiny, tmp_path):
         backend_for(tiny, "sdxl", tmp_path).generate("x", Method.FG_TO_BLEND, steps=1, width=64, height=64)
 
 
+def test_a_saved_model_loads_on_the_first_generation(tiny, tmp_path):
+    tiny_pipeline("sdxl").save_pretrained(tmp_path / "xl")
+    _, store = tiny["sdxl"]
+    backend = Backend(str(tmp_path / "xl"), store=store, offline=True, device="cpu", passes=1, out_dir=tmp_path / "o")
+    stages = []
+    out = backend.generate("an apple", "FG_ONLY_ATTN", steps=2, seed=1, width=64, height=64,
+                           on_progress=lambda *a: stages.append(a[0]))
+    assert f"Loading model {tmp_path / 'xl'}" in stages and backend.engine().family is Family.SDXL
+    with Image.open(out.files[0]) as img:
+        assert img.mode == "RGBA" and f"Model: {tmp_path / 'xl'}" in img.text["parameters"]
+
+
 def test_the_model_loads_once_on_first_use(tmp_path, monkeypatch):
     tiny_pipeline("sd15").save_pretrained(tmp_path / "m")
     calls = []
