@@ -218,11 +218,8 @@ def cmd_cutout(args: argparse.Namespace) -> int:
 def cmd_replace_bg(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from PIL import Image
-
     from .cutout import cut_out
     from .cutout.replace import replace_background
-    from .images import save_png
 
     settings = _cutout_settings(args)
     image = _read_image(args.image, "IMAGE")
@@ -245,13 +242,7 @@ def cmd_replace_bg(args: argparse.Namespace) -> int:
                                 max_side=args.max_side, **({} if engine is None else dict(
                                     negative_prompt=args.negative, steps=args.steps, cfg=args.cfg,
                                     seed=args.seed, weight=args.weight, stop_at=args.stop_at)))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = Path(args.image).stem
-    paths = [out / f"{stem}-replaced.png", out / f"{stem}-cutout.png"]
-    save_png(result.image, paths[0], result.infotext, cut.infotext())
-    save_png(Image.fromarray(cut.rgba(), "RGBA"), paths[1], settings=cut.infotext())
-    for path in paths:
+    for path in result.save(args.out, Path(args.image).stem):
         print(path)
     return 0
 

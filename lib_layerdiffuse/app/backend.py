@@ -14,16 +14,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
-from PIL import Image
-
 from ..cutout.models import DEFAULT_MODEL as DEFAULT_CUTOUT_MODEL
 from ..cutout.models import WEIGHT_FREE
-from ..images import save_png
+from ..engine.outputs import ProgressCallback as Progress
 from ..methods import Family, Method
 from ..weights import WeightStore
 from .readiness import DEFAULT_MODEL, ModelState, check_model, status_markdown
 
-Progress = Callable[[str, int, int], None]
 FAMILY_SIZE = {Family.SDXL: 1024, Family.SD15: 512}
 
 
@@ -179,11 +176,9 @@ class Backend:
 
     def cut_out(self, image: Any, settings, on_progress: Progress = _no_progress) -> Outputs:
         """Cut out one image with `settings` (a CutoutSettings); writes the chosen output."""
-        from ..cutout import cut_out
+        from ..images import save_png
 
-        on_progress("Cutting out", 0, 1)
-        cut = cut_out(image, settings, providers=self.providers, models_dir=self.cutout_models_dir,
-                      allow_download=not self.offline)
+        cut = self._cut(image, settings, on_progress)
         path = self._folder() / f"{self._stem('cutout')}-{settings.output.name.lower()}.png"
         info = ", ".join(f"{k}: {v}" for k, v in cut.infotext().items())
         save_png(cut.render(), path, info, cut.infotext())
@@ -194,7 +189,6 @@ class Backend:
                 on_progress: Progress = _no_progress, **generate_kwargs: Any) -> Outputs:
         """Put the subject of `image` on `background`, or on a scene generated from `prompt` with
         the SDXL "From Foreground to Blending" method."""
-        from ..cutout import cut_out
         from ..cutout.replace import replace_background
 
         engine = None
@@ -207,19 +201,20 @@ class Backend:
             self._fetch_weights(Method.FG_TO_BLEND, on_progress)
             engine = self.engine(on_progress)
             generate_kwargs["on_progress"] = on_progress
-        on_progress("Cutting out", 0, 1)
-        cut = cut_out(image, settings, providers=self.providers, models_dir=self.cutout_models_dir,
-                      allow_download=not self.offline)
+        cut = self._cut(image, settings, on_progress)
         result = replace_background(image, prompt or "", engine=engine, background=background, cutout=cut,
                                     max_side=max_side, **(generate_kwargs if engine is not None else {}))
-        stem = self._stem("replaced")
-        folder = self._folder()
-        paths = [folder / f"{stem}.png", folder / f"{stem}-cutout.png"]
-        save_png(result.image, paths[0], result.infotext, cut.infotext())
-        save_png(Image.fromarray(cut.rgba(), "RGBA"), paths[1], settings=cut.infotext())
+        paths = result.save(self._folder(), self._stem("layerdiffuse"))
         captions = ["new background", "cutout · transparent"]
         return Outputs([(str(p), c) for p, c in zip(paths, captions)], [str(p) for p in paths],
                        result.infotext, list(cut.notes))
+
+    def _cut(self, image: Any, settings, on_progress: Progress):
+        from ..cutout import cut_out
+
+        on_progress("Cutting out", 0, 1)
+        return cut_out(image, settings, providers=self.providers, models_dir=self.cutout_models_dir,
+                       allow_download=not self.offline)
 
     # ---- files ---------------------------------------------------------------------------
 

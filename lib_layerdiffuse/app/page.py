@@ -14,6 +14,7 @@ from typing import Callable, Optional
 from ..cutout.models import LOCAL_FILE, MODEL_CHOICES
 from ..cutout.options import CutoutSettings, Refine
 from ..engine.generate import DEFAULT_CFG, DEFAULT_STEPS
+from ..engine.outputs import ProgressCallback
 from ..engine.samplers import SAMPLERS
 from ..form import cutout_controls, input_visibility, method_hint
 from ..methods import Method
@@ -34,10 +35,15 @@ _CUT_FIELDS = {f.name: f.metadata for f in dataclasses.fields(CutoutSettings)}
 _LAYERS = ("fg", "bg", "blend")
 
 
-def _reporter(progress) -> Callable[[str, int, int], None]:
+def _reporter(progress) -> ProgressCallback:
     def report(stage: str, done: int, total: int) -> None:
         progress((done, total), desc=stage, unit={"Sampling": "steps", "Decoding": "images"}.get(stage, ""))
     return report
+
+
+def _seed(value) -> Optional[int]:
+    """The seed box: empty or negative means a random seed."""
+    return None if value is None or value < 0 else int(value)
 
 
 def _user_error(gr, exc: Exception):
@@ -170,7 +176,7 @@ def _generate_tab(gr, backend: Backend, status) -> tuple[Callable, list]:
             out = backend.generate(
                 prompt_text or "", method_value, passes=int(passes_value), on_progress=_reporter(progress),
                 negative_prompt=negative_text or "", steps=int(steps_value), cfg=float(cfg_value),
-                seed=None if seed_value is None or seed_value < 0 else int(seed_value),
+                seed=_seed(seed_value),
                 width=int(width_value), height=int(height_value), batch=int(batch_value),
                 weight=float(w_value), stop_at=float(stop_value), resize_mode=resize,
                 sampler=None if sampler_value == DEFAULT_SAMPLER else sampler_value,
@@ -246,7 +252,7 @@ def _replace_tab(gr, backend: Backend, status) -> None:
         try:
             settings = CutoutSettings(enabled=True, model=model_value, refine=refine_value)
             kwargs = dict(negative_prompt=negative_text or "", steps=int(steps_value),
-                          seed=None if seed_value is None or seed_value < 0 else int(seed_value))
+                          seed=_seed(seed_value))
             out = backend.replace(image_value, prompt_text or "", settings, background=background_value,
                                   max_side=int(side_value), on_progress=_reporter(progress), **kwargs)
         except Exception as exc:

@@ -54,6 +54,7 @@ def check_model(model: str, offline: bool) -> ModelState:
     from ..engine.family import UnsupportedModelError, family_of_model
 
     path = Path(model).expanduser()
+    from_hub = False
     if path.exists():
         source = "single-file checkpoint" if path.is_file() else "diffusers folder"
     elif not _looks_like_hub_id(model):
@@ -67,11 +68,12 @@ def check_model(model: str, offline: bool) -> ModelState:
         return ModelState(model, None, "", f"**Model not downloaded:** `{model}` is not in the Hugging Face "
                                            f"cache (`{hub_cache_dir()}`) and downloads are off. {_how_to_get(model)}")
     else:
+        from_hub = True
         source = f"Hugging Face hub (downloads into {hub_cache_dir()} on the first generation)"
     try:
         family = family_of_model(str(path) if path.exists() else model, local_files_only=offline)
     except UnsupportedModelError as exc:
-        if source.startswith("Hugging Face hub"):
+        if from_hub:
             return ModelState(model, None, source, (
                 f"**Model not reachable:** `{model}` is not in the Hugging Face cache (`{hub_cache_dir()}`) "
                 f"and the hub did not answer ({exc}). {_how_to_get(model)}"))

@@ -12,13 +12,15 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Optional, Union
 
 import numpy as np
 from PIL import Image
 
-from ..images import to_rgba_uint8
+from ..images import save_png, to_rgba_uint8
 from ..methods import Method
 from ..params import ResizeMode
 from .options import CutoutSettings, Refine
@@ -35,6 +37,17 @@ class Replacement:
     background: Image.Image  # the new background at the input's size
     generated: list[Image.Image] = field(default_factory=list)  # FG_TO_BLEND outputs, when generated
     infotext: str = ""
+
+    def save(self, folder: Union[str, os.PathLike], stem: str) -> list[Path]:
+        """Write `<stem>-replaced.png` (the composite, with the generation's parameters) and
+        `<stem>-cutout.png` (the straight-alpha cutout), both with the cutout settings."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = [folder / f"{stem}-replaced.png", folder / f"{stem}-cutout.png"]
+        settings = self.cutout.infotext()
+        save_png(self.image, paths[0], self.infotext, settings)
+        save_png(Image.fromarray(self.cutout.rgba(), "RGBA"), paths[1], settings=settings)
+        return paths
 
 
 def generation_size(width: int, height: int, max_side: int) -> tuple[int, int]:

@@ -20,7 +20,7 @@ import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -34,16 +34,13 @@ from ..vae.frontends import decoder_for, default_device_and_dtype, encoder_for
 from ..weights import WeightStore
 from .conditions import condition_latents, control_pixels
 from .family import check_method_family, compatibility_warning, family_of_model, family_of_unet
-from .outputs import LayerResult, decode_outputs
+from .outputs import LayerResult, ProgressCallback, decode_outputs
 from .samplers import default_sampler, make_scheduler, parse_sampler
 from .sharing import AttentionSharingWeights, SharingState, install_attention_sharing
 from .unet_hook import UNetStepHook, stop_timestep
 
 DEFAULT_STEPS = 25
 DEFAULT_CFG = 7.0
-
-# on_progress(stage, done, total): "Sampling" once per denoising step, "Decoding" once per image
-ProgressCallback = Callable[[str, int, int], None]
 
 
 @dataclass

@@ -22,6 +22,9 @@ from ..methods import Method
 from ..vae.frontends import TransparentDecoder
 from ..vae.pixels import to_uint8
 
+# on_progress(stage, done, total): "Sampling" once per denoising step, "Decoding" once per image
+ProgressCallback = Callable[[str, int, int], None]
+
 
 @dataclass
 class LayerImage:
@@ -111,7 +114,7 @@ def _to_pil(chw: torch.Tensor) -> Image.Image:
 
 def decode_outputs(vae, latents: torch.Tensor, method: Method, decoder: Optional[TransparentDecoder],
                    passes: int = 8, progress: bool = True,
-                   on_progress: Optional[Callable[[str, int, int], None]] = None) -> list[LayerImage]:
+                   on_progress: Optional[ProgressCallback] = None) -> list[LayerImage]:
     """Decode every latent of a generation into a LayerImage, one image at a time; `passes`
     is the transparent decoder's test-time augmentation (the decoder is shared, so it is
     passed per call rather than set on it). `on_progress("Decoding", done, total)` follows
