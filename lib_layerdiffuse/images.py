@@ -115,21 +115,26 @@ def to_rgba_uint8(value: Any, field: str = "image") -> Optional[np.ndarray]:
                     f"URL), got {type(value).__name__}.")
 
 
-def read_image_file(path: Union[str, os.PathLike], field: str = "image") -> np.ndarray:
-    """An image file as RGBA uint8, turned upright by its EXIF orientation; unreadable, damaged
-    or oversized files are a ValueError naming the file."""
+def read_image_file(path: Union[str, os.PathLike], field: str = "image", name: Optional[str] = None) -> np.ndarray:
+    """An image file as RGBA uint8, turned upright by its EXIF orientation; missing, unreadable,
+    damaged or oversized files are a ValueError naming the file (`name`, e.g. an upload's own
+    name, instead of its path)."""
     from PIL import ImageOps
 
+    shown = repr(name or str(path))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                _check_size(img.height, img.width, f"{field} {str(path)!r}")
+                _check_size(img.height, img.width, f"{field} {shown}")
                 return to_rgba_uint8(ImageOps.exif_transpose(img), field)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ValueError(f"{field}: {str(path)!r} is too large to decode safely.") from None
+        raise ValueError(f"{field}: {shown} is too large to decode safely.") from None
+    except FileNotFoundError:
+        raise ValueError(f"{field}: there is no file {shown}.") from None
     except (OSError, SyntaxError) as exc:  # PIL raises these for unreadable or damaged files
-        raise ValueError(f"cannot read the {field} image {str(path)!r}: {exc}") from None
+        detail = str(exc).replace(f"'{path}'", "").replace(str(path), "").strip(" :") or type(exc).__name__
+        raise ValueError(f"{field}: {shown} is not an image (PIL: {detail}).") from None
 
 
 def to_png_base64(rgba: np.ndarray) -> str:

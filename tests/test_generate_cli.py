@@ -89,7 +89,7 @@ def test_wrong_family_is_refused_before_the_model_loads(saved_models, tmp_path, 
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--fg", "missing.png", "--method", "FG_TO_BLEND"], "cannot read the --fg image"),
+    (["--fg", "missing.png", "--method", "FG_TO_BLEND"], "--fg: there is no file 'missing.png'"),
     (["--sampler", "PLMS"], "unknown sampler"),
     (["--method", "nonsense"], "unknown LayerDiffuse method"),
 ])
@@ -145,12 +145,26 @@ def test_other_unsupported_inputs(tmp_path):
     (tmp_path / "broken.safetensors").write_bytes(b"garbage")
     with pytest.raises(UnsupportedModelError, match="cannot be read"):
         family_of_model(str(tmp_path / "broken.safetensors"))
-    with pytest.raises(UnsupportedModelError, match="not found"):
+    with pytest.raises(UnsupportedModelError, match="there is no such file on this machine"):
         family_of_model(str(tmp_path / "absent.safetensors"))
     with pytest.raises(UnsupportedModelError, match="without unet/config.json"):
         family_of_model(str(tmp_path))
-    with pytest.raises(UnsupportedModelError, match="Offline"):
+    with pytest.raises(UnsupportedModelError, match="not in the Hugging Face cache .+HF_HUB_OFFLINE is set"):
         family_of_model("someone/some-model")  # HF_HUB_OFFLINE is set for tests
+
+
+@pytest.mark.parametrize("model, flags, said", [
+    ("/no/such/folder", [], "`/no/such/folder`: there is no such folder on this machine"),
+    ("./models/absent.safetensors", [], "there is no such file on this machine"),
+    ("someone/some-model", ["--offline"], "downloads are off (--offline). Download it on a machine with network "
+                                          "(`hf download someone/some-model`)"),
+])
+def test_generate_says_what_is_missing_in_plain_words(tmp_path, capsys, model, flags, said):
+    code = main(["generate", "--model", model, "--prompt", "x", "--out", str(tmp_path), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and said in err
+    for internal in ("HFValidationError", "Repo id must", "local_files_only", "Traceback"):
+        assert internal not in err
 
 
 def test_family_of_diffusers_configs():

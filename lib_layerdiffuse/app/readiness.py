@@ -7,7 +7,6 @@ what is missing and where to put it (and keep serving the parts that need nothin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 from ..methods import Family, Method
@@ -19,71 +18,31 @@ DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 @dataclass(frozen=True)
 class ModelState:
     """The model the app generates with: its family when it can be used, else `problem`
-    (Markdown: what is missing and what to do)."""
+    (Markdown: what is missing and what to do). `local_only`: load it without the hub."""
 
     model: str
     family: Optional[Family]
     source: str
     problem: str = ""
+    local_only: bool = False
 
     @property
     def ready(self) -> bool:
         return self.family is not None and not self.problem
 
 
-def hub_cache_dir() -> Path:
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
-def _in_hub_cache(model: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(model, "model_index.json"), str)
-
-
-def _looks_like_hub_id(model: str) -> bool:
-    parts = model.split("/")
-    return len(parts) == 2 and all(parts) and not model.endswith((".safetensors", ".ckpt"))
-
-
 def check_model(model: str, offline: bool) -> ModelState:
     """Where `model` (a .safetensors file, a diffusers folder or a hub id) would load from and
-    its family, without loading it. Offline, a hub id must be in the Hugging Face cache."""
-    from ..engine.family import UnsupportedModelError, family_of_model
+    its family, without loading it (`engine.family.locate_model`), as the page shows it."""
+    from ..engine.family import ModelNotAvailableError, UnsupportedModelError, locate_model
 
-    path = Path(model).expanduser()
-    from_hub = False
-    if path.exists():
-        source = "single-file checkpoint" if path.is_file() else "diffusers folder"
-    elif not _looks_like_hub_id(model):
-        return ModelState(model, None, "", (
-            f"**Model not found:** `{model}` is not a file or folder on this machine, and not a "
-            "Hugging Face hub id (owner/name). Start the app with `--model` and a `.safetensors` "
-            "checkpoint, a diffusers folder or a hub id."))
-    elif _in_hub_cache(model):
-        source = f"Hugging Face cache ({hub_cache_dir()})"
-    elif offline:
-        return ModelState(model, None, "", f"**Model not downloaded:** `{model}` is not in the Hugging Face "
-                                           f"cache (`{hub_cache_dir()}`) and downloads are off. {_how_to_get(model)}")
-    else:
-        from_hub = True
-        source = f"Hugging Face hub (downloads into {hub_cache_dir()} on the first generation)"
     try:
-        family = family_of_model(str(path) if path.exists() else model, local_files_only=offline)
+        found = locate_model(model, offline)
+    except ModelNotAvailableError as exc:
+        return ModelState(model, None, "", f"**{exc.title}:** {exc}")
     except UnsupportedModelError as exc:
-        if from_hub:
-            return ModelState(model, None, source, (
-                f"**Model not reachable:** `{model}` is not in the Hugging Face cache (`{hub_cache_dir()}`) "
-                f"and the hub did not answer ({exc}). {_how_to_get(model)}"))
-        return ModelState(model, None, source, f"**Model cannot be used:** {exc}")
-    return ModelState(model, family, source)
-
-
-def _how_to_get(model: str) -> str:
-    return (f"Download it on a machine with network (`hf download {model}`) and copy that cache folder "
-            "here (or point `HF_HOME` at it), or start the app with `--model /path/to/checkpoint.safetensors`.")
+        return ModelState(model, None, "", f"**Model cannot be used:** {exc}")
+    return ModelState(model, found.family, found.source, local_only=found.local_only)
 
 
 def weights_report(store: WeightStore, method: Method) -> str:

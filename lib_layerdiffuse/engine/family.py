@@ -8,6 +8,8 @@ levels; inpainting UNets: 9 input channels; Flux / SD3: no UNet at all).
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -101,31 +103,138 @@ def family_of_checkpoint_file(path: Union[str, Path]) -> Family:
     return family_of_ldm_layout(shapes, str(path))
 
 
-def family_of_model(model: str, local_files_only: bool = False) -> Family:
-    """Family of a model given as a .safetensors file, a diffusers folder or a hub id (only
-    the UNet's config.json is fetched; with `local_files_only` only the hub cache is read)."""
-    path = Path(model)
+class ModelNotAvailableError(UnsupportedModelError):
+    """The model is not on this machine and cannot be fetched now; `title` names the case
+    ("Model not found", "Model not downloaded", "Model not reachable") and the message says
+    what to do."""
+
+    def __init__(self, title: str, message: str):
+        super().__init__(message)
+        self.title = title
+
+
+@dataclass(frozen=True)
+class ModelLocation:
+    """Where a model loads from, found without loading it."""
+
+    model: str
+    family: Family
+    source: str  # "single-file checkpoint", "diffusers folder", "Hugging Face cache (...)", "Hugging Face hub (...)"
+    local_only: bool  # load without asking the hub: downloads are off, or the hub cannot be reached
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def looks_like_hub_id(model: str) -> bool:
+    """`owner/name` with the characters the hub allows (not a path, not a file name)."""
+    return bool(_HUB_ID.match(model)) and not model.endswith((".safetensors", ".ckpt", ".pt", ".pth", ".bin"))
+
+
+def hub_cache_dir() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def how_to_get(model: str) -> str:
+    """What to do when a hub model cannot be downloaded here."""
+    return (f"Download it on a machine with network (`hf download {model}`) and copy that cache folder "
+            "here (or point `HF_HOME` at it), or pass a local `--model /path/to/checkpoint.safetensors` or "
+            "diffusers folder.")
+
+
+def _not_found(model: str) -> ModelNotAvailableError:
+    kind = "file" if Path(model).suffix else "folder"
+    return ModelNotAvailableError("Model not found", (
+        f"`{model}`: there is no such {kind} on this machine, and it is not a Hugging Face hub id "
+        "(owner/name). Give a `.safetensors` checkpoint, a diffusers folder or a hub id."))
+
+
+def _hub_config(model: str, offline: bool) -> tuple[Path, str, bool]:
+    """(path of the cached or downloaded unet/config.json, source, local_only) of a hub model."""
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub import errors as hub_errors
+
+    from ..reachability import probe
+
+    cached = try_to_load_from_cache(model, "unet/config.json")
+    downloads_off = offline or constants.HF_HUB_OFFLINE
+    reach = None if downloads_off else probe(constants.ENDPOINT)
+    local_only = downloads_off or not reach.ok
+    if isinstance(cached, str):
+        note = "" if reach is None or reach.ok else "; the hub cannot be reached, so it loads from the cache only"
+        return Path(cached), f"Hugging Face cache ({hub_cache_dir()}{note})", local_only
+    if downloads_off:
+        why = "downloads are off (--offline)" if offline else "downloads are off (HF_HUB_OFFLINE is set)"
+        raise ModelNotAvailableError("Model not downloaded", (
+            f"`{model}` is not in the Hugging Face cache (`{hub_cache_dir()}`) and {why}. {how_to_get(model)}"))
+    if not reach.ok:
+        raise ModelNotAvailableError("Model not reachable", (
+            f"`{model}` is not in the Hugging Face cache (`{hub_cache_dir()}`) and the Hugging Face hub "
+            f"({reach.host}) cannot be reached from this machine ({reach.reason}). {how_to_get(model)}"))
+    try:
+        path = hf_hub_download(model, "unet/config.json")
+    except hub_errors.GatedRepoError:
+        raise ModelNotAvailableError("Model not reachable", (
+            f"`{model}` is gated on the Hugging Face hub: accept its licence on its page "
+            f"(https://huggingface.co/{model}) and log in with `hf auth login`.")) from None
+    except hub_errors.RepositoryNotFoundError:
+        raise ModelNotAvailableError("Model not found", (
+            f"there is no model `{model}` on the Hugging Face hub (or it is private: log in with "
+            "`hf auth login`). Check the id, or give a local checkpoint or folder.")) from None
+    except getattr(hub_errors, "RemoteEntryNotFoundError", hub_errors.EntryNotFoundError) as exc:
+        if isinstance(exc, hub_errors.LocalEntryNotFoundError):  # older hubs: a failed request
+            raise ModelNotAvailableError("Model not reachable", (
+                f"the Hugging Face hub did not answer for `{model}`. {how_to_get(model)}")) from None
+        raise UnsupportedModelError(
+            f"`{model}` on the Hugging Face hub has no unet/config.json: it is not a diffusers SD1.5 or "
+            "SDXL model (single-file checkpoints on the hub: download the .safetensors and pass its path)"
+        ) from None
+    except Exception as exc:
+        raise ModelNotAvailableError("Model not reachable", (
+            f"the Hugging Face hub did not answer for `{model}` ({type(exc).__name__}). Try again, "
+            f"or: {how_to_get(model)}")) from None
+    return Path(path), f"Hugging Face hub (downloads into {hub_cache_dir()} on first use)", False
+
+
+def _hub_reachable() -> bool:
+    from huggingface_hub import constants
+
+    from ..reachability import probe
+
+    return not constants.HF_HUB_OFFLINE and probe(constants.ENDPOINT).ok
+
+
+def locate_model(model: str, offline: bool = False) -> ModelLocation:
+    """Where `model` (a .safetensors file, a diffusers folder or a hub id) loads from and its
+    family, without loading it. A hub id is read from the Hugging Face cache when it is there;
+    otherwise only its UNet config.json is fetched, after one quick check that the hub can be
+    reached (so a closed network is reported at once, not after the hub client's retries).
+    Raises ModelNotAvailableError (with how to get the model) or UnsupportedModelError."""
+    path = Path(model).expanduser()
     if path.is_file():
-        return family_of_checkpoint_file(path)
+        # diffusers reads a single file's pipeline config from the hub (or its cache)
+        family = family_of_checkpoint_file(path)
+        return ModelLocation(model, family, "single-file checkpoint", offline or not _hub_reachable())
     if path.is_dir():
         config_path = path / "unet" / "config.json"
         if not config_path.is_file():
             raise UnsupportedModelError(f"{path} is a folder without unet/config.json; give a diffusers "
                                         "model folder, a .safetensors checkpoint or a hub id")
-        return family_of_unet_config(json.loads(config_path.read_text()), str(path))
-    if model.endswith((".safetensors", ".ckpt")) or "/" not in model:
-        raise UnsupportedModelError(f"model {model!r} not found: no such file, and not a hub id "
-                                    "(owner/name)")
-    try:
-        from huggingface_hub import hf_hub_download
+        family = family_of_unet_config(json.loads(config_path.read_text()), str(path))
+        return ModelLocation(model, family, "diffusers folder", True)
+    if not looks_like_hub_id(model):
+        raise _not_found(model)
+    config_path, source, local_only = _hub_config(model, offline)
+    return ModelLocation(model, family_of_unet_config(json.loads(config_path.read_text()), model), source,
+                         local_only)
 
-        config_path = hf_hub_download(model, "unet/config.json", local_files_only=local_files_only)
-    except Exception as exc:
-        raise UnsupportedModelError(
-            f"cannot read the UNet config of {model!r} from the Hugging Face hub ({type(exc).__name__}: "
-            f"{exc}). Offline? Download the model once, or give a local folder or .safetensors file"
-        ) from None
-    return family_of_unet_config(json.loads(Path(config_path).read_text()), model)
+
+def family_of_model(model: str, local_files_only: bool = False) -> Family:
+    """Family of a model given as a .safetensors file, a diffusers folder or a hub id
+    (`locate_model`; with `local_files_only` only the hub cache is read)."""
+    return locate_model(model, local_files_only).family
 
 
 _KNOWN_POOR = ("illustrious", "noob", "animagine", "lightning", "turbo", "lcm", "hyper")

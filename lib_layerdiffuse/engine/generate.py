@@ -33,7 +33,7 @@ from ..patches import apply_frozen_patches, parse_frozen_patches
 from ..vae.frontends import decoder_for, default_device_and_dtype, encoder_for
 from ..weights import WeightStore
 from .conditions import condition_latents, control_pixels
-from .family import check_method_family, compatibility_warning, family_of_model, family_of_unet
+from .family import check_method_family, compatibility_warning, family_of_unet, locate_model
 from .outputs import LayerResult, ProgressCallback, decode_outputs
 from .samplers import default_sampler, make_scheduler, parse_sampler
 from .sharing import AttentionSharingWeights, SharingState, install_attention_sharing
@@ -89,9 +89,11 @@ class LayerDiffuse:
 
         The family is read from the model's UNet config or tensor names first, and checked
         against `method` before the (large) weights are loaded. `local_files_only` reads hub
-        models from the Hugging Face cache only (no network).
+        models from the Hugging Face cache only (no network); so does a hub that cannot be
+        reached (checked once, quickly), instead of waiting through the hub client's retries.
         """
-        family = family_of_model(model, local_files_only)
+        location = locate_model(model, local_files_only)
+        family = location.family
         warning = compatibility_warning(model)
         if warning:
             warnings.warn(warning, stacklevel=2)
@@ -103,7 +105,7 @@ class LayerDiffuse:
         device, dtype = default_device_and_dtype(device, dtype)
         extra = {"safety_checker": None, "requires_safety_checker": False} if family is Family.SD15 else {}
         extra[_dtype_keyword()] = dtype
-        if local_files_only:
+        if location.local_only:
             extra["local_files_only"] = True
         try:
             if Path(model).is_file():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -20,10 +20,8 @@ from tqdm.auto import tqdm
 from ..images import save_png
 from ..methods import Method
 from ..vae.frontends import TransparentDecoder
+from ..progress import ProgressCallback
 from ..vae.pixels import to_uint8
-
-# on_progress(stage, done, total): "Sampling" once per denoising step, "Decoding" once per image
-ProgressCallback = Callable[[str, int, int], None]
 
 
 @dataclass

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
-import torch
+if TYPE_CHECKING:  # torch is imported by safetensors when a file is loaded, not on import
+    import torch
 
 from .errors import WeightFormatError
 

@@ -7,9 +7,10 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Iterable, Mapping, Optional, Union
 
-import torch
+if TYPE_CHECKING:  # torch is imported by safetensors when a file is loaded, not on import
+    import torch
 
 from .catalog import CATALOG, WeightFile
 from .download import download_file, manual_install_hint, part_path
