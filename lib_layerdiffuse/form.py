@@ -5,7 +5,7 @@ show and hide the same inputs for the same choice."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from .cutout.models import LOCAL_FILE, MODEL_CHOICES, model_label
 from .cutout.options import CutoutSettings, Output, Refine
@@ -51,22 +51,26 @@ def cutout_visibility(model: Any, output: Any) -> dict[str, bool]:
 
 
 def cutout_controls(gr: Any, default_model: str, elem_id: Callable[[str], str],
-                    image_input: Callable[[str, bool], tuple]) -> list:
+                    image_input: Callable[[str, bool], tuple], choices: Optional[list] = None,
+                    describe: Callable[[str], str] = model_label) -> list:
     """Build the cutout settings (gradio 3 to 6) and wire their show/hide events.
 
     Returns the components of every CutoutSettings field after `enabled`, in field order.
     `image_input(label, visible)` builds the background image input and returns (the element to
     show or hide, the input component): Forge has its own canvas, the web app a plain image.
+    `choices` (default: the model names) may be (label, name) pairs where the gradio has them
+    (4 and later), e.g. labels that say which models are downloaded; `describe(name)` is the
+    line shown under the dropdown.
     """
     meta = {f.name: f.metadata for f in dataclasses.fields(CutoutSettings)}
     d = CutoutSettings(model=default_model)
     shown = cutout_visibility(d.model, d.output)
     with gr.Row():
-        model = gr.Dropdown(label=meta["model"]["label"], choices=list(MODEL_CHOICES), value=d.model,
+        model = gr.Dropdown(label=meta["model"]["label"], choices=choices or list(MODEL_CHOICES), value=d.model,
                             type="value", elem_id=elem_id("cutout_model"))
         model_path = gr.Textbox(label=meta["model_path"]["label"], value="", visible=shown["model_path"],
                                 placeholder="/path/to/model.onnx (320 or 1024 px square input)")
-    about = gr.Markdown(model_label(d.model))
+    about = gr.Markdown(describe(d.model), elem_id=elem_id("cutout_about"))
     refine = gr.Radio(label=meta["refine"]["label"], choices=[r.value for r in Refine], value=d.refine.value,
                       type="value", elem_id=elem_id("cutout_refine"))
     with gr.Row():
@@ -79,7 +83,7 @@ def cutout_controls(gr: Any, default_model: str, elem_id: Callable[[str], str],
 
     def on_model(value, out):
         vis = cutout_visibility(value, out)
-        return gr.update(visible=vis["model_path"]), gr.update(value=model_label(value))
+        return gr.update(visible=vis["model_path"]), gr.update(value=describe(value))
 
     def on_output(value, chosen):
         vis = cutout_visibility(chosen, value)

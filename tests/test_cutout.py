@@ -3,8 +3,10 @@ composites with known alpha, refinement, outputs, bad input, settings, CLI and r
 
 from __future__ import annotations
 
+import json
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,18 +79,45 @@ def test_local_onnx_with_an_unusual_input_size_is_refused(tmp_path):
         cut_out(red_on_blue(), model="local file", model_path=str(tmp_path / "missing.onnx"))
 
 
-def test_missing_model_offline_names_file_url_and_target(home):
+def test_missing_model_offline_names_file_url_and_the_path_rembg_reads(home):
+    from rembg.sessions.u2netp import U2netpSession
+
     with pytest.raises(rembg_backend.CutoutModelError) as err:
-        cut_out(red_on_blue(), model="isnet-general-use", allow_download=False)
+        cut_out(red_on_blue(), model="u2netp", allow_download=False)
     text = str(err.value)
-    assert "releases/download/v0.0.0/isnet-general-use.onnx" in text
-    assert str(home / "isnet-general-use.onnx") in text
+    target = rembg_backend.model_target("u2netp", home)
+    assert "releases/download/v0.0.0/u2netp.onnx" in text and "downloads are off" in text
+    assert f"use weight-free, or put the file at {target} " in text and text.count(str(home)) == 1
+    assert target == Path(U2netpSession.model_dir()) / "u2netp.onnx"  # where rembg itself downloads it
+    write_segmenter(target)  # ... and where it reads it from
+    assert cut_out(red_on_blue(), model="u2netp", allow_download=False).alpha[45, 60] > 0.99
 
 
-def test_failed_download_is_a_clear_error(home):
+def test_unreachable_download_host_fails_at_once_without_trying(home, monkeypatch):
     # the test network guard refuses github.com, like a machine without internet access
-    with pytest.raises(rembg_backend.CutoutModelError, match=r"could not download the cutout model u2netp from "
-                                                              r"https://github.com/.+save it as .+u2netp.onnx"):
+    calls = []
+    monkeypatch.setattr(rembg_backend, "_new_session", lambda *a, **k: calls.append(a))
+    with pytest.raises(rembg_backend.CutoutModelError) as err:
+        cut_out(red_on_blue(), model="u2netp")
+    text = str(err.value)
+    assert "is not downloadable here (github.com cannot be reached" in text
+    assert f"put the file at {rembg_backend.model_target('u2netp', home)}" in text and calls == []
+
+
+def test_failed_download_says_where_to_put_the_file(home, monkeypatch):
+    import pooch
+
+    from lib_layerdiffuse import reachability
+
+    monkeypatch.setattr(reachability, "probe", lambda url, timeout=3.0: reachability.Reach(url, True))
+
+    def cut_connection(*args, **kwargs):
+        raise ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(pooch, "retrieve", cut_connection)
+    with pytest.raises(rembg_backend.CutoutModelError,
+                       match=r"u2netp is not downloaded and is not downloadable here \(the download failed: "
+                             r"ConnectionError: connection reset by peer\): use weight-free, or put the file at "):
         cut_out(red_on_blue(), model="u2netp")
 
 
@@ -180,6 +209,18 @@ def test_alpha_matting_fixes_a_blurry_model_mask(home):
     assert sad(matted.alpha, case.alpha) < sad(plain.alpha, case.alpha)
 
 
+@pytest.mark.parametrize("side", [3, 5, 8])
+def test_weight_free_finds_small_subjects_in_small_images(side):
+    image = np.zeros((side, side, 3), np.uint8)
+    image[..., 2] = 255
+    middle = slice(side // 2 - (side == 8), side // 2 + 1)
+    image[middle, middle] = (255, 0, 0)
+    alpha = cut_out(image, model="weight-free").alpha
+    subject = np.zeros((side, side), bool)
+    subject[middle, middle] = True
+    assert alpha[subject].min() > 0.95 and alpha[~subject].max() < 0.05
+
+
 def test_textured_background_and_empty_image_are_clear_errors():
     with pytest.raises(CutoutError, match="flat or smooth background.+isnet-general-use"):
         cut_out(synthetic_case("disc", "textured", 128).image, model="weight-free")
@@ -208,9 +249,68 @@ def test_matting_work_is_tiled_and_bounded(monkeypatch):
     assert list(refine_module.tiles(np.zeros((10, 10), bool), 4, 1)) == []
 
 
+def test_large_images_fill_transparent_colour_from_a_smaller_copy(monkeypatch):
+    case = synthetic_case("disc", "gradient", 160)
+    exact = cut_out(case.image, model="weight-free")
+    monkeypatch.setattr(refine_module, "FILL_PIXELS", 40 * 40)  # 160 px: filled at a quarter of the size
+    monkeypatch.setattr(refine_module, "STRIP_BYTES", 160 * 3 * 4 * 3 * 7)  # and scaled up 7 rows at a time
+    scaled = cut_out(case.image, model="weight-free")
+    np.testing.assert_array_equal(scaled.alpha, exact.alpha)
+    shown = exact.alpha > refine_module.TRANSPARENT
+    np.testing.assert_array_equal(scaled.colour[shown], exact.colour[shown])  # visible pixels untouched
+    clear = ~shown
+    near = clear & (np.hypot(*np.mgrid[:160, :160] - 80) < 0.3 * 160 + 12)  # just outside the disc edge
+    assert np.abs(scaled.colour[near].astype(int) - exact.colour[near].astype(int)).mean() < 12
+    assert np.abs(scaled.colour[clear].astype(int) - case.image[clear].astype(int)).mean() > 60  # not the old background
+
+
+def test_one_console_bar_per_cutout_moving_forward(monkeypatch):
+    from lib_layerdiffuse.cutout import run as run_module
+
+    bars = []
+
+    class Recording(run_module.ProgressBar):
+        def __init__(self):
+            super().__init__()
+            self.seen, self.closed = [], False
+            bars.append(self)
+
+        def __call__(self, stage, done, total):
+            self.seen.append((stage, done, total))
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(run_module, "ProgressBar", Recording)
+    cut_out(synthetic_case("disc", "solid", 96).image, model="weight-free", refine="alpha matting", progress=True)
+    assert len(bars) == 1 and bars[0].closed
+    done = [d for _, d, _ in bars[0].seen]
+    assert done == sorted(done) and done[-1] == bars[0].seen[-1][2]
+    assert {s.split(" (")[0] for s, _, _ in bars[0].seen} >= {"Refining the edge by matting", "Estimating edge colours"}
+
+
+@pytest.mark.slow
+def test_memory_per_pixel_stays_within_the_stated_bound():
+    """Peak numpy allocation (tracemalloc) grows by at most 60 bytes per extra pixel: measured as
+    the difference between a 1 and a 4 megapixel cutout, so the matting tiles' fixed cost cancels."""
+    import tracemalloc
+
+    def peak(side: int) -> int:
+        image = synthetic_case("disc", "gradient", side).image
+        tracemalloc.start()
+        try:
+            cut_out(image, model="weight-free").render()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak(1000), peak(2000)
+    assert (large - small) / (2000 ** 2 - 1000 ** 2) <= 60
+
+
 # ---- outputs -------------------------------------------------------------------------------
 
-def test_outputs_straight_alpha_mask_and_composites():
+def test_outputs_straight_alpha_mask_and_composites(monkeypatch):
     case = synthetic_case("disc", "solid", 128)
     result = cut_out(case.image, model="weight-free")
     rgba = result.rgba()
@@ -219,6 +319,7 @@ def test_outputs_straight_alpha_mask_and_composites():
     clear = rgba[..., 3] == 0
     # colour under clear pixels is the subject's spread outwards, not the old near-white background
     assert np.abs(rgba[clear][:, :3].astype(int) - case.image[clear].astype(int)).mean() > 60
+    monkeypatch.setattr(refine_module, "STRIP_BYTES", 128 * 3 * 4 * 4 * 5)  # composites made 5 rows at a time
     red = result.over((255, 0, 0))
     a = result.alpha[..., None]
     expected = np.round((a * result.foreground + (1 - a) * np.array([1.0, 0, 0])) * 255)
@@ -258,7 +359,7 @@ def test_huge_and_unreadable_images_are_refused(monkeypatch, tmp_path):
         images.read_image_file(path)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    with pytest.raises(ValueError, match="cannot read the image .+broken.png"):
+    with pytest.raises(ValueError, match="broken.png' is not an image"):
         images.read_image_file(broken)
 
 
@@ -345,7 +446,19 @@ def test_cli_offline_missing_model_is_reported(tmp_path, capsys):
     src = tmp_path / "a.png"
     Image.fromarray(red_on_blue()).save(src)
     assert main(["cutout", str(src), "-o", str(tmp_path / "o"), "--cutout-model", "u2net", "--offline", "-q"]) == 1
-    assert "downloads are off: fetch https://github.com" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "(downloads are off): use weight-free, or put the file at" in err and "u2net.onnx" in err
+
+
+@pytest.mark.parametrize("flags", [[], ["--offline"]])
+def test_cli_default_model_is_weight_free_when_the_usual_one_cannot_be_had(tmp_path, capsys, flags):
+    src = tmp_path / "a.png"
+    Image.fromarray(synthetic_case("disc", "solid", 96).image).save(src)
+    assert main(["cutout", str(src), "-o", str(tmp_path / "o.png"), "-q", *flags]) == 0
+    err = capsys.readouterr().err
+    assert "note: using the weight-free cutout: the cutout model isnet-general-use is not downloaded" in err
+    with Image.open(tmp_path / "o.png") as img:
+        assert json.loads(img.info["layerdiffuse"])["layerdiffusion_cutout_model"] == "weight-free"
 
 
 # ---- background replacement -----------------------------------------------------------------

@@ -5,29 +5,51 @@ the unknown band or of the soft alpha, plus a margin) and, inside that box, tile
 matting on tiles of at most `MATTING_TILE` pixels a side (with `MATTING_MARGIN` of context;
 pymatting's closed-form solver costs about 500 bytes per pixel of its input, so a tile stays
 near 130 MB whatever the image size), colour estimation on tiles of `COLOR_TILE`. Time grows
-with the length of the edge, memory does not grow with the image.
+with the length of the edge. Whole-image arrays stay small: the image stays uint8 (tiles are
+converted to float as they are solved), trimaps and alpha are float32, colours uint8, and the
+colour under transparent pixels is computed at most `FILL_PIXELS` large and scaled up in strips.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from typing import Callable, Iterator, Optional
+import math
+from typing import Iterator, Optional
 
 import numpy as np
+
+from ..progress import TileProgress as Progress
+from ..vae.pixels import to_uint8
 
 MATTING_TILE = 448
 MATTING_MARGIN = 32
 COLOR_TILE = 1024
 COLOR_MARGIN = 48
+FILL_PIXELS = 1 << 20  # the transparent-colour fill runs at most this large, then is scaled up
+STRIP_BYTES = 1 << 25  # float work per row strip of whole-image passes (32 MB)
 OPAQUE = 254.5 / 255.0  # alpha that rounds to 255
 TRANSPARENT = 0.5 / 255.0  # alpha that rounds to 0
 
-Progress = Optional[Callable[[int, int], None]]
+
+def unit_float(pixels: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """Pixels (uint8, or floats in [0, 1]) as floats in [0, 1]."""
+    if pixels.dtype == np.uint8:
+        out = pixels.astype(dtype)
+        out *= 1.0 / 255.0
+        return out
+    return pixels.astype(dtype, copy=False)
+
+
+def row_strips(height: int, row_bytes: int) -> Iterator[slice]:
+    """Row slices whose float work of `row_bytes` per row stays near STRIP_BYTES."""
+    step = max(1, STRIP_BYTES // max(row_bytes, 1))
+    for start in range(0, height, step):
+        yield slice(start, min(start + step, height))
 
 
 def trimap_from_alpha(alpha: np.ndarray, fg_threshold: float, bg_threshold: float, band: int) -> np.ndarray:
-    """0 (background), 1 (foreground) or 0.5 (unknown) per pixel, float64.
+    """0 (background), 1 (foreground) or 0.5 (unknown) per pixel, float32.
 
     Sure regions are where alpha is above / below the thresholds (0..1), each eroded by `band`
     pixels so the unknown band straddles the edge; the image border counts as background.
@@ -40,7 +62,7 @@ def trimap_from_alpha(alpha: np.ndarray, fg_threshold: float, bg_threshold: floa
         structure = np.ones((band, band), bool)
         fg = binary_erosion(fg, structure=structure)
         bg = binary_erosion(bg, structure=structure, border_value=1)
-    trimap = np.full(alpha.shape, 0.5)
+    trimap = np.full(alpha.shape, 0.5, np.float32)
     trimap[fg] = 1.0
     trimap[bg] = 0.0
     return trimap
@@ -79,19 +101,20 @@ def _inner(core: tuple[slice, slice], context: tuple[slice, slice]) -> tuple[sli
 def solve_alpha(image: np.ndarray, trimap: np.ndarray, prior: np.ndarray, progress: Progress = None) -> np.ndarray:
     """Closed-form matting (Levin et al., pymatting) in the unknown band, tile by tile.
 
-    `image` HxWx3 float in [0,1]; `prior` is the alpha kept where a tile has no sure
-    foreground or no sure background to anchor the solve. Returns HxW float32.
+    `image` HxWx3 (uint8, or floats in [0,1]); `trimap` 0 / 0.5 / 1; `prior` is the alpha kept
+    where a tile has no sure foreground or no sure background to anchor the solve. Returns HxW
+    float32.
     """
     from pymatting import estimate_alpha_cf
 
-    alpha = np.where(trimap == 0.5, prior, trimap).astype(np.float32)
     unknown = trimap == 0.5
+    alpha = np.where(unknown, prior, trimap).astype(np.float32, copy=False)
     jobs = list(tiles(unknown, MATTING_TILE, MATTING_MARGIN))
     for done, (core, context) in enumerate(jobs, 1):
-        sub = trimap[context]
+        sub = trimap[context].astype(np.float64)
         if (sub == 1.0).any() and (sub == 0.0).any():
             with contextlib.redirect_stdout(io.StringIO()):  # pymatting prints solver warnings
-                solved = estimate_alpha_cf(image[context].astype(np.float64), sub)
+                solved = estimate_alpha_cf(unit_float(image[context]), sub)
             inner = _inner(core, context)
             band = unknown[core]
             alpha[core][band] = solved[inner][band]
@@ -100,46 +123,98 @@ def solve_alpha(image: np.ndarray, trimap: np.ndarray, prior: np.ndarray, progre
     return alpha
 
 
-def estimate_foreground(image: np.ndarray, alpha: np.ndarray, background: Optional[np.ndarray] = None,
+def estimate_foreground(image: np.ndarray, alpha: np.ndarray, background=None,
                         progress: Progress = None) -> np.ndarray:
-    """The colour the subject has without the background mixed in, HxWx3 float32.
+    """The colour the subject has without the background mixed in, HxWx3 uint8.
 
     Opaque pixels keep their colour exactly. At soft edges pymatting's multilevel estimate
-    (Germer et al.) is used; where the background is known (`background`, HxWx3), the exact
-    unmix `(I - (1 - a) B) / a` takes over as alpha grows (it is noisy at small alpha). Colour
-    under fully transparent pixels is the subject's colour spread outwards, never the old
-    background.
+    (Germer et al.) is used; where the background is known (`background`: anything that gives
+    an HxWx3 float crop for `background[rows, cols]`), the exact unmix `(I - (1 - a) B) / a`
+    takes over as alpha grows (it is noisy at small alpha). Colour under fully transparent
+    pixels is left as it is: `fill_transparent` sets it.
     """
     from pymatting import estimate_foreground_ml
 
-    fg = image.astype(np.float32, copy=True)
+    colour = image.copy() if image.dtype == np.uint8 else to_uint8(image)
     soft = (alpha > TRANSPARENT) & (alpha < OPAQUE)
     jobs = list(tiles(soft, COLOR_TILE, COLOR_MARGIN))
     for done, (core, context) in enumerate(jobs, 1):
+        crop = unit_float(image[context])
         crop_alpha = alpha[context].astype(np.float64)
-        estimate = estimate_foreground_ml(image[context].astype(np.float64), crop_alpha).astype(np.float32)
+        estimate = estimate_foreground_ml(crop, crop_alpha).astype(np.float32)
         if background is not None:
             a = crop_alpha[..., None].astype(np.float32)
-            unmixed = (image[context] - (1.0 - a) * background[context]) / np.maximum(a, 1e-3)
+            unmixed = (crop.astype(np.float32) - (1.0 - a) * background[context]) / np.maximum(a, 1e-3)
             weight = np.clip((a - 0.3) / 0.4, 0.0, 1.0)
             estimate = weight * np.clip(unmixed, 0.0, 1.0) + (1.0 - weight) * estimate
         inner = _inner(core, context)
         band = soft[core]
-        fg[core][band] = estimate[inner][band]
+        colour[core][band] = to_uint8(estimate[inner][band])
         if progress is not None:
             progress(done, len(jobs))
-    return fill_transparent(np.clip(fg, 0.0, 1.0), alpha)
+    return colour
 
 
-def fill_transparent(fg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Colour under fully transparent pixels becomes the subject's colour spread outwards
-    (`vae.pixels.pad_rgb`): tools that resize without premultiplying then blend edges with the
-    subject's colour, not with black or the old background."""
-    from ..vae.pixels import pad_rgb, to_uint8
+def fill_transparent(colour: np.ndarray, alpha: np.ndarray, progress: Progress = None) -> np.ndarray:
+    """Colour (HxWx3 uint8, changed in place and returned) under fully transparent pixels
+    becomes the subject's colour spread outwards (`vae.pixels.pad_rgb`): tools that resize
+    without premultiplying then blend edges with the subject's colour, not with black or the
+    old background. Images larger than FILL_PIXELS are shrunk by block averages of the
+    premultiplied colour first and the fill is scaled back up bilinearly: the colour under
+    transparent pixels is then the subject's averaged over a few pixels."""
+    from ..vae.pixels import pad_rgb
 
     clear = alpha <= TRANSPARENT
-    if clear.any() and not clear.all():
-        rgba = np.concatenate([to_uint8(fg), to_uint8(alpha)[..., None]], axis=2)
-        fg = fg.copy()
-        fg[clear] = pad_rgb(rgba)[clear]
-    return fg
+    if not clear.any() or clear.all():
+        return colour
+    h, w = alpha.shape
+    factor = max(1, math.ceil(math.sqrt(h * w / FILL_PIXELS)))
+    fill = pad_rgb(_shrink_premultiplied(colour, alpha, factor))
+    if progress is not None:
+        progress(1, 2)
+    for rows in row_strips(h, w * 3 * 4 * 3):
+        strip = clear[rows]
+        if strip.any():
+            colour[rows][strip] = to_uint8(_upsample_rows(fill, rows, w, factor))[strip]
+    if progress is not None:
+        progress(2, 2)
+    return colour
+
+
+def _shrink_premultiplied(colour: np.ndarray, alpha: np.ndarray, factor: int) -> np.ndarray:
+    """RGBA uint8 of `factor` x `factor` block means (colour weighted by alpha); factor 1 is
+    the image itself."""
+    a8 = to_uint8(alpha)
+    if factor == 1:
+        return np.concatenate([colour, a8[..., None]], axis=2)
+    h, w = alpha.shape
+    starts = np.arange(0, w, factor)
+    counts_w = np.diff(np.append(starts, w)).astype(np.float32)
+    out = np.empty((math.ceil(h / factor), starts.size, 4), np.uint8)
+    for i, top in enumerate(range(0, h, factor)):
+        a = a8[top:top + factor].astype(np.float32) / 255.0
+        premult = colour[top:top + factor].astype(np.float32) / 255.0 * a[..., None]
+        n = counts_w * a.shape[0]
+        mean_a = np.add.reduceat(a.sum(0), starts) / n
+        mean_c = np.add.reduceat(premult.sum(0), starts, axis=0) / n[:, None]
+        straight = mean_c / np.maximum(mean_a, 1e-6)[:, None]
+        out[i, :, :3] = to_uint8(straight)
+        out[i, :, 3] = to_uint8(mean_a)
+    return out
+
+
+def _upsample_rows(fill: np.ndarray, rows: slice, width: int, factor: int) -> np.ndarray:
+    """Rows `rows` of `fill` (small HxWx3 float) scaled up by `factor` with bilinear weights,
+    pixel centres aligned, cropped to `width` columns."""
+    if factor == 1:
+        return fill[rows]
+
+    def taps(positions: np.ndarray, size: int):
+        src = np.clip((positions + 0.5) / factor - 0.5, 0, size - 1)
+        left = np.floor(src).astype(np.intp)
+        return left, np.minimum(left + 1, size - 1), (src - left).astype(np.float32)
+
+    top, bottom, fy = taps(np.arange(rows.start, rows.stop, dtype=np.float64), fill.shape[0])
+    left, right, fx = taps(np.arange(width, dtype=np.float64), fill.shape[1])
+    vertical = fill[top] * (1 - fy)[:, None, None] + fill[bottom] * fy[:, None, None]
+    return vertical[:, left] * (1 - fx)[None, :, None] + vertical[:, right] * fx[None, :, None]

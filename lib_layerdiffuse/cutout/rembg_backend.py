@@ -165,28 +165,60 @@ def _local_file(model_path: str) -> Path:
 def downloaded_model_file(model: str, folder: Path) -> Optional[Path]:
     """The file of built-in model `model` in rembg's models `folder`, or None when it is not there."""
     name = REMBG_MODELS[model].local_name
-    for path in (folder / name, folder / "models" / model / name):  # rembg <= 2.0.69, >= 2.0.70
+    for path in (folder / "models" / model / name, folder / name):  # rembg >= 2.0.70, every rembg
         if path.is_file():
             return path
     return None
 
 
+NESTED_LAYOUT = (2, 0, 70)  # rembg from this version downloads into <home>/models/<model>/
+
+
+def _rembg_version() -> Optional[tuple[int, ...]]:
+    from importlib import metadata
+
+    try:
+        return tuple(int(p) for p in metadata.version("rembg").split(".")[:3] if p.isdigit())
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def model_target(model: str, folder: Path) -> Path:
+    """Where the installed rembg downloads built-in model `model` to, and reads it from: the
+    path to put the file at by hand."""
+    name = REMBG_MODELS[model].local_name
+    version = _rembg_version()
+    if version is not None and version >= NESTED_LAYOUT:
+        return folder / "models" / model / name
+    return folder / name
+
+
+def not_downloadable(model: str, target: Path, why: str) -> str:
+    """The message for a built-in model that is missing and cannot be downloaded here."""
+    info = REMBG_MODELS[model]
+    return (f"the cutout model {model} is not downloaded and is not downloadable here ({why}): use "
+            f"weight-free, or put the file at {target} (download it from {info.url}, {info.approx_mb} MB)")
+
+
 def _load_builtin(rembg, model: str, folder: Path, providers: list[str], allow_download: bool) -> RembgSession:
     info = REMBG_MODELS[model]
     present = downloaded_model_file(model, folder)
-    target = folder / info.local_name
-    if present is None and not allow_download:
-        raise CutoutModelError(f"the cutout model {model} is not downloaded and downloads are off: fetch "
-                               f"{info.url} ({info.approx_mb} MB) and save it as {target}")
+    target = model_target(model, folder)
     if present is None:
+        if not allow_download:
+            raise CutoutModelError(not_downloadable(model, target, "downloads are off"))
+        from ..reachability import probe
+
+        reach = probe(info.url)  # pooch retries for a long time on a closed network
+        if not reach.ok:
+            raise CutoutModelError(not_downloadable(model, target, f"{reach.host} cannot be reached: {reach.reason}"))
         folder.mkdir(parents=True, exist_ok=True)
     try:
         session = _new_session(rembg, model, providers)
     except Exception as exc:
         if present is None:
-            raise CutoutModelError(f"could not download the cutout model {model} from {info.url} "
-                                   f"({type(exc).__name__}: {exc}); download it by hand and save it as "
-                                   f"{target}") from None
+            raise CutoutModelError(not_downloadable(model, target, f"the download failed: {type(exc).__name__}: "
+                                                                   f"{str(exc)[:200]}")) from None
         raise CutoutModelError(f"onnxruntime cannot load the cutout model file {present} "
                                f"({type(exc).__name__}: {exc}); the file is damaged or not an ONNX model: "
                                f"delete it (it is downloaded again) or replace it with {info.url}") from None

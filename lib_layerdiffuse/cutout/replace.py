@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ class Replacement:
     cutout: CutoutResult
     background: Image.Image  # the new background at the input's size
     generated: list[Image.Image] = field(default_factory=list)  # FG_TO_BLEND outputs, when generated
-    infotext: str = ""
+    infotext: str = ""  # how the background was made (generation parameters) and the cutout settings
 
     def save(self, folder: Union[str, os.PathLike], stem: str) -> list[Path]:
         """Write `<stem>-replaced.png` (the composite, with the generation's parameters) and
@@ -75,9 +76,11 @@ def replace_background(image: Any, prompt: str = "", *, engine=None, background:
         cutout = cut_out(rgba, settings)
     h, w = cutout.alpha.shape
     generated: list[Image.Image] = []
-    infotext = ""
     if background is not None:
-        backdrop = fit_cover(to_rgba_uint8(background, "background"), w, h, cutout.settings.rgb)
+        given = to_rgba_uint8(background, "background")
+        backdrop = fit_cover(given, w, h, cutout.settings.rgb)
+        infotext = (f"Background: given image {given.shape[1]}x{given.shape[0]} scaled to cover {w}x{h}, "
+                    f"{cutout.parameters()}")
     elif engine is not None:
         if not prompt.strip():
             raise ValueError("a prompt is needed to generate the new background")
@@ -85,17 +88,15 @@ def replace_background(image: Any, prompt: str = "", *, engine=None, background:
         result = engine.generate(prompt, Method.FG_TO_BLEND, fg=cutout.rgba(), width=gw, height=gh,
                                  resize_mode=ResizeMode.RESIZE, **generate_kwargs)
         generated = result.rgba
-        infotext = result.infotext
+        infotext = f"{result.infotext}, {cutout.parameters()}"  # one parameters line, as the WebUI reads it
         backdrop = np.asarray(generated[0].convert("RGB").resize((w, h), Image.LANCZOS))
     else:
         raise ValueError("give a background image, or an engine (an SDXL LayerDiffuse) and a prompt to "
                          "generate one")
-    foreground = cutout.foreground.copy()
+    colour = cutout.colour.copy()
     opaque = cutout.mask() == 255
-    foreground[opaque] = cutout.image[opaque].astype(np.float32) / 255.0
-    a = cutout.alpha[..., None]
-    mixed = a * foreground + (1.0 - a) * (backdrop.astype(np.float32) / 255.0)
-    out = np.round(np.clip(mixed, 0, 1) * 255).astype(np.uint8)
-    out[opaque] = cutout.image[opaque]
-    return Replacement(image=Image.fromarray(out, "RGB"), cutout=cutout,
+    colour[opaque] = cutout.image[opaque]
+    composite = dataclasses.replace(cutout, colour=colour).over(backdrop)
+    composite[opaque] = cutout.image[opaque]
+    return Replacement(image=Image.fromarray(composite, "RGB"), cutout=cutout,
                        background=Image.fromarray(backdrop, "RGB"), generated=generated, infotext=infotext)

@@ -1,8 +1,9 @@
 """A finished cutout and the outputs made from it: straight-alpha RGBA, mask, or composites.
 
-Colours are the estimated foreground (or the image's own with refinement "none"); composites
-are `alpha * F + (1 - alpha) * B` at full resolution, so no edge is darkened or tinted by the
-old background.
+Colours are the estimated foreground (or the image's own with refinement "none"), kept as
+uint8; composites are `alpha * F + (1 - alpha) * B` at full resolution (in row strips, so a
+large image needs no full-size float arrays), so no edge is darkened or tinted by the old
+background.
 """
 
 from __future__ import annotations
@@ -15,29 +16,43 @@ from PIL import Image
 
 from ..vae.pixels import checkerboard, to_uint8
 from .options import CutoutSettings, Output
+from .refine import row_strips
 
 
 @dataclass
 class CutoutResult:
     image: np.ndarray  # HxWx3 uint8, the input (flattened over grey when it had alpha)
     alpha: np.ndarray  # HxW float32 in [0, 1]
-    foreground: np.ndarray  # HxWx3 float32 in [0, 1]
+    colour: np.ndarray  # HxWx3 uint8, the subject's colour (estimated at soft edges, spread under alpha 0)
     settings: CutoutSettings
     model: str  # what ran, e.g. "isnet-general-use on CPUExecutionProvider"
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def foreground(self) -> np.ndarray:
+        """The subject's colour as HxWx3 float32 in [0, 1] (a new full-size array)."""
+        return self.colour.astype(np.float32) / 255.0
+
     def rgba(self) -> np.ndarray:
         """HxWx4 uint8, straight alpha."""
-        return np.concatenate([to_uint8(self.foreground), self.mask()[..., None]], axis=2)
+        return np.concatenate([self.colour, self.mask()[..., None]], axis=2)
 
     def mask(self) -> np.ndarray:
         return to_uint8(self.alpha)
 
     def over(self, background: Union[Sequence[int], np.ndarray]) -> np.ndarray:
         """HxWx3 uint8 composite over an (r, g, b) colour or an image (fitted to cover the cutout,
-        centred; an image's own alpha is flattened over the settings' colour)."""
-        a = self.alpha[..., None]
-        return to_uint8(a * self.foreground + (1.0 - a) * self._backdrop(background))
+        centred; an image's own alpha is flattened over the settings' colour), made in row strips."""
+        h, w = self.alpha.shape
+        arr = np.asarray(background)
+        backdrop = arr[:3].astype(np.float32)[None, None] if arr.ndim == 1 else fit_cover(arr, w, h, self.settings.rgb)
+        out = np.empty((h, w, 3), np.uint8)
+        for rows in row_strips(h, w * 3 * 4 * 4):
+            a = self.alpha[rows][..., None]
+            back = np.broadcast_to(backdrop, (h, w, 3))[rows].astype(np.float32)
+            mixed = a * self.colour[rows].astype(np.float32) + (1.0 - a) * back
+            out[rows] = np.round(np.clip(mixed, 0.0, 255.0)).astype(np.uint8)
+        return out
 
     def preview(self) -> np.ndarray:
         """HxWx3 uint8 over the checkerboard used for transparent previews."""
@@ -57,18 +72,15 @@ class CutoutResult:
             raise ValueError("cutout output 'over an image' needs a background image (background=...)")
         return Image.fromarray(self.over(self.settings.background), "RGB")
 
+    def parameters(self) -> str:
+        """`infotext()` as one line of `key: value` pairs (the PNG "parameters" text)."""
+        return ", ".join(f"{k}: {v}" for k, v in self.infotext().items())
+
     def infotext(self) -> dict:
         """The settings as `layerdiffusion_cutout_*` keys, with the model that ran."""
         info = self.settings.to_infotext()
         info.pop(CutoutSettings.__dataclass_fields__["enabled"].metadata["infotext"], None)
         return {"layerdiffusion_cutout": self.model, **info}
-
-    def _backdrop(self, background: Union[Sequence[int], np.ndarray]) -> np.ndarray:
-        h, w = self.alpha.shape
-        arr = np.asarray(background)
-        if arr.ndim == 1:
-            return np.broadcast_to(arr[:3].astype(np.float32) / 255.0, (h, w, 3))
-        return fit_cover(arr, w, h, self.settings.rgb).astype(np.float32) / 255.0
 
 
 def fit_cover(image: np.ndarray, width: int, height: int, matte: Optional[Sequence[int]] = None) -> np.ndarray:
