@@ -19,8 +19,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     out.write(f"Weight folder: {store.folder}\n  (chosen by: {store.location.source})\n\n")
     out.write("Methods (family, files needed, ready?):\n")
     for m in Method:
-        not_ready = [f for f in m.weight_files if statuses[f].state is not State.VERIFIED]
-        ready = "ready" if not not_ready else f"needs {len(not_ready)} of {len(m.weight_files)} files"
+        states = [statuses[f].state for f in m.weight_files]
+        present = sum(state in (State.VERIFIED, State.PRESENT) for state in states)
+        ready = f"{len(states)} file{'s' * (len(states) > 1)} needed, {present} present"
+        if State.PRESENT in states:
+            ready += " (not verified yet)"
+        if all(state is State.VERIFIED for state in states):
+            ready = "ready"
         out.write(f"  {m.name:<18} {m.value}\n  {'':<18} {m.family.label}; {', '.join(m.weight_files)}; {ready}\n")
     out.write("\nWeight files:\n")
     for s in statuses.values():
@@ -48,7 +53,7 @@ def _selected_files(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    store = WeightStore(args.models_dir, progress=not args.quiet)
+    store = WeightStore(args.models_dir, allow_download=not args.offline, progress=not args.quiet)
     failed = 0
     for name in _selected_files(args):
         try:
@@ -108,10 +113,10 @@ def _load_engine(args: argparse.Namespace, method: Method, store: WeightStore):
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .engine import check_method_family, family_of_model
+    from .engine import check_method_family, locate_model
     from .engine.samplers import parse_sampler
 
-    family = family_of_model(args.model, args.offline)
+    family = locate_model(args.model, args.offline).family
     method = Method.parse(args.method or Method.default(family), family=family)
     check_method_family(method, family)
     if args.sampler:
@@ -177,6 +182,19 @@ def _add_generate(sub, common: argparse.ArgumentParser) -> None:
     gen.set_defaults(func=cmd_generate)
 
 
+def _cutout_model(args: argparse.Namespace) -> str:
+    """--cutout-model, or the default: isnet-general-use when it is downloaded or can be
+    downloaded now, else the weight-free cutout (with a note saying why)."""
+    if args.cutout_model:
+        return args.cutout_model
+    from .cutout.availability import CutoutModels
+
+    model, note = CutoutModels(args.cutout_models_dir, allow_download=not args.offline).default()
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return model
+
+
 def _cutout_settings(args: argparse.Namespace):
     """CutoutSettings from the shared cutout flags; --bg is a colour or an image file."""
     from .cutout import CutoutSettings, Output, parse_color
@@ -191,7 +209,7 @@ def _cutout_settings(args: argparse.Namespace):
             output = Output.IMAGE
     if getattr(args, "mask", False):
         output = Output.MASK
-    return CutoutSettings(model=args.cutout_model, model_path=args.model_path or "", refine=args.refine,
+    return CutoutSettings(model=_cutout_model(args), model_path=args.model_path or "", refine=args.refine,
                           edge_band=args.edge_band, fg_threshold=args.fg_threshold,
                           bg_threshold=args.bg_threshold, output=output, color=color, background=background)
 
@@ -228,9 +246,9 @@ def cmd_replace_bg(args: argparse.Namespace) -> int:
     if background is None:
         if not args.prompt:
             raise ValueError("give --prompt to generate a new background, or --background IMAGE")
-        from .engine import check_method_family, family_of_model
+        from .engine import check_method_family, locate_model
 
-        check_method_family(Method.FG_TO_BLEND, family_of_model(args.model, args.offline))
+        check_method_family(Method.FG_TO_BLEND, locate_model(args.model, args.offline).family)
         store = _fetch_weights(args, Method.FG_TO_BLEND)
     cut = cut_out(image, settings, providers=_providers(args), models_dir=args.cutout_models_dir,
                   allow_download=not args.offline, progress=not args.quiet)
@@ -248,12 +266,14 @@ def cmd_replace_bg(args: argparse.Namespace) -> int:
 
 
 def _add_cutout_flags(parser: argparse.ArgumentParser) -> None:
-    from .cutout import DEFAULT_MODEL, MODEL_CHOICES, Refine
+    from .cutout.models import DEFAULT_MODEL, MODEL_CHOICES
+    from .cutout.options import Refine
 
     group = parser.add_argument_group("cutout")
-    group.add_argument("--cutout-model", default=DEFAULT_MODEL, metavar="MODEL",
-                       help=f"{', '.join(MODEL_CHOICES)} (default {DEFAULT_MODEL}; 'weight-free' needs no "
-                            "download and suits flat or smooth backgrounds)")
+    group.add_argument("--cutout-model", metavar="MODEL",
+                       help=f"{', '.join(MODEL_CHOICES)} (default {DEFAULT_MODEL} when it is downloaded or can be "
+                            "downloaded, else weight-free; 'weight-free' needs no download and suits flat or "
+                            "smooth backgrounds)")
     group.add_argument("--model-path", help="ONNX file for --cutout-model 'local file'")
     group.add_argument("--refine", default=Refine.DECONTAMINATE.value,
                        help="edge refinement: " + ", ".join(r.value for r in Refine) + " (default decontaminate)")
@@ -348,6 +368,17 @@ def _add_app(sub, common: argparse.ArgumentParser) -> None:
     app.set_defaults(func=cmd_app)
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser: arguments it does not know are reported with its own usage (argparse
+    would hand them up and print the top-level usage instead)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, unknown = super().parse_known_args(args, namespace)
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return parsed, unknown
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lib_layerdiffuse",
@@ -358,16 +389,25 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--models-dir", help="weight folder (default: LAYERDIFFUSE_MODELS_DIR, "
                                              "Forge's models/layer_model, or the project's models/)")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    sub = parser.add_subparsers(dest="command")
-    status = sub.add_parser("status", parents=[common], help="methods and weight files (default)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
+    status = sub.add_parser("status", parents=[common], help="methods and weight files (default)",
+                            description="List every LayerDiffuse method with the weight files it needs, and "
+                                        "the state of each file (missing, partial, present, verified, corrupt) "
+                                        "with its URL and the path it goes to. Downloads nothing.")
     status.add_argument("--verify", action="store_true", help="hash present files now")
     status.set_defaults(func=cmd_status)
     download = sub.add_parser("download", parents=[common],
-                              help="download and verify weight files (all by default)")
+                              help="download and verify weight files (all by default)",
+                              description="Download the weight files of the chosen methods, families or names "
+                                          "(all by default), resuming partial downloads, and verify each by "
+                                          "SHA-256. With --offline nothing is downloaded: present files are "
+                                          "verified and each missing one is listed with its URL and target path.")
     download.add_argument("files", nargs="*", help="file names from the catalog")
     download.add_argument("--method", action="append", help="the files a method needs (repeatable)")
     download.add_argument("--family", action="append", choices=[f.value for f in Family],
                           help="every file of a family (repeatable)")
+    download.add_argument("--offline", action="store_true",
+                          help="download nothing: verify what is there and say what is missing and where it goes")
     download.set_defaults(func=cmd_download)
     _add_generate(sub, common)
     _add_cutout(sub, common)

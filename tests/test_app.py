@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -14,11 +15,14 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from lib_layerdiffuse.app import Backend, check_model
-from lib_layerdiffuse.app.readiness import hub_cache_dir, status_markdown, weights_report
+from lib_layerdiffuse.app.backend import ModelNotReadyError
+from lib_layerdiffuse.app.readiness import status_markdown, weights_report
 from lib_layerdiffuse.cli import main
 from lib_layerdiffuse.cutout import CutoutSettings, Output
 from lib_layerdiffuse.cutout.models import DEFAULT_MODEL, WEIGHT_FREE, REMBG_MODELS
 from lib_layerdiffuse.engine import LayerDiffuse, UnsupportedModelError
+from lib_layerdiffuse.engine.family import hub_cache_dir
+from lib_layerdiffuse.reachability import Reach
 from lib_layerdiffuse.methods import Family, Method
 from lib_layerdiffuse.testing.composites import synthetic_case
 from lib_layerdiffuse.testing.layer_files import write_unet_files
@@ -66,10 +70,62 @@ def test_offline_hub_model_not_in_the_cache_says_how_to_get_it():
     assert f"hf download {NOT_CACHED}" in state.problem and "--model" in state.problem
 
 
-def test_hub_model_that_cannot_be_reached_names_the_reason():
+def test_hub_offline_by_environment_says_so():
     state = check_model(NOT_CACHED, offline=False)  # HF_HUB_OFFLINE is set for the tests
+    assert not state.ready and state.problem.startswith("**Model not downloaded:**")
+    assert "HF_HUB_OFFLINE is set" in state.problem and f"hf download {NOT_CACHED}" in state.problem
+
+
+@pytest.fixture
+def hub_online(monkeypatch):
+    """huggingface_hub as on a machine where downloads are on (the test network guard still
+    refuses every host but loopback, like a closed network); records the hub requests."""
+    from huggingface_hub import constants
+
+    import huggingface_hub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    asked = []
+    real = huggingface_hub.hf_hub_download
+
+    def recorded(*args, **kwargs):
+        asked.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", recorded)
+    return asked
+
+
+def test_unreachable_hub_is_said_at_once_without_hub_internals(hub_online):
+    state = check_model(NOT_CACHED, offline=False)
     assert not state.ready and state.problem.startswith("**Model not reachable:**")
-    assert "cannot read the UNet config" in state.problem and f"hf download {NOT_CACHED}" in state.problem
+    assert "cannot be reached from this machine" in state.problem and "huggingface.co" in state.problem
+    assert f"hf download {NOT_CACHED}" in state.problem
+    assert hub_online == []  # one quick probe, no hub client retries
+    for internal in ("HFValidationError", "local_files_only", "LocalEntryNotFoundError", "Traceback"):
+        assert internal not in state.problem
+
+
+@pytest.mark.parametrize("error, title, said", [
+    ("RepositoryNotFoundError", "Model not found", "no model"),
+    ("GatedRepoError", "Model not reachable", "gated"),
+    ("RemoteEntryNotFoundError", "Model cannot be used", "has no unet/config.json"),
+])
+def test_hub_answers_are_said_in_plain_words(hub_online, monkeypatch, error, title, said):
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    from lib_layerdiffuse import reachability
+
+    def refused(*args, **kwargs):
+        response = types.SimpleNamespace(headers={}, request=None)
+        raise getattr(errors, error)("404 Client Error. (Request ID: Root=1-abc)", response=response)
+
+    monkeypatch.setattr(reachability, "probe", lambda url, timeout=3.0: Reach(url, True))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refused)
+    state = check_model(NOT_CACHED, offline=False)
+    assert state.problem.startswith(f"**{title}:**") and said in state.problem
+    assert "Request ID" not in state.problem and error not in state.problem
 
 
 @pytest.mark.parametrize("model", ["/no/such/model.safetensors", "not-a-hub-id"])
@@ -121,6 +177,17 @@ def test_status_says_generation_is_off_and_the_cutout_still_works(tmp_path):
     assert "layer_xl_transparent_attn.safetensors" in text  # the default method's files
     assert backend.methods() == list(Method) and backend.default_size() == 1024
     assert status_markdown(backend.state, backend.store, None).count("\n- ") == 0
+
+
+def test_reading_the_state_also_waits_for_the_check_callback(tmp_path):
+    seen = []
+
+    def slow_report(state):
+        time.sleep(0.3)  # a callback slower than the check: the reader must still see its effect
+        seen.append(state.model)
+
+    backend = Backend(NOT_CACHED, offline=True, models_dir=str(tmp_path), on_checked=slow_report)
+    assert not backend.state.ready and seen == [NOT_CACHED]
 
 
 def test_the_model_is_checked_in_the_background_and_the_page_waits_for_it(tmp_path, monkeypatch):
@@ -178,9 +245,11 @@ def test_opaque_frames_and_condition_images(tiny, tmp_path):
 
 def test_generation_is_refused_with_the_reason_before_any_work(tiny, tmp_path):
     offline = offline_backend(tmp_path)
-    with pytest.raises(RuntimeError, match="not in the Hugging Face cache") as err:
+    with pytest.raises(ModelNotReadyError, match="not in the Hugging Face cache") as err:
         offline.engine()
     assert "**" not in str(err.value)
+    with pytest.raises(ModelNotReadyError, match=f"`{NOT_CACHED}` is not in the Hugging Face cache"):
+        offline.generate("x", Method.FG_ONLY_ATTN)  # the model is named, not a weight file
     with pytest.raises(UnsupportedModelError, match="needs an SD1.5 model"):
         backend_for(tiny, "sdxl", tmp_path).generate("x", Method.JOINT_SD15)
     with pytest.raises(ValueError, match="needs a Foreground"):
@@ -243,8 +312,25 @@ def test_offline_default_cutout_model_is_one_that_runs(tmp_path, monkeypatch):
     models.mkdir()
     (models / REMBG_MODELS[DEFAULT_MODEL].local_name).write_bytes(b"onnx")
     assert offline_backend(tmp_path, cutout_models_dir=str(models)).default_cutout_model() == DEFAULT_MODEL
+
+
+def test_without_network_the_default_cutout_model_is_weight_free_and_the_list_says_why(tmp_path, monkeypatch):
+    from lib_layerdiffuse.cutout import availability
+
+    # started without --offline, but the download host cannot be reached (the test network guard)
     online = Backend(NOT_CACHED, models_dir=str(tmp_path / "w"), cutout_models_dir=str(tmp_path / "none"))
-    assert online.default_cutout_model() == DEFAULT_MODEL
+    assert online.default_cutout_model() == WEIGHT_FREE
+    labels = dict((value, label) for label, value in online.cutout_models.choices())
+    assert labels[WEIGHT_FREE] == "weight-free · no download"
+    assert labels[DEFAULT_MODEL].startswith(f"{DEFAULT_MODEL} · not downloaded, no download here")
+    about = online.cutout_models.describe(DEFAULT_MODEL)
+    assert "not downloadable here" in about and "use weight-free, or put the file at" in about
+    assert str(tmp_path / "none" / "models" / DEFAULT_MODEL / f"{DEFAULT_MODEL}.onnx") in about
+    # with the host reachable, the usual default stays, and downloads on first use
+    monkeypatch.setattr(availability, "probe", lambda url, timeout=3.0: Reach(url, True))
+    reachable = Backend(NOT_CACHED, models_dir=str(tmp_path / "w"), cutout_models_dir=str(tmp_path / "none"))
+    assert reachable.default_cutout_model() == DEFAULT_MODEL
+    assert "downloads on first use to" in reachable.cutout_models.describe(DEFAULT_MODEL)
 
 
 def test_replace_with_a_given_background_needs_no_model(tmp_path):
@@ -259,6 +345,35 @@ def test_replace_with_a_given_background_needs_no_model(tmp_path):
     opaque = alpha == 255
     assert opaque.sum() > 100 and np.array_equal(result[opaque], image[opaque])
     assert (result[alpha == 0] == (0, 0, 255)).all()
+
+
+def test_replace_says_which_input_it_used_and_fills_the_parameters(tmp_path):
+    backend = offline_backend(tmp_path)
+    background = np.full((50, 80, 3), (0, 0, 255), np.uint8)
+    both = backend.replace(disc_on_grey(), "a beach", CutoutSettings(model=WEIGHT_FREE), background=background)
+    assert any("The prompt was not used: a background image was given" in n for n in both.notes)
+    assert both.infotext.startswith("Background: given image 80x50 scaled to cover 96x96, ")
+    assert "layerdiffusion_cutout_model: weight-free" in both.infotext
+    with Image.open(both.files[0]) as img:
+        assert img.text["parameters"] == both.infotext
+    alone = backend.replace(disc_on_grey(), "", CutoutSettings(model=WEIGHT_FREE), background=background)
+    assert not any("prompt" in n for n in alone.notes)
+
+
+def test_replace_from_a_prompt_needs_the_model_and_names_it(tmp_path):
+    with pytest.raises(ModelNotReadyError, match=f"`{NOT_CACHED}` is not in the Hugging Face cache"):
+        offline_backend(tmp_path).replace(disc_on_grey(), "a beach", CutoutSettings(model=WEIGHT_FREE))
+
+
+def test_cutout_reports_its_stages_in_order_up_to_the_written_file(tmp_path):
+    seen = []
+    offline_backend(tmp_path).cut_out(disc_on_grey(), CutoutSettings(model=WEIGHT_FREE),
+                                      on_progress=lambda *a: seen.append(a))
+    stages = list(dict.fromkeys(stage.split(" (")[0] for stage, _, _ in seen))
+    assert stages == ["Finding the background", "Matting the edge", "Matting the edge, second pass",
+                      "Estimating edge colours", "Filling colour under transparent pixels", "Done", "Writing the PNG"]
+    cutting = [done / total for stage, done, total in seen if stage != "Writing the PNG"]
+    assert cutting == sorted(cutting) and cutting[0] == 0 and cutting[-1] == 1  # one bar, forward only
 
 
 def test_replace_generates_the_scene_on_sdxl_only(tiny, tmp_path):
@@ -288,6 +403,7 @@ def test_app_command_builds_the_backend_from_its_flags(tmp_path, monkeypatch, ca
     backend = started["backend"]
     assert backend.offline and not backend.store.allow_download and backend.passes == 2
     assert backend.store.folder == tmp_path / "w" and started["port"] == 7999 and started["host"] == "127.0.0.1"
+    assert not backend.state.ready  # waits for the background check and its report to the console
     assert "not in the Hugging Face cache" in capsys.readouterr().err
 
 

@@ -207,7 +207,11 @@ def test_offline_page_says_what_is_missing_and_cutouts_still_work(page, offline_
     assert page.is_disabled("#ld-generate")
 
     page.get_by_role("tab", name="Cutout").click()
-    assert page.input_value("#ld-cut-cutout_model input") == "weight-free"
+    assert page.input_value("#ld-cut-cutout_model input") == "weight-free · no download"
+    page.click("#ld-cut-cutout_model input")
+    listed = page.get_by_role("option").all_inner_texts()
+    assert "isnet-general-use · not downloaded (offline), 171 MB" in listed and "local file · an ONNX file of yours" in listed
+    page.keyboard.press("Escape")
     case = synthetic_case("disc", "solid", 128)
     upload(page, "#ld-cut-image", case.image, tmp_path / "disc.png")
     page.click("#ld-cut-run")
@@ -225,3 +229,49 @@ def test_offline_page_says_what_is_missing_and_cutouts_still_work(page, offline_
     assert page.locator("#ld-rep-files a").count() == 2
     composite = np.asarray(download(page, page.locator("#ld-rep-files a").first))
     assert composite.shape == case.image.shape and (composite[0, 0] == (0, 90, 200)).all()
+
+
+def clipped(page, selector: str) -> bool:
+    """Whether the element's text is cut off (wider than the element shows)."""
+    return page.locator(selector).first.evaluate("e => e.scrollWidth > e.clientWidth + 1")
+
+
+def test_expected_errors_print_no_traceback_and_leave_the_status_readable(page, tiny_app, tmp_path, capfd):
+    url, _ = tiny_app
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(url)
+    assert not clipped(page, "#ld-sampler input")  # "Default for the method" fits
+    choose(page, "#ld-method", Method.FG_TO_BLEND.value)
+    small_generation(page)
+    page.click("#ld-generate")
+    page.get_by_text(re.compile("needs a Foreground")).first.wait_for(timeout=WAIT_MS)
+    expect(page.locator("#ld-gallery").get_by_text("Error", exact=True)).to_be_visible()
+    expect(page.locator("#ld-status").get_by_text("Error", exact=True)).to_have_count(0)  # no pill over it
+    page.locator("#ld-fg-image input[type=file]").set_input_files(
+        files=[{"name": "holiday.png", "mimeType": "image/png", "buffer": b"this is not a picture"}])
+    page.wait_for_timeout(500)
+    page.click("#ld-generate")
+    page.get_by_text(re.compile(r"'holiday.png' is not an image \(PIL: cannot identify image file\)")).first.wait_for(
+        timeout=WAIT_MS)
+    console = capfd.readouterr()
+    text = console.out + console.err
+    assert "Traceback" not in text and "Could not preprocess" not in text and "UnidentifiedImageError" not in text
+
+
+def test_offline_replacement_needs_a_background_and_says_what_it_used(page, offline_app, tmp_path):
+    url, _ = offline_app
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(url)
+    page.get_by_role("tab", name="Replace background").click()
+    assert not clipped(page, "#ld-rep-side [data-testid=max-value]")  # "2048" is not cut to "204"
+    page.fill("#ld-rep-prompt textarea", "a beach at dusk")
+    case = synthetic_case("disc", "solid", 96)
+    upload(page, "#ld-rep-image", case.image, tmp_path / "subject.png")
+    expect(page.locator("#ld-rep-run")).to_be_disabled()  # a prompt alone needs the model, which is not here
+    expect(page.locator("#ld-rep-why")).to_contain_text("needs the model")
+    upload(page, "#ld-rep-background", np.full((64, 96, 3), (0, 90, 200), np.uint8), tmp_path / "bg.png")
+    expect(page.locator("#ld-rep-run")).to_be_enabled()
+    page.click("#ld-rep-run")
+    page.wait_for_selector("#ld-rep-gallery img", timeout=WAIT_MS)
+    expect(page.locator("#ld-rep-notes")).to_contain_text("The prompt was not used: a background image was given")
+    assert page.input_value("#ld-rep-info textarea").startswith("Background: given image 96x64")

@@ -20,6 +20,13 @@ def run_cli(*args, env_dir):
                           text=True, env=env, timeout=120)
 
 
+def last_line_printed(code: str) -> str:
+    """What a fresh Python process running `code` prints last."""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip().splitlines()[-1]
+
+
 def test_main_job_lists_methods_and_every_file_state(tmp_path):
     folder = tmp_path / "weights"
     folder.mkdir()
@@ -71,9 +78,7 @@ def test_library_imports_no_ui_or_host_modules():
         "bad = [n for n in sys.modules if n.split('.')[0] in "
         "('gradio', 'rembg', 'onnxruntime', 'modules', 'modules_forge', 'ldm_patched', 'backend')]\n"
         "print(bad)\n")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "[]"
+    assert last_line_printed(code) == "[]"
 
 
 def test_preload_adds_the_models_dir_flag():
@@ -122,3 +127,63 @@ def test_install_py_adds_the_cutout_packages_without_their_pins(tmp_path):
     # onnxruntime-gpu counts as onnxruntime: a second build would break the first
     assert run_install(tmp_path, ("rembg", "onnxruntime", "pymatting")) == [
         "install pymatting>=1.1.10", f"install --no-deps {rembg}"]
+
+
+def test_download_offline_lists_what_is_missing_without_downloading(tmp_path, capsys):
+    code = main(["download", "--method", "FG_ONLY_ATTN", "--offline", "--models-dir", str(tmp_path), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and "unrecognized arguments" not in err and "downloading is switched off" in err
+    for name in ("layer_xl_transparent_attn.safetensors", "vae_transparent_decoder.safetensors"):
+        assert CATALOG[name].url in err and str(tmp_path / name) in err
+    assert not list(tmp_path.iterdir())  # nothing fetched, not even a partial file
+
+
+def test_a_command_with_an_unknown_flag_shows_its_own_usage(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exited:
+        main(["status", "--bogus"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert err.startswith("usage: python -m lib_layerdiffuse status") and "unrecognized arguments: --bogus" in err
+
+
+def test_every_command_has_a_description(capsys):
+    import pytest
+
+    for command in ("status", "download", "generate", "cutout", "replace-bg", "app"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        description = text.split("\n\n")[1]
+        assert not description.startswith(("positional arguments", "options")), command
+
+
+def test_status_says_how_many_files_are_needed_and_present(tmp_path, capsys):
+    assert main(["status", "--models-dir", str(tmp_path), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "3 files needed, 0 present" in out and "needs 3 of 3" not in out
+
+
+def test_help_imports_no_heavy_modules():
+    """`--help` answers at once: torch, diffusers, gradio and the cutout libraries load only in
+    the commands that use them."""
+    code = ("import sys\n"
+            "from lib_layerdiffuse.cli import main\n"
+            "for argv in (['--help'], ['cutout', '--help'], ['generate', '--help'], ['app', '--help']):\n"
+            "    try:\n"
+            "        main(argv)\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "heavy = ('torch', 'diffusers', 'transformers', 'gradio', 'rembg', 'onnxruntime', 'scipy', 'pymatting')\n"
+            "print(sorted({n.split('.')[0] for n in sys.modules} & set(heavy)))\n")
+    assert last_line_printed(code) == "[]"
+
+
+def test_a_weight_free_cutout_never_imports_torch():
+    code = ("import sys\n"
+            "from lib_layerdiffuse.cutout import cut_out\n"
+            "from lib_layerdiffuse.testing.composites import synthetic_case\n"
+            "cut_out(synthetic_case('disc', 'solid', 64).image, model='weight-free').render()\n"
+            "print('torch' in sys.modules)\n")
+    assert last_line_printed(code) == "False"

@@ -14,14 +14,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
-from ..cutout.models import DEFAULT_MODEL as DEFAULT_CUTOUT_MODEL
-from ..cutout.models import WEIGHT_FREE
-from ..engine.outputs import ProgressCallback as Progress
+from ..progress import ProgressCallback as Progress
 from ..methods import Family, Method
 from ..weights import WeightStore
 from .readiness import DEFAULT_MODEL, ModelState, check_model, status_markdown
 
 FAMILY_SIZE = {Family.SDXL: 1024, Family.SD15: 512}
+
+
+class ModelNotReadyError(RuntimeError):
+    """Generation was asked for, but the model cannot be used (the message says why and how)."""
 
 
 def _no_progress(stage: str, done: int, total: int) -> None:
@@ -66,6 +68,7 @@ class Backend:
         self._names = itertools.count()
         self._checked = threading.Event()
         self._state: Optional[ModelState] = None
+        self._cutout_models = None
         if engine is not None:
             name = getattr(engine.pipe, "name_or_path", None) or model
             self._finish_check(ModelState(name, engine.family, "loaded"), on_checked)
@@ -74,17 +77,22 @@ class Backend:
                              name="layerdiffuse-model-check", daemon=True).start()
 
     def _finish_check(self, state: ModelState, on_checked: Optional[Callable[[ModelState], None]]) -> None:
+        """Keep the result, run `on_checked`, and only then release whoever waits on `state`
+        (so a caller that read `state` has also seen what `on_checked` did)."""
         self._state = state
-        self._checked.set()
-        if on_checked is not None:
-            on_checked(state)
+        try:
+            if on_checked is not None:
+                on_checked(state)
+        finally:
+            self._checked.set()
 
     # ---- what the page shows -------------------------------------------------------------
 
     @property
     def state(self) -> ModelState:
         """Where the model loads from and its family; waits for the check started with the
-        backend (a hub id costs one small request, and retries for a while without network)."""
+        backend, and for its `on_checked` (a hub id costs a quick probe of the hub and one small
+        request)."""
         self._checked.wait()
         return self._state
 
@@ -118,25 +126,25 @@ class Backend:
             chosen = None
         return status_markdown(self.state, self.store, chosen)
 
+    @property
+    def cutout_models(self):
+        """`CutoutModels` of this app's models folder: which cutout models can run here."""
+        if self._cutout_models is None:
+            from ..cutout.availability import CutoutModels
+
+            self._cutout_models = CutoutModels(self.cutout_models_dir, allow_download=not self.offline)
+        return self._cutout_models
+
     def default_cutout_model(self) -> str:
         """The default rembg model, or the weight-free backend when that model cannot be had
-        (rembg not installed, or offline and not downloaded)."""
-        import importlib.util
-
-        from ..cutout.rembg_backend import downloaded_model_file, models_home
-
-        if importlib.util.find_spec("rembg") is None or importlib.util.find_spec("onnxruntime") is None:
-            return WEIGHT_FREE
-        if self.offline and downloaded_model_file(DEFAULT_CUTOUT_MODEL, models_home(self.cutout_models_dir)) is None:
-            return WEIGHT_FREE
-        return DEFAULT_CUTOUT_MODEL
+        (rembg not installed, not downloaded while offline, or its download host unreachable)."""
+        return self.cutout_models.default()[0]
 
     # ---- the model -----------------------------------------------------------------------
 
     def engine(self, on_progress: Progress = _no_progress):
         """The loaded `LayerDiffuse`, loading the model on first use."""
-        if not self.state.ready:
-            raise RuntimeError(self.state.problem.replace("**", ""))
+        self._require_model()
         with self._load_lock:
             if self._engine is None:
                 from ..engine import LayerDiffuse
@@ -147,6 +155,10 @@ class Backend:
                                                        decoder_passes=self.passes)
                 on_progress(f"Loading model {self.model}", 1, 1)
         return self._engine
+
+    def _require_model(self) -> None:
+        if not self.state.ready:
+            raise ModelNotReadyError(self.state.problem.replace("**", ""))
 
     def _fetch_weights(self, method: Method, on_progress: Progress) -> None:
         """Download / verify the method's files before the model loads or sampling starts."""
@@ -163,8 +175,8 @@ class Backend:
         from ..engine import check_method_family
 
         method = Method.parse(method, family=self.family)
-        if self.family is not None:
-            check_method_family(method, self.family)
+        self._require_model()
+        check_method_family(method, self.family)
         self._fetch_weights(method, on_progress)
         engine = self.engine(on_progress)
         engine.decoder_passes = passes or self.passes
@@ -180,21 +192,28 @@ class Backend:
 
         cut = self._cut(image, settings, on_progress)
         path = self._folder() / f"{self._stem('cutout')}-{settings.output.name.lower()}.png"
-        info = ", ".join(f"{k}: {v}" for k, v in cut.infotext().items())
-        save_png(cut.render(), path, info, cut.infotext())
-        on_progress("Cutting out", 1, 1)
-        return Outputs([(str(path), f"cutout · {settings.output.value}")], [str(path)], info, list(cut.notes))
+        on_progress("Writing the PNG", 0, 1)
+        save_png(cut.render(), path, cut.parameters(), cut.infotext())
+        on_progress("Writing the PNG", 1, 1)
+        return Outputs([(str(path), f"cutout · {settings.output.value}")], [str(path)], cut.parameters(),
+                       list(cut.notes))
 
     def replace(self, image: Any, prompt: str, settings, background: Any = None, max_side: int = 1024,
                 on_progress: Progress = _no_progress, **generate_kwargs: Any) -> Outputs:
         """Put the subject of `image` on `background`, or on a scene generated from `prompt` with
-        the SDXL "From Foreground to Blending" method."""
+        the SDXL "From Foreground to Blending" method. A given background wins over a prompt
+        (a note says so)."""
         from ..cutout.replace import replace_background
 
-        engine = None
-        if background is None:
+        engine, notes = None, []
+        if background is not None:
+            if (prompt or "").strip():
+                notes.append("The prompt was not used: a background image was given. Remove the image to "
+                             "generate a new background from the prompt.")
+        else:
             if not (prompt or "").strip():
                 raise ValueError("write a prompt for the new background, or give a background image")
+            self._require_model()
             if self.family is Family.SD15:
                 raise ValueError(f"generating a background needs an SDXL model; {self.model} is SD1.5. "
                                  "Give a background image instead, or start the app with an SDXL model")
@@ -207,14 +226,13 @@ class Backend:
         paths = result.save(self._folder(), self._stem("layerdiffuse"))
         captions = ["new background", "cutout · transparent"]
         return Outputs([(str(p), c) for p, c in zip(paths, captions)], [str(p) for p in paths],
-                       result.infotext, list(cut.notes))
+                       result.infotext, notes + list(cut.notes))
 
     def _cut(self, image: Any, settings, on_progress: Progress):
         from ..cutout import cut_out
 
-        on_progress("Cutting out", 0, 1)
         return cut_out(image, settings, providers=self.providers, models_dir=self.cutout_models_dir,
-                       allow_download=not self.offline)
+                       allow_download=not self.offline, on_progress=on_progress)
 
     # ---- files ---------------------------------------------------------------------------
 

@@ -11,10 +11,9 @@ import dataclasses
 import logging
 from typing import Callable, Optional
 
-from ..cutout.models import LOCAL_FILE, MODEL_CHOICES
 from ..cutout.options import CutoutSettings, Refine
 from ..engine.generate import DEFAULT_CFG, DEFAULT_STEPS
-from ..engine.outputs import ProgressCallback
+from ..progress import ProgressCallback
 from ..engine.samplers import SAMPLERS
 from ..form import cutout_controls, input_visibility, method_hint
 from ..methods import Method
@@ -35,9 +34,15 @@ _CUT_FIELDS = {f.name: f.metadata for f in dataclasses.fields(CutoutSettings)}
 _LAYERS = ("fg", "bg", "blend")
 
 
+COUNTED = {"Sampling": "steps", "Decoding": "images"}  # stages shown as "3/25 steps"; others as a fraction
+
+
 def _reporter(progress) -> ProgressCallback:
-    def report(stage: str, done: int, total: int) -> None:
-        progress((done, total), desc=stage, unit={"Sampling": "steps", "Decoding": "images"}.get(stage, ""))
+    def report(stage: str, done: float, total: float) -> None:
+        if stage in COUNTED:
+            progress((done, total), desc=stage, unit=COUNTED[stage])
+        else:
+            progress(done / total if total else 0.0, desc=stage)
     return report
 
 
@@ -46,14 +51,38 @@ def _seed(value) -> Optional[int]:
     return None if value is None or value < 0 else int(value)
 
 
-def _user_error(gr, exc: Exception):
-    """A gr.Error that says what went wrong; unexpected failures are logged with their traceback."""
+def expected_errors() -> tuple:
+    """What a user's input or this machine's state causes (a missing image, a refused value,
+    weights or models not there): shown on the page without a traceback in the console."""
+    from ..cutout.rembg_backend import CutoutModelError, CutoutUnavailable
     from ..weights import WeightError
+    from .backend import ModelNotReadyError
 
-    if isinstance(exc, (ValueError, TypeError, RuntimeError, WeightError)):
-        return gr.Error(str(exc))
+    return ValueError, WeightError, CutoutUnavailable, CutoutModelError, ModelNotReadyError
+
+
+def _user_error(gr, exc: Exception):
+    """A gr.Error that says what went wrong. Gradio prints no traceback for it; an unexpected
+    failure (a bug) is logged here once, with its traceback."""
+    if isinstance(exc, expected_errors()):
+        return gr.Error(str(exc), print_exception=False)
     log.exception("LayerDiffuse app: unexpected error")
-    return gr.Error(f"unexpected {type(exc).__name__}: {exc} (details in the console)")
+    return gr.Error(f"unexpected {type(exc).__name__}: {exc} (details in the console)", print_exception=False)
+
+
+def _uploaded(value, field: str):
+    """An uploaded image as RGBA uint8, or None. Events take uploads unprocessed (gradio's own
+    reading fails with its internals for a file that is not an image): we read the file and
+    name it by the name it was uploaded with."""
+    from ..images import read_image_file, to_rgba_uint8
+
+    if value is None:
+        return None
+    if isinstance(value, dict) and value.get("path"):
+        return read_image_file(value["path"], field, name=value.get("orig_name") or None)
+    if isinstance(value, dict) and value.get("url"):  # pasted: a data URL
+        return to_rgba_uint8(value["url"], field)
+    return to_rgba_uint8(value, field)
 
 
 def _shown(out: Outputs) -> tuple:
@@ -73,7 +102,8 @@ def _results(gr, prefix: str, info_label: str) -> list:
 
 
 def _image(gr, label: str, elem_id: str, visible: bool = True):
-    return gr.Image(label=label, type="numpy", image_mode="RGBA", sources=["upload", "clipboard"],
+    """An image input; events that read it run with `preprocess=False` and `_uploaded`."""
+    return gr.Image(label=label, type="filepath", image_mode=None, sources=["upload", "clipboard"],
                     visible=visible, elem_id=elem_id, elem_classes=["ld-checker"])
 
 
@@ -128,8 +158,9 @@ def _generate_tab(gr, backend: Backend, status) -> tuple[Callable, list]:
                 weight = gr.Slider(label=_FIELDS["weight"]["label"], minimum=0.0, maximum=2.0, step=0.01, value=1.0)
                 stop_at = gr.Slider(label=_FIELDS["stop_at"]["label"], minimum=0.0, maximum=1.0, step=0.01,
                                     value=1.0)
+            sampler = gr.Dropdown(label="Sampler", choices=[DEFAULT_SAMPLER, *SAMPLERS], value=DEFAULT_SAMPLER,
+                                  elem_id="ld-sampler")
             with gr.Row():
-                sampler = gr.Dropdown(label="Sampler", choices=[DEFAULT_SAMPLER, *SAMPLERS], value=DEFAULT_SAMPLER)
                 steps = gr.Slider(label="Steps", minimum=1, maximum=150, step=1, value=DEFAULT_STEPS,
                                   elem_id="ld-steps")
                 cfg = gr.Slider(label="CFG scale", minimum=1.0, maximum=30.0, step=0.5, value=DEFAULT_CFG)
@@ -170,9 +201,10 @@ def _generate_tab(gr, backend: Backend, status) -> tuple[Callable, list]:
                  stop_value, sampler_value, steps_value, cfg_value, width_value, height_value, batch_value,
                  seed_value, passes_value, init_value, strength_value, progress=gr.Progress(track_tqdm=True)):
         vis = input_visibility(method_value)
-        layers = dict(zip(_LAYERS, (fg, bg, blend)))
         extra = dict(zip(_LAYERS, (fg_p, bg_p, blend_p)))
         try:
+            layers = {n: _uploaded(v, _FIELDS[f"{n}_image"]["label"]) if vis[f"{n}_image"] else None
+                      for n, v in zip(_LAYERS, (fg, bg, blend))}
             out = backend.generate(
                 prompt_text or "", method_value, passes=int(passes_value), on_progress=_reporter(progress),
                 negative_prompt=negative_text or "", steps=int(steps_value), cfg=float(cfg_value),
@@ -180,16 +212,17 @@ def _generate_tab(gr, backend: Backend, status) -> tuple[Callable, list]:
                 width=int(width_value), height=int(height_value), batch=int(batch_value),
                 weight=float(w_value), stop_at=float(stop_value), resize_mode=resize,
                 sampler=None if sampler_value == DEFAULT_SAMPLER else sampler_value,
-                init_image=init_value, strength=float(strength_value),
-                **{n: layers[n] if vis[f"{n}_image"] else None for n in _LAYERS},
+                init_image=_uploaded(init_value, "Init image"), strength=float(strength_value), **layers,
                 **{f"{n}_prompt": (extra[n] or "") if vis[f"{n}_prompt"] else "" for n in _LAYERS})
         except Exception as exc:
             raise _user_error(gr, exc) from exc
-        return (*_shown(out), backend.status(method_value))
+        return _shown(out)
 
+    # the status is refreshed by a second event, so a failed generation marks only its results
     run.click(generate, inputs=[prompt, negative, method, *images, resize_mode, *prompts, weight, stop_at, sampler,
                                 steps, cfg, width, height, batch, seed, passes, init, strength],
-              outputs=[*outputs, status], concurrency_limit=1, concurrency_id=MODEL_QUEUE)
+              outputs=outputs, concurrency_limit=1, concurrency_id=MODEL_QUEUE, preprocess=False
+              ).then(backend.status, inputs=[method], outputs=[status], show_progress="hidden", queue=False)
 
     def on_load():
         loaded = _model_view(backend, wait=True)
@@ -200,34 +233,42 @@ def _generate_tab(gr, backend: Backend, status) -> tuple[Callable, list]:
 
 
 def _cutout_tab(gr, backend: Backend) -> None:
+    models = backend.cutout_models
     with gr.Row():
         with gr.Column(scale=5):
             gr.Markdown("Cut the subject out of any image: a transparent PNG with clean edges, a mask, or the "
                         "subject over a colour or another image. `weight-free` needs no download (flat or smooth "
-                        "backgrounds); the other models download on first use.")
+                        "backgrounds); the list says which other models are here or can be downloaded.")
             image = _image(gr, "Image", "ld-cut-image")
             controls = cutout_controls(gr, backend.default_cutout_model(), lambda name: f"ld-cut-{name}",
-                                       lambda label, visible: (_image(gr, label, "ld-cut-background", visible),) * 2)
+                                       lambda label, visible: (_image(gr, label, "ld-cut-background", visible),) * 2,
+                                       choices=models.choices(), describe=models.describe)
         with gr.Column(scale=6):
             run = gr.Button("Cut out", variant="primary", elem_id="ld-cut-run")
             outputs = _results(gr, "ld-cut", "Settings")
 
     def cut(image_value, *values, progress=gr.Progress(track_tqdm=True)):
         try:
-            out = backend.cut_out(image_value, _cutout_settings(list(values)), _reporter(progress))
+            values = list(values)
+            values[-1] = _uploaded(values[-1], _CUT_FIELDS["background"]["label"])
+            picture = _uploaded(image_value, "Image")
+            out = backend.cut_out(picture, _cutout_settings(values), _reporter(progress))
         except Exception as exc:
             raise _user_error(gr, exc) from exc
         return _shown(out)
 
-    run.click(cut, inputs=[image, *controls], outputs=outputs, concurrency_limit=1)
+    run.click(cut, inputs=[image, *controls], outputs=outputs, concurrency_limit=1, preprocess=False)
 
 
-def _replace_tab(gr, backend: Backend, status) -> None:
+def _replace_tab(gr, backend: Backend, status) -> tuple[Callable, list]:
+    """Build the tab; returns the page-load handler that sets the button by the model check, and
+    its outputs."""
+    models = backend.cutout_models
     with gr.Row():
         with gr.Column(scale=5):
             gr.Markdown("Keep the subject of an image exactly as it is and put it on a new background: one "
                         "generated around it from the prompt (SDXL \"From Foreground to Blending\"), or an image "
-                        "you give (no generation, no LayerDiffuse weights).")
+                        "you give (no generation, no LayerDiffuse weights). A given image is used over the prompt.")
             image = _image(gr, "Image", "ld-rep-image")
             prompt = gr.Textbox(label="New background (prompt)", lines=2, elem_id="ld-rep-prompt")
             negative = gr.Textbox(label="Negative prompt", lines=1)
@@ -236,31 +277,59 @@ def _replace_tab(gr, backend: Backend, status) -> None:
                 seed = gr.Number(label="Seed (-1: random)", value=-1, precision=0)
                 steps = gr.Slider(label="Steps", minimum=1, maximum=150, step=1, value=DEFAULT_STEPS,
                                   elem_id="ld-rep-steps")
-                max_side = gr.Slider(label="Long side of the generated scene", minimum=256, maximum=2048, step=64,
-                                     value=1024, elem_id="ld-rep-side")
+            max_side = gr.Slider(label="Long side of the generated scene (pixels)", minimum=256, maximum=2048,
+                                 step=64, value=1024, elem_id="ld-rep-side")
             with gr.Row():
                 model = gr.Dropdown(label=_CUT_FIELDS["model"]["label"], value=backend.default_cutout_model(),
-                                    choices=[m for m in MODEL_CHOICES if m != LOCAL_FILE], elem_id="ld-rep-model")
+                                    choices=models.choices(include_local_file=False), elem_id="ld-rep-model")
                 refine = gr.Radio(label=_CUT_FIELDS["refine"]["label"], choices=[r.value for r in Refine],
                                   value=Refine.DECONTAMINATE.value)
         with gr.Column(scale=6):
-            run = gr.Button("Replace background", variant="primary", elem_id="ld-rep-run")
+            run = gr.Button("Replace background", variant="primary", elem_id="ld-rep-run",
+                            interactive=_replace_ready(backend, None))
+            why = gr.Markdown(_replace_hint(backend, None), elem_id="ld-rep-why")
             outputs = _results(gr, "ld-rep", "Parameters")
 
     def replace(image_value, prompt_text, negative_text, background_value, seed_value, steps_value, side_value,
                 model_value, refine_value, progress=gr.Progress(track_tqdm=True)):
         try:
+            picture = _uploaded(image_value, "Image")
+            given = _uploaded(background_value, "Or this background image")
             settings = CutoutSettings(enabled=True, model=model_value, refine=refine_value)
             kwargs = dict(negative_prompt=negative_text or "", steps=int(steps_value),
                           seed=_seed(seed_value))
-            out = backend.replace(image_value, prompt_text or "", settings, background=background_value,
+            out = backend.replace(picture, prompt_text or "", settings, background=given,
                                   max_side=int(side_value), on_progress=_reporter(progress), **kwargs)
         except Exception as exc:
             raise _user_error(gr, exc) from exc
-        return (*_shown(out), backend.status(Method.FG_TO_BLEND))
+        return _shown(out)
 
     run.click(replace, inputs=[image, prompt, negative, background, seed, steps, max_side, model, refine],
-              outputs=[*outputs, status], concurrency_limit=1, concurrency_id=MODEL_QUEUE)
+              outputs=outputs, concurrency_limit=1, concurrency_id=MODEL_QUEUE, preprocess=False
+              ).then(lambda: backend.status(Method.FG_TO_BLEND), outputs=[status], show_progress="hidden",
+                     queue=False)
+
+    def readiness(background_value):
+        return (gr.update(interactive=_replace_ready(backend, background_value)),
+                _replace_hint(backend, background_value))
+
+    background.change(readiness, inputs=[background], outputs=[run, why], show_progress="hidden", queue=False,
+                      preprocess=False)
+    return (lambda: readiness(None)), [run, why]
+
+
+def _replace_ready(backend: Backend, background) -> bool:
+    """A given background needs no model; generating one needs the model ready (as Generate)."""
+    return background is not None or (backend.checked and backend.state.ready)
+
+
+def _replace_hint(backend: Backend, background) -> str:
+    if _replace_ready(backend, background):
+        return ""
+    if not backend.checked:
+        return "Checking the model ..."
+    return ("Generating a new background needs the model (see the status above). Give a background image to "
+            "replace it without the model.")
 
 
 def build_page(backend: Backend):
@@ -278,8 +347,12 @@ def build_page(backend: Backend):
             with gr.Tab("Cutout", id="cutout"):
                 _cutout_tab(gr, backend)
             with gr.Tab("Replace background", id="replace"):
-                _replace_tab(gr, backend, status)
-        page.load(on_load, outputs=model_outputs, show_progress="hidden")
+                on_replace_load, replace_outputs = _replace_tab(gr, backend, status)
+
+        def load():
+            return (*on_load(), *on_replace_load())
+
+        page.load(load, outputs=[*model_outputs, *replace_outputs], show_progress="hidden")
     return page
 
 
