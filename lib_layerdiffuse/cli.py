@@ -20,26 +20,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     out.write("Methods (family, files needed, ready?):\n")
     for m in Method:
         states = [statuses[f].state for f in m.weight_files]
-        present = sum(state in (State.VERIFIED, State.PRESENT) for state in states)
+        present = sum(state in (State.VERIFIED, State.UNPINNED, State.PRESENT) for state in states)
         ready = f"{len(states)} file{'s' * (len(states) > 1)} needed, {present} present"
         if State.PRESENT in states:
             ready += " (not verified yet)"
-        if all(state is State.VERIFIED for state in states):
-            ready = "ready"
+        if all(state in (State.VERIFIED, State.UNPINNED) for state in states):
+            ready = "ready" if State.UNPINNED not in states else "ready (with unpinned files)"
         out.write(f"  {m.name:<18} {m.value}\n  {'':<18} {m.family.label}; {', '.join(m.weight_files)}; {ready}\n")
     out.write("\nWeight files:\n")
     for s in statuses.values():
         out.write(f"  {s.state.value:<26} {human_size(s.entry.approx_size):>8}  {s.entry.family.label:<5} {s.entry.name}\n")
         if s.detail:
             out.write(f"  {'':<26} {'':>8}  {'':<5} {s.detail}\n")
-        if s.state is not State.VERIFIED:
+        if s.state not in (State.VERIFIED, State.UNPINNED):
             out.write(f"  {'':<26} {'':>8}  {'':<5} from {s.entry.url}\n")
             out.write(f"  {'':<26} {'':>8}  {'':<5} to   {s.path}\n")
     if not args.verify and any(s.state is State.PRESENT for s in statuses.values()):
         out.write("\nFiles marked 'present' are checked against their SHA-256 on first use "
                   "(or now with --verify).\n")
-    corrupt = [s for s in statuses.values() if s.state is State.CORRUPT]
-    return 1 if corrupt else 0
+    refused = [s for s in statuses.values() if s.state in (State.CORRUPT, State.NOT_OFFICIAL)]
+    if any(s.state is State.NOT_OFFICIAL and "official ones" in s.detail for s in refused):
+        out.write("\nA file that is not the official one but has its layout (converted, fine-tuned, mirrored) "
+                  "is used when LAYERDIFFUSE_ALLOW_UNPINNED=1 is set.\n")
+    return 1 if refused else 0
 
 
 def _selected_files(args: argparse.Namespace) -> list[str]:

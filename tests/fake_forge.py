@@ -116,6 +116,7 @@ class BaseModel(nn.Module):
         super().__init__()
         self.diffusion_model = ldm_unet(family)
         if generation == 1:
+            self.diffusion_model.dtype = torch.float32  # ldm_patched's UNetModel has one; current Forge's has not
             self.model_sampling = Sigmas()
             self.latent_format = LatentScaling(SCALING_FACTORS[family])
         else:
@@ -164,6 +165,8 @@ class UnetPatcherBase(ModelPatcher):
         self.model_options["transformer_options"][k] = v
 
     def add_extra_torch_module_during_sampling(self, m, cast_to_unet_dtype=True):
+        if cast_to_unet_dtype:  # as both Forges do; current Forge's UNet has no `dtype` (AttributeError)
+            m.to(self.model.diffusion_model.dtype)
         self.extra_modules.append(m)
         return ModelPatcher(m, self.load_device, self.offload_device)
 

@@ -5,6 +5,7 @@ API arguments, infotext, transparent img2img and importing the script file."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import types
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 import fake_forge as ff
 from lib_layerdiffuse import form
@@ -221,6 +223,16 @@ def test_sdxl_methods_patch_every_key_with_the_weight(forge, method):
     transparent = bool(method.spec.transparent)
     assert all((img.mode == "RGBA") is transparent for img in outputs)
     assert not p.comments
+
+
+@pytest.mark.parametrize("method", [m for m in SDXL_METHODS if m.spec.conditions], ids=lambda m: m.name)
+def test_weight_zero_attaches_no_concat_condition(forge, method):
+    """Forge merges no `diff` patch at strength 0 (conv_in is not widened and stays 4-channel),
+    so an 8/12-channel condition would not fit: at Weight 0 the method must add none."""
+    p = processing("sdxl", forge.generation)
+    patched, outputs = run_job(p, args_for(method, weight=0))
+    assert patched[0].extra_concat_condition is None
+    assert ERROR_KEY not in p.extra_generation_params and len(outputs) == 1
 
 
 def test_concat_condition_is_the_grey_flattened_mean_encode(forge):
@@ -444,6 +456,31 @@ def test_missing_weights_name_the_file(forge, tmp_path):
     run_job(p, args_for(Method.FG_ONLY_ATTN))
     assert "layer_xl_transparent_attn.safetensors" in p.extra_generation_params[ERROR_KEY]
     assert str(tmp_path) in p.extra_generation_params[ERROR_KEY]
+
+
+def test_unpinned_files_are_named_in_the_infotext(forge, tmp_path):
+    """Files that are not the official ones (here: other bytes, same layout) work only when the
+    user allows them, and the infotext then says which ones were used."""
+    method = Method.FG_ONLY_ATTN_SD15
+    for name in method.weight_files:
+        data = (forge.folder / name).read_bytes()
+        save_file({k: v * 0.5 for k, v in load_file(str(forge.folder / name)).items()}, str(tmp_path / name))
+        assert (tmp_path / name).read_bytes() != data
+    p = processing("sd15", forge.generation)
+    unet_files.use_store(WeightStore(tmp_path, catalog=forge.catalog, allow_download=False, progress=False,
+                                     allow_unpinned=False))
+    run_job(p, args_for(method))
+    assert "is not the official" in p.extra_generation_params[ERROR_KEY]
+    assert "layerdiffusion_unpinned" not in p.extra_generation_params
+    p = processing("sd15", forge.generation)
+    unet_files.use_store(WeightStore(tmp_path, catalog=forge.catalog, allow_download=False, progress=False,
+                                     allow_unpinned=True))
+    _, outputs = run_job(p, args_for(method))
+    assert ERROR_KEY not in p.extra_generation_params and outputs[0].mode == "RGBA"
+    named = p.extra_generation_params["layerdiffusion_unpinned"]
+    assert "encoder" not in named  # txt2img does not read the encoder: only files in use are named
+    for name in ("layer_sd15_transparent_attn.safetensors", "layer_sd15_vae_transparent_decoder.safetensors"):
+        assert f"{name} sha256 {hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()[:12]}" in named
 
 
 # ---- transparent img2img ----------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The weight folder: resolution order, states, the hash cache, corrupt and unreadable files."""
 
 import hashlib
+import math
 import os
 import sys
 import types
@@ -14,7 +15,12 @@ from lib_layerdiffuse.testing.file_server import FileServer
 from lib_layerdiffuse.weights import (CATALOG, State, WeightFile, WeightFormatError,
                                       WeightIntegrityError, WeightMissingError, WeightStore,
                                       load_safetensors, resolve_models_dir)
+from lib_layerdiffuse.testing.layer_files import (decoder_layout, offset_encoder_layout, unet_file_layout,
+                                                  write_weight_file)
+from lib_layerdiffuse.testing.unet_specs import FULL
 from lib_layerdiffuse.weights import integrity
+from lib_layerdiffuse.weights.integrity import layout_sha256
+from lib_layerdiffuse.weights.store import unpinned_allowed
 from lib_layerdiffuse.weights.location import PROJECT_MODELS_DIR
 
 NAME = "layer_sd15_vae_transparent_encoder.safetensors"
@@ -106,12 +112,98 @@ def test_corrupt_file_reported_with_both_hashes_and_never_loaded(tmp_path):
     store.folder.mkdir()
     store.path(NAME).write_bytes(data[:-1] + b"\0")
     st = store.status(NAME, verify=True)
-    assert st.state is State.CORRUPT and entry.sha256 in st.detail
+    assert st.state is State.NOT_OFFICIAL and entry.sha256 in st.detail
     with pytest.raises(WeightIntegrityError) as err:
         store.load(NAME)
     msg = str(err.value)
     assert NAME in msg and entry.sha256 in msg and hashlib.sha256(data[:-1] + b"\0").hexdigest() in msg
-    assert entry.url in msg
+    assert entry.url in msg and "not the official" in msg
+
+
+def official_layout_copy(tmp_path, dtype=torch.float16):
+    """An entry pinning one file, and other bytes with the same keys and shapes (a converted copy)."""
+    tensors = {"blocks.0.weight": torch.ones(4, 4, 3, 3), "blocks.0.bias": torch.zeros(4)}
+    entry = write_weight_file(tmp_path / "official" / NAME, tensors, Family.SD15, "encoder")
+    copy = tmp_path / "copy.safetensors"
+    save_file({k: (v * 0.5).to(dtype) for k, v in tensors.items()}, str(copy))
+    return entry, copy.read_bytes()
+
+
+def test_a_file_that_is_not_the_official_one_is_refused_without_a_download(tmp_path, monkeypatch):
+    """Measured in Forge: a wrong-hash file was moved aside and downloaded again, which ended
+    offline in "host unreachable". It is the user's file: keep it and say what it is."""
+    entry, data = official_layout_copy(tmp_path)
+    with FileServer({}) as srv:
+        endpoint = srv.base_url
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)  # a download attempt would fail differently
+    monkeypatch.delenv("LAYERDIFFUSE_ALLOW_UNPINNED", raising=False)
+    store = WeightStore(tmp_path / "m", progress=False, catalog={NAME: entry})
+    store.folder.mkdir()
+    store.path(NAME).write_bytes(data)
+    with pytest.raises(WeightIntegrityError) as err:
+        store.load(NAME)
+    msg = str(err.value)
+    assert f"is not the official {NAME}" in msg and hashlib.sha256(data).hexdigest() in msg
+    assert entry.sha256 in msg and "LAYERDIFFUSE_ALLOW_UNPINNED=1" in msg and "--layerdiffuse-allow-unpinned" in msg
+    assert store.path(NAME).read_bytes() == data and not (store.folder / (NAME + ".corrupt")).exists()
+
+
+def test_unpinned_files_with_the_official_layout_are_used_when_allowed(tmp_path, monkeypatch, caplog):
+    entry, data = official_layout_copy(tmp_path, torch.float32)
+    monkeypatch.setenv("LAYERDIFFUSE_ALLOW_UNPINNED", "1")
+    store = WeightStore(tmp_path / "m", progress=False, allow_download=False, catalog={NAME: entry})
+    store.folder.mkdir()
+    store.path(NAME).write_bytes(data)
+    assert store.status(NAME, verify=True).state is State.UNPINNED
+    with caplog.at_level("WARNING", logger="lib_layerdiffuse.weights.store"):
+        tensors = store.load(NAME)
+        store.load(NAME)
+    assert torch.equal(tensors["blocks.0.weight"], torch.full((4, 4, 3, 3), 0.5))
+    digest = hashlib.sha256(data).hexdigest()
+    assert store.unpinned == {NAME: digest}
+    warnings = [r.getMessage() for r in caplog.records if "not the official file" in r.getMessage()]
+    assert len(warnings) == 1 and digest in warnings[0]
+
+
+def test_unpinned_files_must_have_the_official_layout(tmp_path):
+    entry, _ = official_layout_copy(tmp_path)
+    store = WeightStore(tmp_path / "m", progress=False, allow_download=False, catalog={NAME: entry},
+                        allow_unpinned=True)
+    store.folder.mkdir()
+    save_file({"blocks.0.weight": torch.ones(4, 4, 3, 3)}, str(store.path(NAME)))  # a key missing
+    with pytest.raises(WeightIntegrityError, match="cannot stand in for the official file"):
+        store.load(NAME)
+    torch.save({"blocks.0.weight": torch.ones(4, 4, 3, 3)}, store.path(NAME))  # a pickle: never opened
+    assert store.status(NAME, verify=True).state is State.CORRUPT
+    with pytest.raises(WeightIntegrityError, match="corrupt"):
+        store.load(NAME)
+
+
+def test_unpinned_is_allowed_by_the_environment_or_the_forge_flag(monkeypatch):
+    monkeypatch.delenv("LAYERDIFFUSE_ALLOW_UNPINNED", raising=False)
+    monkeypatch.delitem(sys.modules, "modules.shared", raising=False)
+    assert not unpinned_allowed()
+    monkeypatch.setenv("LAYERDIFFUSE_ALLOW_UNPINNED", "true")
+    assert unpinned_allowed()
+    monkeypatch.setenv("LAYERDIFFUSE_ALLOW_UNPINNED", "0")
+    shared = types.ModuleType("modules.shared")
+    shared.cmd_opts = types.SimpleNamespace(layerdiffuse_allow_unpinned=True)
+    monkeypatch.setitem(sys.modules, "modules.shared", shared)
+    assert unpinned_allowed()
+
+
+def test_catalog_layouts_are_the_official_full_size_layouts():
+    """What an unpinned file is checked against: the layouts whose random fills came out
+    byte-for-byte the size of the published files."""
+    for name, entry in CATALOG.items():
+        if entry.role == "decoder":
+            layout = decoder_layout()
+        elif entry.role == "encoder":
+            layout = offset_encoder_layout()
+        else:
+            layout = unet_file_layout(name, FULL[entry.family.value])
+        assert layout_sha256(layout) == entry.layout_sha256, name
+        assert round(sum(math.prod(s) for s in layout.values()) * 2 / 1e6) == entry.approx_size // 1_000_000
 
 
 def test_corrupt_file_is_moved_aside_and_downloaded_again(tmp_path, monkeypatch):

@@ -49,7 +49,7 @@ def weights_report(store: WeightStore, method: Method) -> str:
     """Markdown: the state of the weight files `method` needs, with the URL and target path of
     each one that is not there."""
     statuses = store.statuses(method.weight_files)
-    absent = [s for s in statuses if s.state in (State.MISSING, State.PARTIAL, State.CORRUPT)]
+    absent = [s for s in statuses if s.state in (State.MISSING, State.PARTIAL, State.CORRUPT, State.NOT_OFFICIAL)]
     if not absent:
         return f"LayerDiffuse weights for this method: ready in `{store.folder}`."
     total = human_size(sum(s.entry.approx_size for s in absent))

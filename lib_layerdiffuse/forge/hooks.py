@@ -20,9 +20,10 @@ from .cutout import cut_out_image, looks_enabled, split_script_args, start_cutou
 from .decode import decode_batch
 from .host import detect_host
 from .img2img import prepare_transparent_init
-from .job import Job, job_of, start_job
+from .job import UNPINNED_KEY, Job, job_of, start_job
 from .sampling import patch_unet
 from .saving import show_transparent
+from .unet_files import weight_store
 
 
 def _guarded(hook: Callable) -> Callable:
@@ -77,6 +78,7 @@ def before_sampling(p: Any, *args: Any, **kwargs: Any) -> None:
         return
     patch_unet(p, job.params, job.host, kwargs["noise"])
     job.sampling_passes += 1
+    record_unpinned(p, job)
 
 
 @_guarded
@@ -99,6 +101,17 @@ def postprocess_batch(p: Any, *args: Any, images=None, **kwargs: Any) -> None:
     job = job_of(p)
     if job is not None and job.active and job.params.method.spec.transparent:
         decode_batch(p, job, images)
+        record_unpinned(p, job)
+
+
+def record_unpinned(p: Any, job: Job) -> None:
+    """Name in the infotext this method's files that are not the official ones (the user
+    allowed unpinned files), with the start of their SHA-256."""
+    unpinned = weight_store().unpinned
+    used = [name for name in job.params.method.weight_files if name in unpinned]
+    if used:
+        p.extra_generation_params[UNPINNED_KEY] = ", ".join(
+            f"{name} sha256 {unpinned[name][:12]}" for name in used)
 
 
 @_guarded

@@ -23,6 +23,7 @@ log = logging.getLogger("lib_layerdiffuse.forge")
 
 ATTRIBUTE = "layerdiffuse_job"
 ERROR_KEY = "layerdiffusion_error"
+UNPINNED_KEY = "layerdiffusion_unpinned"
 
 
 @dataclass

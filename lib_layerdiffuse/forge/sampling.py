@@ -38,7 +38,9 @@ def patch_unet(p: Any, params: LayerDiffuseParams, host: ForgeHost, noise: torch
             missing = sorted(set(patches) - applied)
             raise ValueError(f"the loaded UNet did not accept {len(missing)} of {len(patches)} weights of "
                              f"{spec.unet_file} (first: {missing[0]}); is the checkpoint an SDXL base model?")
-        if spec.conditions:
+        if spec.conditions and params.weight != 0.0:
+            # at weight 0 Forge skips the `diff` patch that widens conv_in, so the UNet still
+            # takes 4 channels and an attached condition would not fit
             unet.extra_concat_condition = concat_condition(p, params, host, batch, w * 8, h * 8)
         on_stop = lambda: None  # noqa: E731
     if params.stop_at < 1.0:
@@ -60,7 +62,9 @@ def _install_sharing(p: Any, params: LayerDiffuseParams, unet, width: int, heigh
         state.control_image = control_pixels(image, width, height, params.resize_mode)
     for name, module, layer in zip(names, modules, weights.hookers.layers):
         unet.add_object_patch("diffusion_model." + name, SharedAttention(module, layer, state))
-    unet.add_extra_torch_module_during_sampling(weights)
+    # no cast: current Forge's UNet has no `dtype` to cast to, and SharedAttention moves the
+    # weights to the activations' device and dtype itself
+    unet.add_extra_torch_module_during_sampling(weights, cast_to_unet_dtype=False)
     return state
 
 

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 from ..methods import Family
 from ..weights.catalog import WeightFile, file_for
+from ..weights.integrity import layout_sha256
 from .unet_specs import Shape, UNetSpec, attention_modules, ldm_unet_layout
 
 PREFIX = "diffusion_model."
@@ -183,7 +184,8 @@ def write_weight_file(path: Path, tensors: dict[str, torch.Tensor], family: Fami
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
     data = path.read_bytes()
-    return WeightFile(path.name, hashlib.sha256(data).hexdigest(), len(data), family, role)
+    layout = layout_sha256({k: tuple(v.shape) for k, v in tensors.items()})
+    return WeightFile(path.name, hashlib.sha256(data).hexdigest(), len(data), family, role, layout)
 
 
 def write_unet_files(folder: Path, spec: UNetSpec, names: Optional[Iterable[str]] = None,

@@ -7,7 +7,7 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional, Sequence
 
 from tqdm.auto import tqdm
 
@@ -92,3 +92,32 @@ class HashCache:
         digest = sha256_file(path, progress=progress)
         self.put(path, digest, stamp)
         return digest
+
+
+def layout_sha256(shapes: Mapping[str, Sequence[int]]) -> str:
+    """SHA-256 of a state dict's layout: every key with its shape, sorted, dtype left out (so a
+    file converted to fp16 or fp8 has the layout of the original)."""
+    lines = "".join(f"{key} {','.join(str(int(n)) for n in shape)}\n" for key, shape in sorted(shapes.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def safetensors_layout(path: Path) -> Optional[dict[str, tuple[int, ...]]]:
+    """{key: shape} from a safetensors file's header (no tensor is read), or None when the file
+    does not start with a readable safetensors header."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return None
+            size = int.from_bytes(head, "little")
+            if size <= 0 or size > min(path.stat().st_size - 8, 100 * 1024 * 1024):
+                return None
+            header = json.loads(fh.read(size))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    try:
+        return {k: tuple(int(n) for n in v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    except (TypeError, KeyError, ValueError):
+        return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping, Optional, Union
@@ -15,13 +16,24 @@ if TYPE_CHECKING:  # torch is imported by safetensors when a file is loaded, not
 from .catalog import CATALOG, WeightFile
 from .download import download_file, manual_install_hint, part_path
 from .errors import WeightIntegrityError, WeightMissingError
-from .integrity import HashCache
+from .integrity import HashCache, layout_sha256, safetensors_layout
 from .loading import load_safetensors
 from .location import ModelsDir, resolve_models_dir
 
 log = logging.getLogger(__name__)
 
 CORRUPT_SUFFIX = ".corrupt"
+UNPINNED_ENV = "LAYERDIFFUSE_ALLOW_UNPINNED"
+UNPINNED_FLAG = "layerdiffuse_allow_unpinned"  # Forge: --layerdiffuse-allow-unpinned (preload.py)
+
+
+def unpinned_allowed() -> bool:
+    """Whether the user allowed layer files that are not the official ones: the environment
+    variable, or inside Forge its command-line flag (read from modules Forge has imported)."""
+    if os.environ.get(UNPINNED_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    cmd_opts = getattr(sys.modules.get("modules.shared"), "cmd_opts", None)
+    return bool(getattr(cmd_opts, UNPINNED_FLAG, False))
 
 
 class State(str, enum.Enum):
@@ -29,6 +41,8 @@ class State(str, enum.Enum):
     PARTIAL = "partial download"
     PRESENT = "present (not verified yet)"
     VERIFIED = "verified"
+    UNPINNED = "unpinned, allowed"  # not the official bytes, the official layout, and allowed by the user
+    NOT_OFFICIAL = "not the official file"
     CORRUPT = "corrupt"
 
 
@@ -44,17 +58,22 @@ class WeightStore:
     """The official weight files in one folder (see `location.resolve_models_dir`).
 
     `ensure(name)` returns the path of a verified file, downloading it if needed; `load(name)`
-    returns its tensors. A file whose hash is wrong is never loaded. `catalog` defaults to the
-    official files; tests pass entries pinning their own small files.
+    returns its tensors. A file whose hash is wrong is never loaded, with one exception the
+    user opts into (`allow_unpinned`, default `unpinned_allowed()`): a safetensors file with
+    exactly the official keys and shapes (a converted, fine-tuned or mirrored copy) is used,
+    its SHA-256 logged and listed in `unpinned`. `catalog` defaults to the official files;
+    tests pass entries pinning their own small files.
     """
 
     def __init__(self, models_dir: Union[str, os.PathLike, ModelsDir, None] = None, *,
                  allow_download: bool = True, progress: bool = True,
-                 catalog: Optional[Mapping[str, WeightFile]] = None):
+                 catalog: Optional[Mapping[str, WeightFile]] = None, allow_unpinned: Optional[bool] = None):
         self.catalog = dict(catalog if catalog is not None else CATALOG)
         self.location = models_dir if isinstance(models_dir, ModelsDir) else resolve_models_dir(models_dir)
         self.allow_download = allow_download
         self.progress = progress
+        self.allow_unpinned = unpinned_allowed() if allow_unpinned is None else allow_unpinned
+        self.unpinned: dict[str, str] = {}  # name -> SHA-256 of the unpinned file in use
         self._hashes: Optional[HashCache] = None
 
     @property
@@ -93,7 +112,16 @@ class WeightStore:
             return FileStatus(entry, path, State.PRESENT)
         if digest == entry.sha256:
             return FileStatus(entry, path, State.VERIFIED)
-        return FileStatus(entry, path, State.CORRUPT, f"SHA-256 {digest}, expected {entry.sha256}")
+        hashes = f"SHA-256 {digest}, expected {entry.sha256}"
+        layout = safetensors_layout(path)
+        if layout is None:
+            return FileStatus(entry, path, State.CORRUPT, f"{hashes}; not a readable safetensors file")
+        if not entry.layout_sha256:
+            return FileStatus(entry, path, State.NOT_OFFICIAL, hashes)
+        if layout_sha256(layout) == entry.layout_sha256:
+            state = State.UNPINNED if self.allow_unpinned else State.NOT_OFFICIAL
+            return FileStatus(entry, path, state, f"{hashes}; its keys and shapes are the official ones")
+        return FileStatus(entry, path, State.NOT_OFFICIAL, f"{hashes}; its keys or shapes differ from the official file")
 
     def statuses(self, names: Optional[Iterable[str]] = None, verify: bool = False) -> list[FileStatus]:
         return [self.status(n, verify) for n in (names if names is not None else self.catalog)]
@@ -101,13 +129,25 @@ class WeightStore:
     def ensure(self, name: str) -> Path:
         """Path of the verified file, downloading it first when missing (if allowed).
 
-        A present file with the wrong hash is renamed to `<name>.corrupt` (kept for inspection,
-        never loaded) and downloaded again; with downloads off it raises WeightIntegrityError.
+        A file that is not a readable safetensors file is renamed to `<name>.corrupt` (kept for
+        inspection, never loaded) and downloaded again; with downloads off it raises
+        WeightIntegrityError. A readable file with another hash is someone's own file: it is
+        never replaced; it is used when unpinned files are allowed and its layout is the official
+        one, and otherwise refused with both hashes and what to do.
         """
         entry = self.entry(name)
         st = self.status(name, verify=True)
         if st.state is State.VERIFIED:
             return st.path
+        if st.state is State.UNPINNED:
+            digest = self.hashes.get(st.path) or ""
+            if self.unpinned.get(name) != digest:
+                log.warning("using %s, which is not the official file (unpinned files are allowed): %s",
+                            st.path, st.detail)
+                self.unpinned[name] = digest
+            return st.path
+        if st.state is State.NOT_OFFICIAL:
+            raise WeightIntegrityError(self._not_official(st))
         if st.state is State.CORRUPT:
             if not self.allow_download:
                 raise WeightIntegrityError(
@@ -126,6 +166,16 @@ class WeightStore:
         download_file(entry.url, st.path, entry.sha256, entry.approx_size, progress=self.progress)
         self.hashes.put(st.path, entry.sha256)
         return st.path
+
+    def _not_official(self, st: FileStatus) -> str:
+        text = f"{st.path} is not the official {st.entry.name} ({st.detail})."
+        if "official ones" in st.detail:
+            return (f"{text} If it is a copy you trust (converted to fp16/fp8, fine-tuned, mirrored), allow "
+                    f"it with {UNPINNED_ENV}=1 (in Forge: --layerdiffuse-allow-unpinned). Otherwise delete it "
+                    f"and the official file is downloaded. {manual_install_hint(st.entry.url, st.path)}")
+        return (f"{text} It cannot stand in for the official file even when unpinned files are allowed. "
+                f"Delete or move it; the official file is then downloaded. "
+                f"{manual_install_hint(st.entry.url, st.path)}")
 
     def load(self, name: str, device: str = "cpu") -> dict[str, torch.Tensor]:
         """Tensors of a verified official file (downloaded first if needed)."""
