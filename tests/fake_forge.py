@@ -134,8 +134,8 @@ class ModelPatcher:
     def add_object_patch(self, name, obj):
         self.object_patches[name] = obj
 
-    def set_model_vae_regulation(self, fn):
-        self.model_options["model_vae_regulation"] = fn
+    def set_model_vae_regulation(self, vae_regulation):
+        self.model_options["model_vae_regulation"] = vae_regulation
 
     def model_keys(self) -> set[str]:
         return {k for k, _ in self.model.named_parameters()}
@@ -418,8 +418,9 @@ class ImageSaveParams:
     pnginfo: dict
 
 
-def webui_modules(opts: Any, saved: list) -> dict[str, types.ModuleType]:
-    """`modules.*` of the WebUI as far as the script file and the saving code use them."""
+def webui_modules(opts: Any, saved: list, generation: int = 2) -> dict[str, types.ModuleType]:
+    """`modules.*` of the WebUI as far as the script file and the saving code use them (early
+    Forge's resize_image has no force_RGBA; only current Forge's transparent img2img passes it)."""
     class Script:
         def elem_id(self, item_id):
             return f"script_layerdiffuse_{item_id}"
@@ -433,13 +434,17 @@ def webui_modules(opts: Any, saved: list) -> dict[str, types.ModuleType]:
     def resize_image(resize_mode, im, width, height, upscaler_name=None, force_RGBA=False):
         return im.resize((width, height))
 
+    def early_resize_image(resize_mode, im, width, height, upscaler_name=None):
+        return im.resize((width, height))
+
     return {
         "modules": _module("modules"),
         "modules.scripts": _module("modules.scripts", Script=Script, AlwaysVisible=object()),
         "modules.script_callbacks": _module("modules.script_callbacks", before_image_saved=callbacks,
                                             on_before_image_saved=callbacks.append),
         "modules.shared": _module("modules.shared", opts=opts, cmd_opts=types.SimpleNamespace()),
-        "modules.images": _module("modules.images", save_image=save_image, resize_image=resize_image),
+        "modules.images": _module("modules.images", save_image=save_image,
+                                  resize_image=resize_image if generation == 2 else early_resize_image),
         "modules.processing": _module("modules.processing",
                                       create_infotext=lambda p, *a, index=0, **kw: f"{p.prompts[index]}, Seed: {p.seeds[index]}"),
     }

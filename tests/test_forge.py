@@ -55,7 +55,7 @@ def forge(request, monkeypatch, weight_files):
     opts = types.SimpleNamespace(samples_format="png", enable_pnginfo=True,
                                  data={"stealth_pnginfo_option": "Alpha"})
     saved: list = []
-    ff.install(monkeypatch, {**ff.forge_modules(request.param, memory), **ff.webui_modules(opts, saved)})
+    ff.install(monkeypatch, {**ff.forge_modules(request.param, memory), **ff.webui_modules(opts, saved, request.param)})
     unet_files.use_store(WeightStore(folder, catalog=catalog, allow_download=False, progress=False))
     yield types.SimpleNamespace(generation=request.param, memory=memory, opts=opts, saved=saved,
                                 catalog=catalog, folder=folder)

@@ -1,0 +1,285 @@
+"""The matrix the rig runs through Forge's HTTP API, and what each case must show.
+
+Every case is one API call. What is measured: HTTP status, seconds, the images in the
+response (mode and alpha), the files Forge saved during the call (mode and alpha), the
+infotext, and tracebacks in the server log during the call.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import requests
+from PIL import Image
+
+SD15_ATTN = "(SD1.5) Only Generate Transparent Image (Attention Injection)"
+SD15_FG_TO_BG = "(SD1.5) From Foreground to Background (need batch size 2)"
+SD15_BG_TO_FG = "(SD1.5) From Background to Foreground (need batch size 2)"
+SD15_JOINT = "(SD1.5) Generate Everything Together (need batch size 3)"
+SDXL_ATTN = "(SDXL) Only Generate Transparent Image (Attention Injection)"
+BASE = {"prompt": "a glass cup", "negative_prompt": "", "steps": 2, "cfg_scale": 7, "seed": 1234,
+        "sampler_name": "Euler", "scheduler": "Automatic", "width": 512, "height": 512, "batch_size": 1,
+        "save_images": True, "send_images": True}
+
+
+def png_base64(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def condition_image(kind: str) -> str:
+    """A condition image: an RGBA disc (foreground) or an opaque gradient (background)."""
+    y, x = np.mgrid[0:512, 0:512]
+    if kind == "fg":
+        rgba = np.zeros((512, 512, 4), np.uint8)
+        inside = (x - 256) ** 2 + (y - 256) ** 2 < 160 ** 2
+        rgba[inside] = (200, 60, 40, 255)
+        return png_base64(Image.fromarray(rgba, "RGBA"))
+    rgb = np.stack([x // 2, y // 2, np.full_like(x, 128)], -1).astype(np.uint8)
+    return png_base64(Image.fromarray(rgb, "RGB"))
+
+
+def flat_image(rgba: bool) -> str:
+    if rgba:
+        image = np.zeros((512, 512, 4), np.uint8)
+        image[128:384, 128:384] = (40, 120, 220, 255)
+        return png_base64(Image.fromarray(image, "RGBA"))
+    return png_base64(Image.new("RGB", (512, 512), (70, 160, 90)))
+
+
+def layer_args(method: str, **fields: Any) -> list:
+    """Positional LayerDiffuse args in the UI's order (enabled, method, weight, stop at, fg, bg,
+    blend images, resize mode, output origin, fg / bg / blend prompts)."""
+    values = {"weight": 1.0, "stop_at": 1.0, "fg": None, "bg": None, "blend": None,
+              "resize_mode": "Crop and Resize", "output_origin": False, "fg_prompt": "", "bg_prompt": "",
+              "blend_prompt": ""}
+    values.update(fields)
+    return [True, method, values["weight"], values["stop_at"], values["fg"], values["bg"], values["blend"],
+            values["resize_mode"], values["output_origin"], values["fg_prompt"], values["bg_prompt"],
+            values["blend_prompt"]]
+
+
+@dataclass
+class Case:
+    name: str
+    payload: dict
+    endpoint: str = "txt2img"
+    transparent: int = 0  # main images that must come back RGBA with the decoder's alpha
+    images: Optional[int] = None  # main images expected (batch size when None)
+    layer: bool = True  # the infotext has the layerdiffusion_* keys
+    refused: Optional[str] = None  # text the error in the infotext must contain; a traceback is allowed
+    options: dict = field(default_factory=dict)  # Forge settings for this case, restored after it
+    extra: Optional[Callable[["Result"], list[str]]] = None  # more checks: failures as text
+
+
+@dataclass
+class ImageStats:
+    mode: str
+    size: tuple[int, int]
+    alpha_values: int = 0  # distinct alpha values (0 for images without alpha)
+    alpha_min: int = 255
+    alpha_mean: float = 255.0
+
+    @property
+    def real_alpha(self) -> bool:
+        """Alpha from a decoder, not only the {254, 255} that stealth infotext writes."""
+        return self.mode == "RGBA" and self.alpha_values > 2 and self.alpha_min < 254
+
+    def short(self) -> str:
+        if self.mode != "RGBA":
+            return f"{self.mode} {self.size[0]}x{self.size[1]}"
+        return (f"RGBA {self.size[0]}x{self.size[1]} a:{self.alpha_values}v "
+                f"min {self.alpha_min} mean {self.alpha_mean:.0f}")
+
+
+def image_stats(image: Image.Image) -> ImageStats:
+    if image.mode != "RGBA":
+        return ImageStats(image.mode, image.size)
+    alpha = np.asarray(image)[..., 3]
+    return ImageStats("RGBA", image.size, len(np.unique(alpha)), int(alpha.min()), float(alpha.mean()))
+
+
+@dataclass
+class Result:
+    case: Case
+    http: int
+    seconds: float
+    response: list[ImageStats]
+    main: list[ImageStats]  # the response's main images (grid and extras left out)
+    saved: list[tuple[str, ImageStats]]
+    info: dict
+    tracebacks: int
+    log_errors: list[str]
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def infotext(self) -> str:
+        texts = self.info.get("infotexts") or []
+        return texts[0] if texts else ""
+
+
+def _decode(b64: str) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(b64.split(",", 1)[-1])))
+    image.load()
+    return image
+
+
+def _files(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")}
+
+
+def run_case(case: Case, url: str, server, outputs: Path) -> Result:
+    for key, value in case.options.items():
+        requests.post(f"{url}/sdapi/v1/options", json={key: value}, timeout=60).raise_for_status()
+    before, offset = _files(outputs) if outputs.exists() else set(), server.log_size()
+    start = time.monotonic()
+    reply = requests.post(f"{url}/sdapi/v1/{case.endpoint}", json=case.payload, timeout=3600)
+    seconds = time.monotonic() - start
+    log_text = server.log_since(offset)
+    body = reply.json() if reply.headers.get("content-type", "").startswith("application/json") else {}
+    images = [_decode(b) for b in body.get("images") or []]
+    info = body.get("info")
+    info = json.loads(info) if isinstance(info, str) else (info or {"error": body})
+    batch = case.payload.get("batch_size", 1)
+    # current Forge: a grid first when batch > 1; main images then come before the extras
+    skip = 1 if batch > 1 and images and images[0].size[0] > case.payload.get("width", 512) * 1.5 else 0
+    response = [image_stats(i) for i in images]
+    main = response[skip:skip + batch]
+    saved = []
+    for path in sorted(_files(outputs) - before) if outputs.exists() else []:
+        with Image.open(path) as image:
+            saved.append((path.name, image_stats(image)))
+    lines = log_text.splitlines()
+    errors = [line.strip() for line in lines if "Error" in line and not line.lstrip().startswith("File ")]
+    result = Result(case, reply.status_code, seconds, response, main, saved, info,
+                    log_text.count("Traceback (most recent call last)"), errors[:3])
+    result.failures = expectations(result)
+    for key in case.options:
+        restore = DEFAULT_OPTIONS.get(key)
+        if restore is not None:
+            requests.post(f"{url}/sdapi/v1/options", json={key: restore}, timeout=60)
+    return result
+
+
+DEFAULT_OPTIONS = {"samples_format": "png"}
+
+
+def expectations(r: Result) -> list[str]:
+    c, out = r.case, []
+    if r.http != 200:
+        return [f"HTTP {r.http}: {str(r.info)[:200]}"]
+    wanted = c.images if c.images is not None else c.payload.get("batch_size", 1)
+    if len(r.main) < wanted:
+        out.append(f"{len(r.main)} main images in the response, expected {wanted}")
+    real = [s for s in r.main if s.real_alpha]
+    if len(real) < c.transparent:
+        out.append(f"{len(real)} of {len(r.main)} response images have real alpha, expected {c.transparent}")
+    saved_real = [s for _, s in r.saved if s.real_alpha]
+    if len(saved_real) < c.transparent:
+        out.append(f"{len(saved_real)} saved files have real alpha, expected {c.transparent}")
+    error = f"layerdiffusion_error: {c.refused}" if c.refused else None
+    if c.refused:
+        if c.refused not in r.infotext:
+            out.append(f"the infotext does not carry the refusal ({c.refused!r})")
+    else:
+        if "layerdiffusion_error" in r.infotext:
+            start = r.infotext.index("layerdiffusion_error")
+            out.append(r.infotext[start:start + 200])
+        if r.tracebacks:
+            out.append(f"{r.tracebacks} traceback(s) in the log: {' | '.join(r.log_errors)[:300]}")
+    if c.layer and "layerdiffusion_method" not in r.infotext and error is None:
+        out.append("no layerdiffusion_* keys in the infotext")
+    if not c.layer and not c.refused and "layerdiffusion_method" in r.infotext:
+        out.append("layerdiffusion_* keys in the infotext of a call without LayerDiffuse")
+    if c.extra is not None:
+        out.extend(c.extra(r))
+    return out
+
+
+def _payload(**overrides: Any) -> dict:
+    payload = dict(BASE)
+    scripts = overrides.pop("scripts", None)
+    payload.update(overrides)
+    if scripts is not None:
+        payload["alwayson_scripts"] = {"LayerDiffuse": {"args": scripts}}
+    return payload
+
+
+def _saved_jpg_and_png(r: Result) -> list[str]:
+    kinds = {Path(name).suffix.lower() for name, _ in r.saved}
+    png_alpha = any(s.real_alpha for name, s in r.saved if name.lower().endswith(".png"))
+    if {".jpg", ".png"} <= kinds and png_alpha:
+        return []
+    return [f"saved {sorted(kinds)}, expected a .jpg and a .png with real alpha"]
+
+
+def _hires_size(r: Result) -> list[str]:
+    sizes = {s.size for s in r.main}
+    return [] if sizes == {(576, 576)} else [f"hires result sizes {sorted(sizes)}, expected 576x576"]
+
+
+def _weight_recorded(expected: str) -> Callable[[Result], list[str]]:
+    def check(r: Result) -> list[str]:
+        return [] if expected in r.infotext else [f"{expected!r} not in the infotext"]
+    return check
+
+
+def _cutout_ran(r: Result) -> list[str]:
+    if "layerdiffusion_cutout" not in r.infotext:
+        return ["no layerdiffusion_cutout key in the infotext"]
+    if not r.main or r.main[0].mode != "RGBA":
+        return [f"the cutout's image is {r.main[0].short() if r.main else 'missing'}, expected RGBA"]
+    return []
+
+
+def matrix() -> list[Case]:
+    """The cases, plain call first (the baseline every ratio is measured against)."""
+    fg, bg = condition_image("fg"), condition_image("bg")
+    cases = [
+        Case("plain txt2img (LayerDiffuse off)", _payload(), layer=False),
+        Case("SD1.5 fg-only, batch 1", _payload(scripts=layer_args(SD15_ATTN)), transparent=1),
+        Case("SD1.5 fg-only, batch 2", _payload(batch_size=2, scripts=layer_args(SD15_ATTN)), transparent=2),
+        Case("SD1.5 fg->bg (fg image), batch 2",
+             _payload(batch_size=2, scripts=layer_args(SD15_FG_TO_BG, fg=fg)), transparent=0),
+        Case("SD1.5 bg->fg (bg image), batch 2",
+             _payload(batch_size=2, scripts=layer_args(SD15_BG_TO_FG, bg=bg)), transparent=1),
+        Case("SD1.5 joint, batch 3, layer prompts",
+             _payload(batch_size=3, scripts=layer_args(SD15_JOINT, fg_prompt="a cat", bg_prompt="a room",
+                                                       blend_prompt="a cat in a room")), transparent=1),
+        Case("SD1.5 fg-only, 520x512", _payload(width=520, scripts=layer_args(SD15_ATTN)), transparent=1),
+        Case("null prompts", _payload(scripts=layer_args(SD15_ATTN, fg_prompt=None, bg_prompt=None,
+                                                         blend_prompt=None)), transparent=1),
+        Case("short args [true, method]", _payload(scripts=[True, SD15_ATTN]), transparent=1),
+        Case("unprefixed (old) method name",
+             _payload(scripts=[True, "Only Generate Transparent Image (Attention Injection)"]), transparent=1),
+        Case("member name FG_ONLY_ATTN_SD15", _payload(scripts=[True, "FG_ONLY_ATTN_SD15"]), transparent=1),
+        Case("named args [{method, weight}]",
+             _payload(scripts=[{"enabled": True, "method": "FG_ONLY_ATTN_SD15", "weight": 0.8}]), transparent=1,
+             extra=_weight_recorded("layerdiffusion_weight: 0.8")),
+        Case("SDXL method on SD1.5 (refused)", _payload(scripts=[True, SDXL_ATTN]), refused="SDXL", layer=False),
+        Case("Weight 0, Stop At 0.5", _payload(scripts=layer_args(SD15_ATTN, weight=0.0, stop_at=0.5)),
+             transparent=1, extra=_weight_recorded("layerdiffusion_weight: 0")),
+        Case("hires fix (Latent) 1.125x, fg-only",
+             # current Forge's API leaves hr_additional_modules None and its hires pass then fails
+             _payload(enable_hr=True, hr_scale=1.125, hr_upscaler="Latent", hr_second_pass_steps=1,
+                      denoising_strength=0.6, hr_additional_modules=["Use same choices"], scripts=layer_args(SD15_ATTN)), transparent=1, extra=_hires_size),
+        Case("RGBA img2img, fg-only",
+             _payload(init_images=[flat_image(rgba=True)], denoising_strength=0.7, scripts=layer_args(SD15_ATTN)),
+             endpoint="img2img", transparent=1),
+        Case("cutout weight-free on img2img of a flat image",
+             _payload(init_images=[flat_image(rgba=False)], denoising_strength=0.3,
+                      scripts=[{"cutout": True, "cutout_model": "weight-free"}]),
+             endpoint="img2img", layer=False, extra=_cutout_ran),
+        # the API encodes its images in the output format, so only the saved PNG copy has alpha
+        Case("JPEG output format, fg-only", _payload(scripts=layer_args(SD15_ATTN)), transparent=0,
+             options={"samples_format": "jpg"}, extra=_saved_jpg_and_png),
+    ]
+    return cases

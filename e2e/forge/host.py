@@ -1,0 +1,193 @@
+"""A real Forge to test against: its venv, its repositories, random weights, this checkout as
+an extension, and the server started headless on 127.0.0.1.
+
+Nothing of Forge is copied here: the rig works on a Forge source tree the user gives
+(`FORGE_DIR`, a checkout of lllyasviel/stable-diffusion-webui-forge at `main` or `previous`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import requests
+
+PROJECT = Path(__file__).resolve().parents[2]
+EXTENSION_NAME = "layerdiffuse-under-test"
+CHECKPOINT_NAME = "rig-random-sd15.safetensors"
+# pip takes the machine's CPU build for an exact version; Forge's own default is a CUDA index
+TORCH_SPEC = os.environ.get("FORGE_RIG_TORCH", "torch==2.14.1 torchvision==0.29.1")
+RIG_FLAGS = ("--skip-prepare-environment", "--skip-python-version-check", "--skip-torch-cuda-test",
+             "--skip-version-check", "--always-cpu", "--api", "--layerdiffuse-allow-unpinned")
+START_TIMEOUT = 900.0
+OPTIONAL_REPOSITORIES = {"BLIP": "the CLIP interrogator"}  # folder -> what uses it
+
+
+def log(message: str) -> None:
+    print(f"[forge-rig] {message}", flush=True)
+
+
+def run(cmd: list[str], cwd: Path, **kwargs) -> None:
+    log(" ".join(str(c) for c in cmd))
+    subprocess.run([str(c) for c in cmd], cwd=str(cwd), check=True, **kwargs)
+
+
+@dataclass
+class Forge:
+    """One Forge source tree and what the rig adds to it."""
+
+    root: Path
+
+    @property
+    def python(self) -> Path:
+        return self.root / "venv" / "bin" / "python"
+
+    @property
+    def generation(self) -> int:
+        """2 for current Forge (backend/), 1 for early Forge (ldm_patched/)."""
+        return 2 if (self.root / "backend").is_dir() else 1
+
+    def commit(self) -> str:
+        out = subprocess.run(["git", "-C", str(self.root), "rev-parse", "--short=8", "HEAD"],
+                             capture_output=True, text=True)
+        return out.stdout.strip() or "unknown"
+
+    def version(self) -> str:
+        out = subprocess.run(["git", "-C", str(self.root), "describe", "--tags", "--always"],
+                             capture_output=True, text=True)
+        return out.stdout.strip() or "unknown"
+
+    # ---- preparing -------------------------------------------------------------------
+
+    def prepare_venv(self) -> None:
+        """Forge's venv with a CPU torch and Forge's pinned requirements (skipped when it imports)."""
+        if self.python.exists() and subprocess.run(
+                [str(self.python), "-c", "import torch, torchvision, gradio, fastapi"],
+                capture_output=True).returncode == 0:
+            return
+        if not self.python.exists():
+            run([sys.executable if _has_venv(sys.executable) else "python3", "-m", "venv", "venv"], self.root)
+        run([self.python, "-m", "pip", "install", "-q", *TORCH_SPEC.split()], self.root)
+        run([self.python, "-m", "pip", "install", "-q", "-r", "requirements_versions.txt"], self.root)
+
+    def repositories(self) -> list[tuple[str, str, str]]:
+        """(folder, git URL, commit) of each repository Forge's launcher clones, read from its
+        modules/launch_utils.py (the rig starts Forge with --skip-prepare-environment)."""
+        text = (self.root / "modules" / "launch_utils.py").read_text()
+        values = dict(re.findall(r"^\s*(\w+) = os\.environ\.get\('\w+', [\"']([^\"']+)[\"']\)", text, re.M))
+        repos = []
+        for url_var, folder, commit_var in re.findall(
+                r"^\s*git_clone\((\w+), repo_dir\('([^']+)'\), \"[^\"]*\", (\w+)\)", text, re.M):
+            repos.append((folder, values[url_var], values[commit_var]))
+        return repos
+
+    def prepare_repositories(self) -> None:
+        """Clone what is missing. `FORGE_RIG_GIT_MIRROR` (a template such as
+        `/mirrors/{owner}+{name}`) replaces github.com where it cannot be reached."""
+        mirror = os.environ.get("FORGE_RIG_GIT_MIRROR")
+        for folder, url, commit in self.repositories():
+            target = self.root / "repositories" / folder
+            try:
+                if not target.is_dir():
+                    source = url
+                    if mirror:
+                        owner, name = url.rstrip("/").removesuffix(".git").split("/")[-2:]
+                        source = mirror.format(owner=owner, name=name)
+                    run(["git", "clone", "-q", "--no-checkout", source, target], self.root)
+                run(["git", "-c", "advice.detachedHead=false", "checkout", "-q", "-f", commit], target)
+            except subprocess.CalledProcessError:
+                if folder not in OPTIONAL_REPOSITORIES:
+                    raise
+                log(f"repositories/{folder} is incomplete; only {OPTIONAL_REPOSITORIES[folder]} needs it")
+
+    def install_extension(self) -> Path:
+        """This checkout's files (tracked and new, not ignored ones) copied into extensions/,
+        then its install.py run the way Forge runs extension installers."""
+        target = self.root / "extensions" / EXTENSION_NAME
+        if target.exists():
+            shutil.rmtree(target)
+        files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=PROJECT,
+                               capture_output=True, check=True).stdout.decode().split("\0")
+        for name in filter(None, files):
+            src = PROJECT / name
+            if src.is_file():
+                dst = target / name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+        env = {**os.environ, "PYTHONPATH": str(self.root)}
+        run([self.python, target / "install.py"], self.root, env=env)
+        return target
+
+    def place(self, source: Path, folder: str) -> Path:
+        """A file from the rig's cache in one of Forge's model folders (hard link when possible)."""
+        dst = self.root / "models" / folder / source.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists():
+            try:
+                os.link(source, dst)
+            except OSError:
+                shutil.copy2(source, dst)
+        return dst
+
+    def outputs(self) -> Path:
+        return self.root / "outputs"
+
+
+def _has_venv(python: str) -> bool:
+    return subprocess.run([python, "-c", "import venv, ensurepip"], capture_output=True).returncode == 0
+
+
+class Server:
+    """Forge started headless on 127.0.0.1 with --api; its console goes to `log_path`."""
+
+    def __init__(self, forge: Forge, port: int, log_path: Path):
+        self.forge, self.port, self.log_path = forge, port, log_path
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: Optional[subprocess.Popen] = None
+
+    def start(self) -> float:
+        """Start and wait for the API; returns the seconds it took."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+               "COMMANDLINE_ARGS": ""}
+        cmd = [str(self.forge.python), "launch.py", *RIG_FLAGS, "--port", str(self.port)]
+        log(" ".join(cmd))
+        self.log_file = open(self.log_path, "w")
+        begin = time.monotonic()
+        self.process = subprocess.Popen(cmd, cwd=str(self.forge.root), env=env, stdout=self.log_file,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        while time.monotonic() - begin < START_TIMEOUT:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Forge exited with {self.process.returncode} while starting; see {self.log_path}")
+            try:
+                if requests.get(f"{self.url}/sdapi/v1/sd-models", timeout=5).ok:
+                    return time.monotonic() - begin
+            except requests.RequestException:
+                pass
+            time.sleep(2)
+        raise RuntimeError(f"Forge's API did not come up within {START_TIMEOUT:.0f} s; see {self.log_path}")
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size
+
+    def log_since(self, offset: int) -> str:
+        with open(self.log_path, errors="replace") as fh:
+            fh.seek(offset)
+            return fh.read()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+        if getattr(self, "log_file", None):
+            self.log_file.close()

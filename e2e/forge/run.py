@@ -1,0 +1,167 @@
+"""Run this checkout inside a real Forge and print what happened.
+
+    FORGE_DIR=/path/to/stable-diffusion-webui-forge python e2e/forge/run.py [--screenshot docs/forge-txt2img.png]
+
+Creates Forge's venv (CPU torch) when it is missing, clones the repositories Forge wants,
+writes a random full-size SD1.5 checkpoint and random layer files in the official layouts
+(used through --layerdiffuse-allow-unpinned: they are not the official bytes), copies this
+checkout into extensions/, starts Forge on 127.0.0.1 with --api, runs `cases.matrix()` and
+prints a Markdown table. Exits 1 when any expectation fails. Run it with this project's
+Python (it needs torch, safetensors, requests and Pillow to write the weights and read the
+results); Forge runs in its own venv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from cases import Case, Result, matrix, run_case  # noqa: E402
+from host import CHECKPOINT_NAME, Forge, Server, log  # noqa: E402
+
+SD15_FILES = ("layer_sd15_transparent_attn.safetensors", "layer_sd15_joint.safetensors",
+              "layer_sd15_fg2bg.safetensors", "layer_sd15_bg2fg.safetensors",
+              "layer_sd15_vae_transparent_decoder.safetensors", "layer_sd15_vae_transparent_encoder.safetensors")
+
+
+def write_weights(cache: Path) -> tuple[Path, list[Path]]:
+    """The random SD1.5 checkpoint and the SD1.5 layer files at full size (kept in `cache`)."""
+    from lib_layerdiffuse.testing.checkpoints import write_random_checkpoint
+    from lib_layerdiffuse.testing.layer_files import (decoder_layout, keep_control_signal, offset_encoder_layout,
+                                                      random_state_dict, unet_file_layout, write_weight_file)
+    from lib_layerdiffuse.testing.unet_specs import FULL
+    from lib_layerdiffuse.weights.catalog import CATALOG
+
+    checkpoint = write_random_checkpoint(cache / CHECKPOINT_NAME)
+    files = []
+    for i, name in enumerate(SD15_FILES):
+        path = cache / name
+        if not path.is_file():
+            entry = CATALOG[name]
+            if entry.role == "decoder":
+                layout, std = decoder_layout(), 0.1
+            elif entry.role == "encoder":
+                layout, std = offset_encoder_layout(), 0.1
+            else:
+                layout, std = unet_file_layout(name, FULL["sd15"]), 0.02
+            log(f"writing a random {name}")
+            written = write_weight_file(path, keep_control_signal(random_state_dict(layout, 100 + i, std)),
+                                        entry.family, entry.role)
+            assert written.layout_sha256 == entry.layout_sha256, name
+        files.append(path)
+    return checkpoint, files
+
+
+def prepare(forge: Forge, cache: Path) -> None:
+    forge.prepare_venv()
+    forge.prepare_repositories()
+    checkpoint, files = write_weights(cache)
+    forge.place(checkpoint, "Stable-diffusion")
+    for path in files:
+        forge.place(path, "layer_model")
+    forge.install_extension()
+
+
+def screenshot(url: str, target: Path) -> None:
+    """The txt2img tab with the LayerDiffuse accordion open, from headless Chromium."""
+    from playwright.sync_api import sync_playwright
+
+    from lib_layerdiffuse.testing.browser import find_browser, launch_chromium
+
+    with sync_playwright() as pw:
+        browser = launch_chromium(pw, find_browser())
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(url, timeout=300_000)
+        accordion = page.locator("#txt2img_script_container").get_by_text("LayerDiffuse", exact=True).first
+        accordion.wait_for(timeout=300_000)
+        accordion.click()
+        page.locator("#txt2img_script_container").get_by_text("Method", exact=True).first.wait_for(timeout=60_000)
+        accordion.scroll_into_view_if_needed()
+        page.wait_for_timeout(1500)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(target))
+        browser.close()
+
+
+def table(results: list[Result], baseline: float) -> str:
+    rows = ["| Case | HTTP | s | × plain | Response (main images) | Saved files | Expectations |",
+            "|---|---|---|---|---|---|---|"]
+    for r in results:
+        per_image = r.seconds / max(1, r.case.payload.get("batch_size", 1))
+        ratio = f"{per_image / baseline:.2f}" if baseline else "-"
+        response = "; ".join(s.short() for s in r.main) or "none"
+        saved = "; ".join(f"{Path(n).suffix} {s.short()}" for n, s in r.saved) or "none"
+        verdict = "ok" if not r.failures else "FAILED: " + " / ".join(r.failures)
+        if r.case.refused and not r.failures:
+            verdict = "ok (refused by name)"
+        rows.append(f"| {r.case.name} | {r.http} | {r.seconds:.0f} | {ratio} | {response} | {saved} | {verdict} |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--forge-dir", default=os.environ.get("FORGE_DIR"), help="Forge source tree (FORGE_DIR)")
+    parser.add_argument("--cache", default=os.environ.get("FORGE_RIG_CACHE", str(Path.home() / ".cache" / "forge-rig")),
+                        help="where the random weights are written once (about 4.5 GB)")
+    parser.add_argument("--port", type=int, default=7861)
+    parser.add_argument("--only", nargs="*", help="run only cases whose name contains one of these")
+    parser.add_argument("--screenshot", help="save a screenshot of the txt2img tab here")
+    parser.add_argument("--json", help="write the results here as JSON")
+    parser.add_argument("--skip-prepare", action="store_true", help="only copy the extension in again")
+    args = parser.parse_args(argv)
+    if not args.forge_dir:
+        parser.error("give --forge-dir or set FORGE_DIR to a Forge checkout")
+    forge = Forge(Path(args.forge_dir).resolve())
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    if args.skip_prepare:
+        forge.install_extension()
+    else:
+        prepare(forge, cache)
+    server = Server(forge, args.port, cache / f"forge-{forge.commit()}.log")
+    results: list[Result] = []
+    try:
+        started = server.start()
+        log(f"Forge {forge.version()} ({forge.commit()}) up in {started:.0f} s")
+        requests.post(f"{server.url}/sdapi/v1/options", timeout=600, json={
+            "sd_model_checkpoint": CHECKPOINT_NAME, "live_previews_enable": False,
+            "samples_format": "png"}).raise_for_status()
+        cases: list[Case] = matrix()
+        if args.only:  # the plain call stays: it is the baseline of the ratios
+            cases = [c for c in cases if c is cases[0] or any(o.lower() in c.name.lower() for o in args.only)]
+        for case in cases:
+            log(f"case: {case.name}")
+            result = run_case(case, server.url, server, forge.outputs())
+            results.append(result)
+            log(f"  HTTP {result.http}, {result.seconds:.0f} s, {'ok' if not result.failures else result.failures}")
+        if args.screenshot:
+            try:
+                screenshot(server.url, Path(args.screenshot))
+            except Exception as exc:  # a screenshot is a by-product: the table still counts
+                log(f"no screenshot: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+    finally:
+        server.stop()
+    baseline = results[0].seconds if results and not results[0].case.layer else 0.0
+    print(f"\nForge {forge.version()} ({forge.commit()}), generation {forge.generation}, "
+          f"{time.strftime('%Y-%m-%d')}; Euler, 2 steps, 512x512 unless stated; random weights\n")
+    print(table(results, baseline))
+    if args.json:
+        Path(args.json).write_text(json.dumps([{
+            "case": r.case.name, "http": r.http, "seconds": round(r.seconds, 1), "failures": r.failures,
+            "main": [s.short() for s in r.main], "saved": [(n, s.short()) for n, s in r.saved],
+            "tracebacks": r.tracebacks} for r in results], indent=1))
+    failed = [r for r in results if r.failures]
+    return 1 if failed or not results else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

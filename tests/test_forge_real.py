@@ -1,0 +1,193 @@
+"""Checks against a real Forge source tree (`FORGE_DIR`): the fakes' signatures and attributes
+match the host, and the rig (e2e/forge/run.py) passes its matrix there. Skipped without
+FORGE_DIR (CI has no Forge); see the README's "Tested inside real Forge"."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+import fake_forge as ff
+
+FORGE_DIR = os.environ.get("FORGE_DIR")
+pytestmark = [pytest.mark.forge_real,
+              pytest.mark.skipif(not FORGE_DIR, reason="FORGE_DIR is not set to a Forge source tree")]
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def forge_root() -> Path:
+    return Path(FORGE_DIR).resolve()
+
+
+def generation() -> int:
+    return 2 if (forge_root() / "backend").is_dir() else 1
+
+
+def _tree(relative: str) -> ast.Module:
+    return ast.parse((forge_root() / relative).read_text(encoding="utf-8"))
+
+
+def _classes(relative: str) -> dict[str, ast.ClassDef]:
+    return {n.name: n for n in ast.walk(_tree(relative)) if isinstance(n, ast.ClassDef)}
+
+
+def real_function(relative: str, qualname: str) -> Optional[ast.FunctionDef]:
+    """A function or a method (`Class.method`, searched in the class and its bases in the same
+    file and in `BASES`) from a Forge source file, without importing Forge."""
+    if "." not in qualname:
+        for node in _tree(relative).body:
+            if isinstance(node, ast.FunctionDef) and node.name == qualname:
+                return node
+        return None
+    cls_name, method = qualname.split(".")
+    classes = _classes(relative)
+    cls = classes.get(cls_name)
+    while cls is not None:
+        for node in cls.body:
+            if isinstance(node, ast.FunctionDef) and node.name == method:
+                return node
+        base = next((b.id for b in cls.bases if isinstance(b, ast.Name)), None)
+        where = BASES.get(generation(), {}).get(base)
+        cls = _classes(where).get(base) if where else classes.get(base)
+    return None
+
+
+BASES = {2: {"ModelPatcher": "backend/patcher/base.py"},
+         1: {"ModelPatcher": "ldm_patched/modules/model_patcher.py"}}
+
+
+def _params(fn: ast.FunctionDef) -> dict[str, bool]:
+    """{parameter name: has a default}, without self."""
+    args = fn.args
+    positional = args.posonlyargs + args.args
+    defaults = [False] * (len(positional) - len(args.defaults)) + [True] * len(args.defaults)
+    out = {a.arg: d for a, d in zip(positional, defaults)}
+    out.update({a.arg: d is not None for a, d in zip(args.kwonlyargs, args.kw_defaults)})
+    out.pop("self", None)
+    return out
+
+
+def _fake_params(fn) -> tuple[dict[str, bool], bool]:
+    sig = inspect.signature(fn)
+    named = {n: p.default is not inspect.Parameter.empty for n, p in sig.parameters.items()
+             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n != "self"}
+    catch_all = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    return named, catch_all
+
+
+SIGNATURES = {
+    2: [
+        (ff.CurrentUnetPatcher.clone, "backend/patcher/unet.py", "UnetPatcher.clone"),
+        (ff.CurrentUnetPatcher.add_conditioning_modifier, "backend/patcher/unet.py", "UnetPatcher.add_conditioning_modifier"),
+        (ff.CurrentUnetPatcher.set_transformer_option, "backend/patcher/unet.py", "UnetPatcher.set_transformer_option"),
+        (ff.CurrentUnetPatcher.add_extra_torch_module_during_sampling, "backend/patcher/unet.py",
+         "UnetPatcher.add_extra_torch_module_during_sampling"),
+        (ff.CurrentUnetPatcher.load_frozen_patcher, "backend/patcher/unet.py", "UnetPatcher.load_frozen_patcher"),
+        (ff.CurrentUnetPatcher.add_patches, "backend/patcher/unet.py", "UnetPatcher.add_patches"),
+        (ff.ModelPatcher.add_object_patch, "backend/patcher/base.py", "ModelPatcher.add_object_patch"),
+        (ff.ModelPatcher.set_model_vae_regulation, "backend/patcher/base.py", "ModelPatcher.set_model_vae_regulation"),
+        (ff.Memory.sampling_prepare, "backend/sampling/sampling_function.py", "sampling_prepare"),
+    ],
+    1: [
+        (ff.EarlyUnetPatcher.clone, "modules_forge/unet_patcher.py", "UnetPatcher.clone"),
+        (ff.EarlyUnetPatcher.add_conditioning_modifier, "modules_forge/unet_patcher.py",
+         "UnetPatcher.add_conditioning_modifier"),
+        (ff.EarlyUnetPatcher.set_transformer_option, "modules_forge/unet_patcher.py", "UnetPatcher.set_transformer_option"),
+        (ff.EarlyUnetPatcher.add_extra_torch_module_during_sampling, "modules_forge/unet_patcher.py",
+         "UnetPatcher.add_extra_torch_module_during_sampling"),
+        (ff.EarlyUnetPatcher.load_frozen_patcher, "modules_forge/unet_patcher.py", "UnetPatcher.load_frozen_patcher"),
+        (ff.EarlyUnetPatcher.add_patches, "modules_forge/unet_patcher.py", "UnetPatcher.add_patches"),
+        (ff.ModelPatcher.add_object_patch, "modules_forge/unet_patcher.py", "UnetPatcher.add_object_patch"),
+        (ff.Memory.sampling_prepare, "modules_forge/forge_sampler.py", "sampling_prepare"),
+    ],
+}
+WEBUI = [("save_image", "modules/images.py"), ("resize_image", "modules/images.py"),
+         ("create_infotext", "modules/processing.py"), ("on_before_image_saved", "modules/script_callbacks.py")]
+
+
+def test_fake_host_functions_take_what_the_real_ones_take():
+    """Every parameter a fake declares exists in the real function with the same has-a-default,
+    and every required real parameter is in the fake (or the fake takes **kwargs)."""
+    problems = []
+    for fake, relative, qualname in SIGNATURES[generation()]:
+        real = real_function(relative, qualname)
+        if real is None:
+            problems.append(f"{relative}: no {qualname}")
+            continue
+        want, (have, catch_all) = _params(real), _fake_params(fake)
+        if fake is ff.Memory.sampling_prepare:
+            have.pop("self", None)
+        for name, default in have.items():
+            if name not in want:
+                problems.append(f"{qualname}: the fake has {name!r}, the real one has not ({list(want)})")
+            elif want[name] != default:
+                problems.append(f"{qualname}: {name!r} has a default in one and not the other")
+        missing = [n for n, d in want.items() if not d and n not in have]
+        if missing and not catch_all:
+            problems.append(f"{qualname}: required {missing} missing from the fake")
+    assert not problems, "\n".join(problems)
+
+
+def test_webui_functions_our_code_calls_exist_with_the_arguments_we_pass():
+    saved: list = []
+    fakes = ff.webui_modules(None, saved, generation())
+    fake_of = {"save_image": fakes["modules.images"].save_image, "resize_image": fakes["modules.images"].resize_image,
+               "create_infotext": fakes["modules.processing"].create_infotext}
+    problems = []
+    for name, relative in WEBUI:
+        real = real_function(relative, name)
+        if real is None:
+            problems.append(f"{relative}: no {name}")
+            continue
+        if name in fake_of:
+            have, _ = _fake_params(fake_of[name])
+            want = _params(real)
+            problems += [f"{name}: the fake has {n!r}, the real one has not" for n in have if n not in want]
+    assert not problems, "\n".join(problems)
+
+
+def _assigned_attributes(cls: ast.ClassDef) -> set[str]:
+    out = set()
+    for node in ast.walk(cls):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self" \
+                and isinstance(node.ctx, ast.Store):
+            out.add(node.attr)
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            out.add(node.target.id)
+    return out
+
+
+def test_the_fake_unet_has_a_dtype_exactly_when_the_real_one_has():
+    """The attribute that broke every SD1.5 method in current Forge: its UNet has no `dtype`."""
+    if generation() == 2:
+        real = _classes("backend/nn/unet.py")["IntegratedUNet2DConditionModel"]
+    else:
+        real = _classes("ldm_patched/ldm/modules/diffusionmodules/openaimodel.py")["UNetModel"]
+    fake = ff.BaseModel("sd15", generation()).diffusion_model
+    assert ("dtype" in _assigned_attributes(real)) == hasattr(fake, "dtype")
+
+
+def test_processing_attributes_of_the_fake_exist_on_the_real_processing_object():
+    classes = _classes("modules/processing.py")
+    real = _assigned_attributes(classes["StableDiffusionProcessing"])
+    real |= _assigned_attributes(classes["StableDiffusionProcessingImg2Img"])
+    real |= {n.name for n in ast.walk(classes["StableDiffusionProcessing"]) if isinstance(n, ast.FunctionDef)}
+    real |= {n.attr for n in ast.walk(_tree("modules/processing.py")) if isinstance(n, ast.Attribute)
+             and isinstance(n.value, ast.Name) and n.value.id == "p" and isinstance(n.ctx, ast.Store)}
+    fake = {f.name for f in ff.Processing.__dataclass_fields__.values()} | {"comment", "save_samples"}
+    assert sorted(fake - real - {"sd_model", "saved"}) == []
+
+
+@pytest.mark.slow
+def test_the_rig_passes_its_matrix_in_real_forge(tmp_path):
+    """The whole matrix (tens of minutes on a CPU): e2e/forge/run.py exits 0."""
+    res = subprocess.run([sys.executable, str(PROJECT / "e2e" / "forge" / "run.py"), "--forge-dir", FORGE_DIR,
+                          "--json", str(tmp_path / "results.json")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
