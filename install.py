@@ -51,21 +51,31 @@ def missing(is_installed=_installed) -> list[str]:
     return out
 
 
+def forge_pip_command(args: list[str]) -> str:
+    """Forge's `run_pip` pastes its command into a shell line (sh, or cmd.exe on Windows), where an
+    unquoted `pymatting>=1.1.10` is a redirection: pip would get `pymatting` with no version and
+    a file named `=1.1.10` would appear in Forge's folder. Double quotes work in both shells."""
+    return " ".join(f'"{a}"' for a in args)
+
+
 def main() -> int:
     try:
         import launch  # Forge's installer helpers; present when Forge runs this file
 
-        is_installed, run_pip = launch.is_installed, launch.run_pip
+        is_installed = launch.is_installed
+
+        def run_pip(args: list[str], desc: str) -> None:
+            launch.run_pip(forge_pip_command(args), desc)
     except ImportError:
         is_installed = _installed
 
-        def run_pip(command: str, desc: str) -> None:
-            subprocess.run([sys.executable, "-m", "pip", *command.split()], check=True)
+        def run_pip(args: list[str], desc: str) -> None:
+            subprocess.run([sys.executable, "-m", "pip", *args], check=True)
 
     failed = 0
     for req in missing(is_installed):
         try:
-            run_pip(f"install {req}", f"{req} for LayerDiffuse")
+            run_pip(["install", *req.split()], f"{req} for LayerDiffuse")
         except Exception as exc:  # report and carry on: Forge must still start
             failed += 1
             print(f"[LayerDiffuse] could not install {req}: {exc}. Install it by hand with "

@@ -2,6 +2,7 @@
 
 import argparse
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -92,19 +93,26 @@ def test_preload_adds_the_models_dir_flag():
 
 
 def run_install(tmp_path, absent: tuple) -> list[str]:
-    """Run install.py under a fake Forge `launch` module where only `absent` is not installed;
-    returns the pip commands it ran."""
-    log = tmp_path / "pip.log"
+    """Run install.py under a fake Forge `launch` module where only `absent` is not installed.
+    Its `run_pip` does what Forge's does: it pastes the command into a shell line after
+    `python -m pip`; here a recorder stands in for pip. Returns the argument lists pip got."""
+    log, recorder, cwd = tmp_path / "pip.log", tmp_path / "pip_recorder.py", tmp_path / "forge"
+    cwd.mkdir()
+    recorder.write_text("import json, sys\n"
+                        f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
     (tmp_path / "launch.py").write_text(
+        "import subprocess, sys\n"
         "def is_installed(name):\n"
         f"    return name not in {absent!r}\n"
         "def run_pip(command, desc):\n"
-        f"    open({str(log)!r}, 'a').write(command + '\\n')\n")
+        f"    line = f'\"{{sys.executable}}\" {recorder} {{command}} --prefer-binary'\n"
+        f"    subprocess.run(line, shell=True, check=True, cwd={str(cwd)!r})\n")
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     res = subprocess.run([sys.executable, str(ROOT / "install.py")], env=env, capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    return log.read_text().splitlines()
+    assert not list(cwd.iterdir()), "the pip command line wrote files into Forge's folder"
+    return [" ".join(json.loads(line)[:-1]) for line in log.read_text().splitlines()]
 
 
 def test_install_py_installs_only_missing_and_never_host_pinned(tmp_path):
