@@ -287,6 +287,30 @@ class SdModel:
         return {"crossattn": c, "vector": torch.zeros(len(texts), 8)} if self.is_sdxl else c
 
 
+class Sampler:
+    """Forge's sampler (modules/sd_samplers_kdiffusion.KDiffusionSampler): `sample` for txt2img,
+    `sample_img2img` for img2img and the hires pass, both returning model-space latents. The
+    stand-in halves its input and counts its calls."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+
+    def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
+        self.calls.append("sample")
+        return x * 0.5
+
+    def sample_img2img(self, p, x, noise, conditioning, unconditional_conditioning, steps=None,
+                       image_conditioning=None):
+        self.calls.append("sample_img2img")
+        return x * 0.5 + noise * 0.1
+
+
+class DecodedSamples(list):
+    """What both Forges hand to `post_sample` after a hires pass: images it already decoded."""
+
+    already_decoded = True
+
+
 @dataclass
 class Processing:
     sd_model: SdModel
@@ -308,6 +332,8 @@ class Processing:
     resize_mode: int = 0
     outpath_samples: str = ""
     saved: bool = False
+    sampler: Optional[Sampler] = None
+    is_hr_pass: bool = False
 
     def comment(self, text):
         self.comments[text] = 1

@@ -87,24 +87,40 @@ class PostprocessImageArgs:
     index: int
 
 
-def run_job(p, args, passes=1):
+def run_job(p, args, hires=False):
     """The order in which Forge calls the hooks (modules/processing.py), with a stand-in
-    sampler: returns the patched UNets of every pass and the final images."""
+    sampler: returns the patched UNets of every pass and the final images.
+
+    With `hires` the batch gets a hires pass at twice the size, as Forge runs it: a new sampler,
+    `process_before_every_sampling` (current Forge calls it twice, resetting its objects in
+    between), `sample_img2img`, then Forge decodes itself and `post_sample` gets pixels."""
     hooks.process(p, *args)
     patched, outputs = [], []
-    b, h = p.batch_size, p.height // 8
+    b = p.batch_size
+    vae, scale = p.sd_model.forge_objects.vae, ff.SCALING_FACTORS[p.sd_model.family]
     for n in range(p.n_iter):
         p.iteration = n
-        noise = torch.randn(b, 4, h, p.width // 8, generator=torch.Generator().manual_seed(n))
-        for _ in range(passes):
-            p.sd_model.reset_objects()
-            hooks.before_sampling(p, *args, x=noise, noise=noise, c=None, uc=None)
-            patched.append(p.sd_model.forge_objects.unet)
-        samples = noise * 0.5
-        hooks.post_sample(p, PostSampleArgs(samples), *args)
-        vae = p.sd_model.forge_objects.vae
-        scale = ff.SCALING_FACTORS[p.sd_model.family]
-        images = vae.decode(samples / scale).movedim(-1, 1)
+        p.sampler = ff.Sampler()  # txt2img creates it at the start of its sample()
+        noise = torch.randn(b, 4, p.height // 8, p.width // 8, generator=torch.Generator().manual_seed(n))
+        p.sd_model.reset_objects()
+        hooks.before_sampling(p, *args, x=noise, noise=noise, c=None, uc=None)
+        patched.append(p.sd_model.forge_objects.unet)
+        samples = p.sampler.sample(p, noise, None, None)
+        if hires:
+            p.is_hr_pass, p.sampler = True, ff.Sampler()
+            samples = torch.nn.functional.interpolate(samples, scale_factor=2.0, mode="nearest")
+            noise = torch.randn(samples.shape, generator=torch.Generator().manual_seed(100 + n))
+            for _ in range(2 if forge_generation(p) == 2 else 1):
+                p.sd_model.reset_objects()
+                hooks.before_sampling(p, *args, x=samples, noise=noise, c=None, uc=None)
+                patched.append(p.sd_model.forge_objects.unet)
+            samples = p.sampler.sample_img2img(p, samples, noise, None, None)
+            images = vae.decode(samples / scale).movedim(-1, 1)
+            p.is_hr_pass = False
+            hooks.post_sample(p, PostSampleArgs(ff.DecodedSamples(images)), *args)
+        else:
+            hooks.post_sample(p, PostSampleArgs(samples), *args)
+            images = vae.decode(samples / scale).movedim(-1, 1)
         hooks.postprocess_batch(p, *args, images=images, batch_number=n)
         for i in range(b):
             p.batch_index = i
@@ -113,6 +129,10 @@ def run_job(p, args, passes=1):
             hooks.after_composite(p, pp, *args)
             outputs.append(pp.image)
     return patched, outputs
+
+
+def forge_generation(p) -> int:
+    return 1 if hasattr(p.sd_model.forge_objects.unet.model, "latent_format") else 2
 
 
 def processing(family, generation, **kw):
@@ -200,8 +220,9 @@ SDXL_METHODS = [m for m in Method if m.family is Family.SDXL]
 def test_sdxl_methods_patch_every_key_with_the_weight(forge, method):
     p = processing("sdxl", forge.generation, batch_size=2)
     base = p.sd_model.forge_objects.unet
-    patched, outputs = run_job(p, args_for(method, weight=0.7), passes=3)
-    assert len(patched) == 3 and len({id(u) for u in patched}) == 3
+    patched, outputs = run_job(p, args_for(method, weight=0.7), hires=True)
+    passes = 3 if forge.generation == 2 else 2  # current Forge patches twice before the hires pass
+    assert len(patched) == passes and len({id(u) for u in patched}) == passes
     expected = file_patches(forge, method, 0.7)
     for unet in patched:
         got = accepted(unet)
@@ -289,13 +310,13 @@ def test_sd15_methods_share_attention_like_the_published_algorithm(forge, method
     p = processing("sd15", forge.generation, batch_size=2 * frames)
     extra = {"fg_prompt": "a cat", "bg_prompt": "a garden", "blend_prompt": "a cat in a garden"}
     prompts = {k: v for k, v in extra.items() if k[:-7] in method.spec.prompts}
-    patched, outputs = run_job(p, args_for(method, **prompts), passes=2)
+    patched, outputs = run_job(p, args_for(method, **prompts), hires=True)
     unet = patched[-1]
     names = attention_modules(Family.SD15)
     assert set(unet.object_patches) == {"diffusion_model." + n for n in names}
     weights, = unet.extra_modules
     assert len(weights.hookers.layers) == len(names) == 32
-    assert sorted(p.sd_model.encoded_prompts) == sorted([f"{v}, a glass cup" for v in prompts.values()] * 2)
+    assert sorted(p.sd_model.encoded_prompts) == sorted([f"{v}, a glass cup" for v in prompts.values()] * len(patched))
 
     restore = unet.apply_object_patches()
     try:
@@ -385,6 +406,41 @@ def test_decoding_uses_raw_latents_per_index_over_batches(forge):
     assert np.array_equal(np.asarray(outputs[3]), expected.rgba[0])
     assert np.array_equal(np.asarray(p.extra_result_images[3]), expected.preview[0])
     assert len(forge.memory.loaded) == 2  # the decoder went through Forge's memory manager per batch
+
+
+@pytest.mark.parametrize("method", [Method.FG_ONLY_ATTN, Method.FG_ONLY_ATTN_SD15], ids=lambda m: m.name)
+def test_hires_fix_decodes_the_hires_latents(forge, method):
+    """With hires fix Forge decodes the hires pass itself and `post_sample` gets pixels; the
+    transparent decode must use the latents the hires sampler returned (Forge main dfdcbab6
+    raised AttributeError on DecodedSamples here)."""
+    family = method.family.value
+    p = processing(family, forge.generation, batch_size=method.spec.frame_count)
+    _, outputs = run_job(p, args_for(method), hires=True)
+    assert ERROR_KEY not in p.extra_generation_params and not p.comments
+    assert outputs[0].mode == "RGBA" and outputs[0].size == (2 * SIZE, 2 * SIZE)
+    assert p.sampler.calls == ["sample_img2img"]
+    noise = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(0))
+    first = torch.nn.functional.interpolate(noise * 0.5, scale_factor=2.0, mode="nearest")
+    hires_noise = torch.randn(first.shape, generator=torch.Generator().manual_seed(100))
+    raw = (first * 0.5 + hires_noise * 0.1) / ff.SCALING_FACTORS[family]
+    pixels = p.sd_model.forge_objects.vae.decode(raw).movedim(-1, 1)
+    expected = decoder_for(family, unet_files.weight_store(), "cpu", torch.float32).decode(raw, pixels)
+    assert np.array_equal(np.asarray(outputs[0]), expected.rgba[0])
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast")
+def test_nan_latents_are_reported_not_decoded_to_an_empty_image(forge, monkeypatch):
+    """A NaN anywhere in the latents made the decoder return an all-zero RGBA without a word
+    (seen in real Forge, whose own NaN check looks at the first element only)."""
+    def sample(self, p, x, *args, **kwargs):
+        out = x * 0.5
+        out[0, :, 2, 3] = float("nan")
+        return out
+    monkeypatch.setattr(ff.Sampler, "sample", sample)
+    p = processing("sd15", forge.generation)
+    _, outputs = run_job(p, args_for(Method.FG_ONLY_ATTN_SD15))
+    assert outputs[0].mode == "RGB" and not p.extra_result_images
+    assert any("NaN" in c for c in p.comments)
 
 
 def test_any_size_decodes(forge):

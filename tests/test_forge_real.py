@@ -82,6 +82,9 @@ def _fake_params(fn) -> tuple[dict[str, bool], bool]:
     return named, catch_all
 
 
+SAMPLERS = [(getattr(ff.Sampler, name), f"modules/sd_samplers_{kind}.py", f"{cls}.{name}")
+            for kind, cls in (("kdiffusion", "KDiffusionSampler"), ("timesteps", "CompVisSampler"))
+            for name in ("sample", "sample_img2img")]
 SIGNATURES = {
     2: [
         (ff.CurrentUnetPatcher.clone, "backend/patcher/unet.py", "UnetPatcher.clone"),
@@ -94,6 +97,7 @@ SIGNATURES = {
         (ff.ModelPatcher.add_object_patch, "backend/patcher/base.py", "ModelPatcher.add_object_patch"),
         (ff.ModelPatcher.set_model_vae_regulation, "backend/patcher/base.py", "ModelPatcher.set_model_vae_regulation"),
         (ff.Memory.sampling_prepare, "backend/sampling/sampling_function.py", "sampling_prepare"),
+        *SAMPLERS,
     ],
     1: [
         (ff.EarlyUnetPatcher.clone, "modules_forge/unet_patcher.py", "UnetPatcher.clone"),
@@ -106,6 +110,7 @@ SIGNATURES = {
         (ff.EarlyUnetPatcher.add_patches, "modules_forge/unet_patcher.py", "UnetPatcher.add_patches"),
         (ff.ModelPatcher.add_object_patch, "modules_forge/unet_patcher.py", "UnetPatcher.add_object_patch"),
         (ff.Memory.sampling_prepare, "modules_forge/forge_sampler.py", "sampling_prepare"),
+        *SAMPLERS,
     ],
 }
 WEBUI = [("save_image", "modules/images.py"), ("resize_image", "modules/images.py"),
@@ -151,6 +156,43 @@ def test_webui_functions_our_code_calls_exist_with_the_arguments_we_pass():
             want = _params(real)
             problems += [f"{name}: the fake has {n!r}, the real one has not" for n in have if n not in want]
     assert not problems, "\n".join(problems)
+
+
+def _method_node(cls: ast.ClassDef, name: str) -> ast.FunctionDef:
+    return next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
+def _line_of(fn: ast.FunctionDef, match) -> Optional[int]:
+    lines = [n.lineno for n in ast.walk(fn) if match(n)]
+    return min(lines) if lines else None
+
+
+def test_every_pass_creates_its_sampler_before_the_sampling_hook():
+    """The transparent decode keeps the latents the sampler returns (with hires fix
+    `post_sample` only gets pixels), so `p.sampler` must already be the coming pass's sampler
+    when `process_before_every_sampling` runs: in txt2img's sample and hires pass, and in
+    img2img (whose init creates it). Also: Forge hands `post_sample` its DecodedSamples."""
+    classes = _classes("modules/processing.py")
+
+    def creates_sampler(n):
+        return isinstance(n, ast.Assign) and any(isinstance(t, ast.Attribute) and t.attr == "sampler"
+                                                 for t in n.targets) and "create_sampler" in ast.unparse(n.value)
+
+    def calls_hook(n):
+        return isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) \
+            and n.func.attr == "process_before_every_sampling"
+
+    txt2img = classes["StableDiffusionProcessingTxt2Img"]
+    for name in ("sample", "sample_hr_pass"):
+        fn = _method_node(txt2img, name)
+        created, hooked = _line_of(fn, creates_sampler), _line_of(fn, calls_hook)
+        assert created is not None and hooked is not None and created < hooked, name
+    img2img = classes["StableDiffusionProcessingImg2Img"]
+    assert _line_of(_method_node(img2img, "init"), creates_sampler) is not None
+    assert _line_of(_method_node(img2img, "sample"), creates_sampler) is None
+    decoded = classes["DecodedSamples"]
+    assert "already_decoded" in {t.id for n in decoded.body if isinstance(n, ast.Assign) for t in n.targets}
+    assert [b.id for b in decoded.bases] == ["list"] and ff.DecodedSamples.__bases__ == (list,)
 
 
 def _assigned_attributes(cls: ast.ClassDef) -> set[str]:

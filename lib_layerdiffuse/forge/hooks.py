@@ -12,12 +12,13 @@ import functools
 import traceback
 from typing import Any, Callable
 
+import torch
 from PIL import Image
 
 from ..engine.family import check_method_family, family_of_ldm_unet
 from ..params import LayerDiffuseParams
 from .cutout import cut_out_image, looks_enabled, split_script_args, start_cutout
-from .decode import decode_batch
+from .decode import decode_batch, keep_sampler_output
 from .host import detect_host
 from .img2img import prepare_transparent_init
 from .job import UNPINNED_KEY, Job, job_of, start_job
@@ -77,6 +78,8 @@ def before_sampling(p: Any, *args: Any, **kwargs: Any) -> None:
     if job is None or not job.active:
         return
     patch_unet(p, job.params, job.host, kwargs["noise"])
+    if job.params.method.spec.transparent:
+        keep_sampler_output(p, job)
     job.sampling_passes += 1
     record_unpinned(p, job)
 
@@ -93,7 +96,8 @@ def before_init_images(p: Any, pp: dict, *args: Any, **kwargs: Any) -> None:
 def post_sample(p: Any, ps: Any, *args: Any) -> None:
     job = job_of(p)
     if job is not None and job.active and job.params.method.spec.transparent:
-        job.latents = ps.samples.detach()
+        if isinstance(ps.samples, torch.Tensor):  # hires fix: pixels; the sampler's output is kept
+            job.latents = ps.samples.detach()
 
 
 @_guarded
