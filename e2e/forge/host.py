@@ -22,12 +22,13 @@ import requests
 
 PROJECT = Path(__file__).resolve().parents[2]
 EXTENSION_NAME = "layerdiffuse-under-test"
-CHECKPOINT_NAME = "rig-random-sd15.safetensors"
+CHECKPOINT_NAME = "rig-random-sd15-v2.safetensors"  # renamed whenever the writer changes: the cache keeps files
 # pip takes the machine's CPU build for an exact version; Forge's own default is a CUDA index
 TORCH_SPEC = os.environ.get("FORGE_RIG_TORCH", "torch==2.14.1 torchvision==0.29.1")
 RIG_FLAGS = ("--skip-prepare-environment", "--skip-python-version-check", "--skip-torch-cuda-test",
              "--skip-version-check", "--always-cpu", "--api", "--layerdiffuse-allow-unpinned")
 START_TIMEOUT = 900.0
+STARTED_LINE = "Startup time:"  # webui.py prints it after the API is complete (both generations)
 OPTIONAL_REPOSITORIES = {"BLIP": "the CLIP interrogator"}  # folder -> what uses it
 
 
@@ -166,11 +167,15 @@ class Server:
         while time.monotonic() - begin < START_TIMEOUT:
             if self.process.poll() is not None:
                 raise RuntimeError(f"Forge exited with {self.process.returncode} while starting; see {self.log_path}")
-            try:
-                if requests.get(f"{self.url}/sdapi/v1/sd-models", timeout=5).ok:
-                    return time.monotonic() - begin
-            except requests.RequestException:
-                pass
+            # The API's routes answer before it has computed every script's default arguments;
+            # a call in that window gives every script an empty argument list. Forge prints its
+            # startup line once that is done.
+            if STARTED_LINE in self.log_since(0):
+                try:
+                    if requests.get(f"{self.url}/sdapi/v1/sd-models", timeout=5).ok:
+                        return time.monotonic() - begin
+                except requests.RequestException:
+                    pass
             time.sleep(2)
         raise RuntimeError(f"Forge's API did not come up within {START_TIMEOUT:.0f} s; see {self.log_path}")
 

@@ -74,14 +74,16 @@ def ldm_vae_layout(channels: tuple[int, ...] = VAE_CHANNELS, latent: int = VAE_L
 
 
 def clip_l_layout() -> dict[str, Shape]:
-    """OpenAI CLIP ViT-L/14's text model as transformers names it (`text_model.*`)."""
+    """OpenAI CLIP ViT-L/14's text model as SD1.5 checkpoints name it (`text_model.*`)."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                             num_attention_heads=12, max_position_embeddings=77, vocab_size=49408)
     with torch.device("meta"):
         model = CLIPTextModel(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+    # transformers 5 dropped the `text_model` level that checkpoints (and transformers 4) have
+    return {k if k.startswith("text_model.") else f"text_model.{k}": tuple(v.shape)
+            for k, v in model.state_dict().items() if not k.endswith("position_ids")}
 
 
 def sd15_checkpoint_layout() -> dict[str, Shape]:
@@ -93,14 +95,18 @@ def sd15_checkpoint_layout() -> dict[str, Shape]:
 
 
 def _random(key: str, shape: Shape, gen: torch.Generator) -> torch.Tensor:
-    """Values that keep activations finite through a deep network: unit norms, zero biases,
-    He-scaled weights (with small noise everywhere the images are noise, but not NaN)."""
+    """Values that keep activations finite through a deep network: He-scaled weights, zero
+    biases, unit norm scales, and small random norm shifts (the images are noise, but not NaN).
+
+    Norm shifts must not be zero: after a zero-shift LayerNorm every token has mean 0, so the
+    whole text embedding can have a mean of exactly 0.0, and Forge's prompt emphasis divides
+    by that mean (0/0 made some prompts NaN in Forge; real checkpoints have non-zero shifts)."""
     name = key.rsplit(".", 1)[-1]
     is_norm = len(shape) == 1 and ("norm" in key or "ln_" in key or "layer_norm" in key)
+    if is_norm:
+        return torch.randn(shape, generator=gen) * 0.05 if name == "bias" else torch.ones(shape)
     if name == "bias":
         return torch.zeros(shape)
-    if is_norm:
-        return torch.ones(shape)
     fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
     return torch.randn(shape, generator=gen) * (1.0 / fan_in) ** 0.5
 
