@@ -51,6 +51,18 @@ def missing(is_installed=_installed) -> list[str]:
     return out
 
 
+# Early Forge pins diffusers 0.25.0, which imports huggingface_hub.cached_download; hub 0.26
+# removed it, and a fresh install of early Forge today resolves a newer hub (nothing pins it).
+# Then diffusers cannot be imported at all, by LayerDiffuse or by Forge's own preprocessors.
+OLD_DIFFUSERS_HUB = "huggingface_hub<0.26"
+
+
+def diffusers_needs_older_hub() -> bool:
+    """diffusers is installed but fails to import for want of `cached_download`."""
+    res = subprocess.run([sys.executable, "-c", "import diffusers"], capture_output=True, text=True)
+    return res.returncode != 0 and "cached_download" in res.stderr
+
+
 def forge_pip_command(args: list[str]) -> str:
     """Forge's `run_pip` pastes its command into a shell line (sh, or cmd.exe on Windows), where an
     unquoted `pymatting>=1.1.10` is a redirection: pip would get `pymatting` with no version and
@@ -72,8 +84,11 @@ def main() -> int:
         def run_pip(args: list[str], desc: str) -> None:
             subprocess.run([sys.executable, "-m", "pip", *args], check=True)
 
+    needed = missing(is_installed)
+    if "diffusers" in REQUIREMENTS and is_installed("diffusers") and diffusers_needs_older_hub():
+        needed.append(OLD_DIFFUSERS_HUB)
     failed = 0
-    for req in missing(is_installed):
+    for req in needed:
         try:
             run_pip(["install", *req.split()], f"{req} for LayerDiffuse")
         except Exception as exc:  # report and carry on: Forge must still start

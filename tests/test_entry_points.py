@@ -97,7 +97,8 @@ def run_install(tmp_path, absent: tuple) -> list[str]:
     Its `run_pip` does what Forge's does: it pastes the command into a shell line after
     `python -m pip`; here a recorder stands in for pip. Returns the argument lists pip got."""
     log, recorder, cwd = tmp_path / "pip.log", tmp_path / "pip_recorder.py", tmp_path / "forge"
-    cwd.mkdir()
+    cwd.mkdir(exist_ok=True)
+    log.unlink(missing_ok=True)
     recorder.write_text("import json, sys\n"
                         f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
     (tmp_path / "launch.py").write_text(
@@ -112,7 +113,8 @@ def run_install(tmp_path, absent: tuple) -> list[str]:
                          text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert not list(cwd.iterdir()), "the pip command line wrote files into Forge's folder"
-    return [" ".join(json.loads(line)[:-1]) for line in log.read_text().splitlines()]
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [" ".join(json.loads(line)[:-1]) for line in lines]
 
 
 def test_install_py_installs_only_missing_and_never_host_pinned(tmp_path):
@@ -135,6 +137,18 @@ def test_install_py_adds_the_cutout_packages_without_their_pins(tmp_path):
     # onnxruntime-gpu counts as onnxruntime: a second build would break the first
     assert run_install(tmp_path, ("rembg", "onnxruntime", "pymatting")) == [
         "install pymatting>=1.1.10", f"install --no-deps {rembg}"]
+
+
+def test_install_py_repairs_early_forges_diffusers_when_the_hub_is_too_new(tmp_path):
+    """Early Forge pins diffusers 0.25.0; with a hub from 0.26 on, importing it fails on
+    `cached_download`, and install.py then asks for an older hub (and nothing else)."""
+    package = tmp_path / "diffusers"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "raise ImportError(\"cannot import name 'cached_download' from 'huggingface_hub'\")\n")
+    assert run_install(tmp_path, ()) == ["install huggingface_hub<0.26"]
+    (package / "__init__.py").write_text("")
+    assert run_install(tmp_path, ()) == []
 
 
 def test_download_offline_lists_what_is_missing_without_downloading(tmp_path, capsys):
