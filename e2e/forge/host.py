@@ -30,6 +30,11 @@ RIG_FLAGS = ("--skip-prepare-environment", "--skip-python-version-check", "--ski
 START_TIMEOUT = 900.0
 STARTED_LINE = "Startup time:"  # webui.py prints it after the API is complete (both generations)
 OPTIONAL_REPOSITORIES = {"BLIP": "the CLIP interrogator"}  # folder -> what uses it
+# What Forge's launcher would install beyond its requirements (the rig skips the launcher's own
+# environment step): early Forge imports openai's CLIP (a github.com archive; the same code is
+# on PyPI as clip-anytorch), and its pytorch_lightning imports pkg_resources, which new
+# setuptools no longer has.
+LAUNCHER_PACKAGES = {"clip": "clip-anytorch", "open_clip": "open-clip-torch", "pkg_resources": "setuptools<70"}
 
 
 def log(message: str) -> None:
@@ -71,13 +76,20 @@ class Forge:
     def prepare_venv(self) -> None:
         """Forge's venv with a CPU torch and Forge's pinned requirements (skipped when it imports)."""
         if self.python.exists() and subprocess.run(
-                [str(self.python), "-c", "import torch, torchvision, gradio, fastapi"],
+                [str(self.python), "-c", "import torch, torchvision, gradio, fastapi, diffusers, " + ", ".join(LAUNCHER_PACKAGES)],
                 capture_output=True).returncode == 0:
             return
         if not self.python.exists():
             run([sys.executable if _has_venv(sys.executable) else "python3", "-m", "venv", "venv"], self.root)
         run([self.python, "-m", "pip", "install", "-q", *TORCH_SPEC.split()], self.root)
         run([self.python, "-m", "pip", "install", "-q", "-r", "requirements_versions.txt"], self.root)
+        for module, requirement in LAUNCHER_PACKAGES.items():
+            if subprocess.run([str(self.python), "-c", f"import {module}"], capture_output=True).returncode:
+                run([self.python, "-m", "pip", "install", "-q", requirement], self.root)
+        if subprocess.run([str(self.python), "-c", "import diffusers"], capture_output=True).returncode:
+            # early Forge pins diffusers 0.25, which imports huggingface_hub.cached_download (gone
+            # from 0.26 on); a fresh install resolves a newer hub, installs from 2024 had an older one
+            run([self.python, "-m", "pip", "install", "-q", "huggingface_hub<0.26"], self.root)
 
     def repositories(self) -> list[tuple[str, str, str]]:
         """(folder, git URL, commit) of each repository Forge's launcher clones, read from its
@@ -103,7 +115,12 @@ class Forge:
                         owner, name = url.rstrip("/").removesuffix(".git").split("/")[-2:]
                         source = mirror.format(owner=owner, name=name)
                     run(["git", "clone", "-q", "--no-checkout", source, target], self.root)
-                run(["git", "-c", "advice.detachedHead=false", "checkout", "-q", "-f", commit], target)
+                checkout = subprocess.run(["git", "-c", "advice.detachedHead=false", "checkout", "-q", "-f", commit],
+                                          cwd=str(target), capture_output=True, text=True)
+                if checkout.returncode:
+                    missing = _export_available(target, commit)
+                    log(f"repositories/{folder}: {len(missing)} files are not in the mirror "
+                        f"(e.g. {', '.join(missing[:3])}); the others are checked out")
             except subprocess.CalledProcessError:
                 if folder not in OPTIONAL_REPOSITORIES:
                     raise
@@ -138,8 +155,36 @@ class Forge:
                 shutil.copy2(source, dst)
         return dst
 
-    def outputs(self) -> Path:
-        return self.root / "outputs"
+    def outputs(self, url: str) -> Path:
+        """The folder above txt2img's and img2img's output folders, from the running Forge's
+        settings (current Forge saves under outputs/, early Forge under output/)."""
+        options = requests.get(f"{url}/sdapi/v1/options", timeout=60).json()
+        folders = [self.root / options[k] for k in ("outdir_txt2img_samples", "outdir_img2img_samples")]
+        return Path(os.path.commonpath([str(f) for f in folders]))
+
+
+def _export_available(repo: Path, commit: str) -> list[str]:
+    """Write every file of `commit` whose content the clone has into its work tree; returns the
+    paths it lacks. Repository snapshots may leave out large files (sample images, weights),
+    and then `git checkout` refuses the whole commit although no code is missing."""
+    listing = subprocess.run(["git", "ls-tree", "-r", "-z", commit], cwd=str(repo), capture_output=True,
+                             check=True).stdout.decode().split("\0")
+    missing = []
+    for entry in filter(None, listing):
+        meta, path = entry.split("\t", 1)
+        mode, kind, sha = meta.split()
+        if kind != "blob":
+            continue
+        blob = subprocess.run(["git", "cat-file", "blob", sha], cwd=str(repo), capture_output=True)
+        if blob.returncode:
+            missing.append(path)
+            continue
+        dst = repo / path
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(blob.stdout)
+        if mode == "100755":
+            dst.chmod(0o755)
+    return missing
 
 
 def _has_venv(python: str) -> bool:
