@@ -8,7 +8,8 @@ import collections
 import pytest
 import torch
 
-from lib_layerdiffuse.testing.checkpoints import clip_l_layout, random_tensors, sd15_checkpoint_layout
+from lib_layerdiffuse.testing.checkpoints import (clip_l_layout, random_tensors, sd15_checkpoint_layout,
+                                                  sdxl_checkpoint_layout)
 
 
 def test_text_encoder_keys_are_the_checkpoint_names_whatever_transformers_is_installed():
@@ -35,6 +36,34 @@ def test_sd15_layout_is_what_diffusers_converts_into_its_sd15_models():
                              (vae, convert_ldm_vae_checkpoint(checkpoint, dict(vae.config)))):
         assert {k: tuple(v.shape) for k, v in converted.items()} == \
             {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def test_sdxl_layout_is_what_diffusers_converts_into_its_sdxl_models():
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_open_clip_checkpoint
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    layout = sdxl_checkpoint_layout()
+    # what Forge's loader counts for SDXL base: unet 1680, vae 248, CLIP-L 196, OpenCLIP bigG 390
+    assert collections.Counter(".".join(k.split(".")[:3]) if k.startswith("cond") else k.split(".")[0]
+                               for k in layout) == {"model": 1680, "first_stage_model": 248,
+                                                    "conditioner.embedders.0": 196, "conditioner.embedders.1": 390}
+    checkpoint = {k: torch.empty(s, device="meta") for k, s in layout.items()}
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(
+            sample_size=128, cross_attention_dim=2048, block_out_channels=(320, 640, 1280),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
+            addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+        text = CLIPTextModelWithProjection(CLIPTextConfig(
+            hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+            projection_dim=1280, hidden_act="gelu", vocab_size=49408, max_position_embeddings=77))
+    pairs = ((unet, convert_ldm_unet_checkpoint(checkpoint, dict(unet.config))),
+             (text, convert_open_clip_checkpoint(text, checkpoint, prefix="conditioner.embedders.1.model.")))
+    for model, converted in pairs:
+        assert {k: tuple(v.shape) for k, v in converted.items()} == \
+            {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("position_ids")}
 
 
 @pytest.mark.slow

@@ -291,3 +291,14 @@ def matrix() -> list[Case]:
              options={"samples_format": "jpg"}, extra=_saved_jpg_and_png),
     ]
     return cases
+
+
+def sdxl_matrix() -> list[Case]:
+    """The SDXL cases (a random SDXL checkpoint), plain call first."""
+    return [
+        Case("SDXL plain txt2img (LayerDiffuse off)", _payload(), layer=False),
+        Case("SDXL attention injection, batch 1", _payload(scripts=layer_args(SDXL_ATTN)), transparent=1),
+        Case("SDXL attention injection, batch 2", _payload(batch_size=2, scripts=layer_args(SDXL_ATTN)),
+             transparent=2),
+        Case("SD1.5 method on SDXL (refused)", _payload(scripts=[True, SD15_ATTN]), refused="SD1.5", layer=False),
+    ]

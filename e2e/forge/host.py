@@ -22,7 +22,8 @@ import requests
 
 PROJECT = Path(__file__).resolve().parents[2]
 EXTENSION_NAME = "layerdiffuse-under-test"
-CHECKPOINT_NAME = "rig-random-sd15-v2.safetensors"  # renamed whenever the writer changes: the cache keeps files
+# renamed whenever the writer changes: the cache keeps files
+CHECKPOINT_NAMES = {"sd15": "rig-random-sd15-v2.safetensors", "sdxl": "rig-random-sdxl-v2.safetensors"}
 # pip takes the machine's CPU build for an exact version; Forge's own default is a CUDA index
 TORCH_SPEC = os.environ.get("FORGE_RIG_TORCH", "torch==2.14.1 torchvision==0.29.1")
 RIG_FLAGS = ("--skip-prepare-environment", "--skip-python-version-check", "--skip-torch-cuda-test",

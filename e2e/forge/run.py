@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -25,25 +26,32 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from cases import Case, Result, matrix, run_case  # noqa: E402
-from host import CHECKPOINT_NAME, Forge, Server, log  # noqa: E402
+from cases import Case, Result, matrix, run_case, sdxl_matrix  # noqa: E402
+from host import CHECKPOINT_NAMES, Forge, Server, log  # noqa: E402
 
-SD15_FILES = ("layer_sd15_transparent_attn.safetensors", "layer_sd15_joint.safetensors",
-              "layer_sd15_fg2bg.safetensors", "layer_sd15_bg2fg.safetensors",
-              "layer_sd15_vae_transparent_decoder.safetensors", "layer_sd15_vae_transparent_encoder.safetensors")
+LAYER_FILES = {
+    "sd15": ("layer_sd15_transparent_attn.safetensors", "layer_sd15_joint.safetensors",
+             "layer_sd15_fg2bg.safetensors", "layer_sd15_bg2fg.safetensors",
+             "layer_sd15_vae_transparent_decoder.safetensors", "layer_sd15_vae_transparent_encoder.safetensors"),
+    # the attention-injection LoRA only: Forge keeps a backup of every weight a patch touches,
+    # and a full-size conv-injection diff would not fit next to an SDXL model in 24 GB
+    "sdxl": ("layer_xl_transparent_attn.safetensors", "vae_transparent_decoder.safetensors",
+             "vae_transparent_encoder.safetensors"),
+}
 
 
-def write_weights(cache: Path) -> tuple[Path, list[Path]]:
-    """The random SD1.5 checkpoint and the SD1.5 layer files at full size (kept in `cache`)."""
+def write_weights(cache: Path, family: str) -> tuple[Path, list[Path]]:
+    """The random checkpoint and layer files of `family` at full size (kept in `cache`)."""
     from lib_layerdiffuse.testing.checkpoints import write_random_checkpoint
     from lib_layerdiffuse.testing.layer_files import (decoder_layout, keep_control_signal, offset_encoder_layout,
                                                       random_state_dict, unet_file_layout, write_weight_file)
     from lib_layerdiffuse.testing.unet_specs import FULL
     from lib_layerdiffuse.weights.catalog import CATALOG
 
-    checkpoint = write_random_checkpoint(cache / CHECKPOINT_NAME)
+    log(f"random {family} checkpoint (written once)")
+    checkpoint = write_random_checkpoint(cache / CHECKPOINT_NAMES[family], family=family)
     files = []
-    for i, name in enumerate(SD15_FILES):
+    for i, name in enumerate(LAYER_FILES[family]):
         path = cache / name
         if not path.is_file():
             entry = CATALOG[name]
@@ -52,7 +60,7 @@ def write_weights(cache: Path) -> tuple[Path, list[Path]]:
             elif entry.role == "encoder":
                 layout, std = offset_encoder_layout(), 0.1
             else:
-                layout, std = unet_file_layout(name, FULL["sd15"]), 0.02
+                layout, std = unet_file_layout(name, FULL[family]), 0.02
             log(f"writing a random {name}")
             written = write_weight_file(path, keep_control_signal(random_state_dict(layout, 100 + i, std)),
                                         entry.family, entry.role)
@@ -61,10 +69,10 @@ def write_weights(cache: Path) -> tuple[Path, list[Path]]:
     return checkpoint, files
 
 
-def prepare(forge: Forge, cache: Path) -> None:
+def prepare(forge: Forge, cache: Path, family: str) -> None:
     forge.prepare_venv()
     forge.prepare_repositories()
-    checkpoint, files = write_weights(cache)
+    checkpoint, files = write_weights(cache, family)
     forge.place(checkpoint, "Stable-diffusion")
     for path in files:
         forge.place(path, "layer_model")
@@ -120,6 +128,9 @@ def main(argv=None) -> int:
     parser.add_argument("--screenshot", help="save a screenshot of the txt2img tab here")
     parser.add_argument("--json", help="write the results here as JSON")
     parser.add_argument("--skip-prepare", action="store_true", help="only copy the extension in again")
+    parser.add_argument("--family", choices=("sd15", "sdxl"), default="sd15",
+                        help="checkpoint family: sd15 runs the whole matrix; sdxl (about 20 GB of RAM, run it "
+                             "alone) runs the SDXL attention-injection cases")
     args = parser.parse_args(argv)
     if not args.forge_dir:
         parser.error("give --forge-dir or set FORGE_DIR to a Forge checkout")
@@ -129,16 +140,22 @@ def main(argv=None) -> int:
     if args.skip_prepare:
         forge.install_extension()
     else:
-        prepare(forge, cache)
+        # in a child process: writing the random weights holds gigabytes that this process would
+        # keep from Forge afterwards (with SDXL, Forge was then killed for want of memory)
+        child = multiprocessing.get_context("spawn").Process(target=prepare, args=(forge, cache, args.family))
+        child.start()
+        child.join()
+        if child.exitcode:
+            parser.exit(1, f"preparing Forge failed (exit code {child.exitcode}); see the output above\n")
     server = Server(forge, args.port, cache / f"forge-{forge.commit()}.log")
     results: list[Result] = []
     try:
         started = server.start()
         log(f"Forge {forge.version()} ({forge.commit()}) up in {started:.0f} s")
         requests.post(f"{server.url}/sdapi/v1/options", timeout=600, json={
-            "sd_model_checkpoint": CHECKPOINT_NAME, "live_previews_enable": False,
+            "sd_model_checkpoint": CHECKPOINT_NAMES[args.family], "live_previews_enable": False,
             "samples_format": "png"}).raise_for_status()
-        cases: list[Case] = matrix()
+        cases: list[Case] = matrix() if args.family == "sd15" else sdxl_matrix()
         outputs = forge.outputs(server.url)
         # the first call of a fresh Forge moves models and warms caches: not part of the baseline
         warm = time.monotonic()

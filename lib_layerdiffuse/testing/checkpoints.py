@@ -1,7 +1,8 @@
-"""Random single-file SD1.5 checkpoints with the real names and shapes (what a `.safetensors`
-from a model site holds: `model.diffusion_model.*`, `first_stage_model.*`,
-`cond_stage_model.transformer.text_model.*`), for running real hosts (Forge) without the
-real weights. Images from them are noise; loading, patching, sampling and decoding are real.
+"""Random single-file SD1.5 and SDXL checkpoints with the real names and shapes (what a
+`.safetensors` from a model site holds: `model.diffusion_model.*`, `first_stage_model.*`, and
+`cond_stage_model.transformer.text_model.*` for SD1.5 or `conditioner.embedders.{0,1}.*` for
+SDXL's two text encoders), for running real hosts (Forge) without the real weights. Images from
+them are noise; loading, patching, sampling and decoding are real.
 """
 
 from __future__ import annotations
@@ -86,6 +87,33 @@ def clip_l_layout() -> dict[str, Shape]:
             for k, v in model.state_dict().items() if not k.endswith("position_ids")}
 
 
+def open_clip_bigg_layout(layers: int = 32, width: int = 1280, vocab: int = 49408,
+                          context: int = 77) -> dict[str, Shape]:
+    """OpenCLIP ViT-bigG/14's text tower as SDXL checkpoints name it (under
+    `conditioner.embedders.1.model.`): fused in-projections, `ln_final`, `text_projection`."""
+    out: dict[str, Shape] = {"positional_embedding": (context, width), "token_embedding.weight": (vocab, width)}
+    for i in range(layers):
+        p = f"transformer.resblocks.{i}"
+        out.update(_norm(f"{p}.ln_1", width))
+        out.update({f"{p}.attn.in_proj_weight": (3 * width, width), f"{p}.attn.in_proj_bias": (3 * width,),
+                    f"{p}.attn.out_proj.weight": (width, width), f"{p}.attn.out_proj.bias": (width,)})
+        out.update(_norm(f"{p}.ln_2", width))
+        out.update({f"{p}.mlp.c_fc.weight": (4 * width, width), f"{p}.mlp.c_fc.bias": (4 * width,),
+                    f"{p}.mlp.c_proj.weight": (width, 4 * width), f"{p}.mlp.c_proj.bias": (width,)})
+    out.update(_norm("ln_final", width))
+    out.update({"text_projection": (width, width), "logit_scale": ()})
+    return out
+
+
+def sdxl_checkpoint_layout() -> dict[str, Shape]:
+    """Every tensor of a single-file SDXL base checkpoint, with its shape."""
+    out = {f"model.diffusion_model.{k}": s for k, s in ldm_unet_layout(FULL["sdxl"]).items()}
+    out.update({f"first_stage_model.{k}": s for k, s in ldm_vae_layout().items()})
+    out.update({f"conditioner.embedders.0.transformer.{k}": s for k, s in clip_l_layout().items()})
+    out.update({f"conditioner.embedders.1.model.{k}": s for k, s in open_clip_bigg_layout().items()})
+    return out
+
+
 def sd15_checkpoint_layout() -> dict[str, Shape]:
     """Every tensor of a single-file SD1.5 checkpoint, with its shape."""
     out = {f"model.diffusion_model.{k}": s for k, s in ldm_unet_layout(FULL["sd15"]).items()}
@@ -105,8 +133,10 @@ def _random(key: str, shape: Shape, gen: torch.Generator) -> torch.Tensor:
     is_norm = len(shape) == 1 and ("norm" in key or "ln_" in key or "layer_norm" in key)
     if is_norm:
         return torch.randn(shape, generator=gen) * 0.05 if name == "bias" else torch.ones(shape)
-    if name == "bias":
+    if name == "bias" or name.endswith("_bias"):
         return torch.zeros(shape)
+    if not shape:  # OpenCLIP's logit_scale
+        return torch.full(shape, 4.6052)
     fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
     return torch.randn(shape, generator=gen) * (1.0 / fan_in) ** 0.5
 
@@ -118,15 +148,17 @@ def random_tensors(layout: dict[str, Shape], seed: int = 0,
         yield key, _random(key, shape, gen).to(dtype)
 
 
-def write_random_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A random SD1.5 checkpoint at `path` (about 2.1 GB in fp16); kept when already there."""
+def write_random_checkpoint(path: Path, seed: int = 0, family: str = "sd15") -> Path:
+    """A random checkpoint at `path` (fp16: about 2.1 GB for SD1.5, 6.9 GB for SDXL); kept when
+    already there."""
     from safetensors.torch import save_file
 
     path = Path(path)
     if path.is_file():
         return path
+    layouts = {"sd15": sd15_checkpoint_layout, "sdxl": sdxl_checkpoint_layout}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
-    save_file(dict(random_tensors(sd15_checkpoint_layout(), seed)), str(tmp))
+    save_file(dict(random_tensors(layouts[family](), seed)), str(tmp))
     tmp.replace(path)
     return path
