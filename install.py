@@ -85,7 +85,7 @@ def main() -> int:
             subprocess.run([sys.executable, "-m", "pip", *args], check=True)
 
     needed = missing(is_installed)
-    if "diffusers" in REQUIREMENTS and is_installed("diffusers") and diffusers_needs_older_hub():
+    if is_installed("diffusers") and diffusers_needs_older_hub():
         needed.append(OLD_DIFFUSERS_HUB)
     failed = 0
     for req in needed:

@@ -122,6 +122,11 @@ class Result:
     failures: list[str] = field(default_factory=list)
 
     @property
+    def cutout_refusal(self) -> Optional[str]:
+        """Why the cutout kept an image as it was, when it said so in the log."""
+        return next((n.split(": ", 1)[-1] for n in self.notes if "was not cut out: " in n), None)
+
+    @property
     def infotext(self) -> str:
         texts = self.info.get("infotexts") or []
         return texts[0] if texts else ""
@@ -239,10 +244,7 @@ def _cutout_ran(r: Result) -> list[str]:
     (random weights make img2img output noise, which the weight-free cutout may refuse)."""
     if "layerdiffusion_cutout" not in r.infotext:
         return ["no layerdiffusion_cutout key in the infotext"]
-    if r.main and r.main[0].real_alpha:
-        return []
-    refusals = [n for n in r.notes if "was not cut out: " in n]
-    if refusals:
+    if (r.main and r.main[0].real_alpha) or r.cutout_refusal:
         return []
     return [f"the cutout's image is {r.main[0].short() if r.main else 'missing'}, without real alpha "
             "and without a reason in the log"]

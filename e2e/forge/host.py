@@ -77,7 +77,7 @@ class Forge:
     def prepare_venv(self) -> None:
         """Forge's venv with a CPU torch and Forge's pinned requirements (skipped when it imports)."""
         if self.python.exists() and subprocess.run(
-                [str(self.python), "-c", "import torch, torchvision, gradio, fastapi, diffusers, " + ", ".join(LAUNCHER_PACKAGES)],
+                [str(self.python), "-c", "import torch, torchvision, gradio, fastapi, " + ", ".join(LAUNCHER_PACKAGES)],
                 capture_output=True).returncode == 0:
             return
         if not self.python.exists():
@@ -87,10 +87,6 @@ class Forge:
         for module, requirement in LAUNCHER_PACKAGES.items():
             if subprocess.run([str(self.python), "-c", f"import {module}"], capture_output=True).returncode:
                 run([self.python, "-m", "pip", "install", "-q", requirement], self.root)
-        if subprocess.run([str(self.python), "-c", "import diffusers"], capture_output=True).returncode:
-            # early Forge pins diffusers 0.25, which imports huggingface_hub.cached_download (gone
-            # from 0.26 on); a fresh install resolves a newer hub, installs from 2024 had an older one
-            run([self.python, "-m", "pip", "install", "-q", "huggingface_hub<0.26"], self.root)
 
     def repositories(self) -> list[tuple[str, str, str]]:
         """(folder, git URL, commit) of each repository Forge's launcher clones, read from its

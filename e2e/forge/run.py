@@ -3,10 +3,11 @@
     FORGE_DIR=/path/to/stable-diffusion-webui-forge python e2e/forge/run.py [--screenshot docs/forge-txt2img.png]
 
 Creates Forge's venv (CPU torch) when it is missing, clones the repositories Forge wants,
-writes a random full-size SD1.5 checkpoint and random layer files in the official layouts
-(used through --layerdiffuse-allow-unpinned: they are not the official bytes), copies this
-checkout into extensions/, starts Forge on 127.0.0.1 with --api, runs `cases.matrix()` and
-prints a Markdown table. Exits 1 when any expectation fails. Run it with this project's
+writes a random full-size SD1.5 (or, with --family sdxl, SDXL) checkpoint and random layer
+files in the official layouts (used through --layerdiffuse-allow-unpinned: they are not the
+official bytes), copies this checkout into extensions/ and runs its install.py, starts Forge
+on 127.0.0.1 with --api, runs `cases.matrix()` (or `cases.sdxl_matrix()`) and prints a
+Markdown table. Exits 1 when any expectation fails. Run it with this project's
 Python (it needs torch, safetensors, requests and Pillow to write the weights and read the
 results); Forge runs in its own venv.
 """
@@ -109,9 +110,8 @@ def table(results: list[Result], baseline: float) -> str:
         response = "; ".join(s.short() for s in r.main) or "none"
         saved = "; ".join(f"{Path(n).suffix} {s.short()}" for n, s in r.saved) or "none"
         verdict = "ok" if not r.failures else "FAILED: " + " / ".join(r.failures)
-        refused = [n for n in r.notes if "was not cut out" in n]
-        if refused and not r.failures:
-            verdict = "ok (kept, with the reason: " + refused[0].split(": ", 1)[-1][:90] + ")"
+        if r.cutout_refusal and not r.failures:
+            verdict = f"ok (kept, with the reason: {r.cutout_refusal[:90]})"
         if r.case.refused and not r.failures:
             verdict = "ok (refused by name)"
         rows.append(f"| {r.case.name} | {r.http} | {r.seconds:.0f} | {ratio} | {response} | {saved} | {verdict} |")
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the results here as JSON")
     parser.add_argument("--skip-prepare", action="store_true", help="only copy the extension in again")
     parser.add_argument("--family", choices=("sd15", "sdxl"), default="sd15",
-                        help="checkpoint family: sd15 runs the whole matrix; sdxl (about 20 GB of RAM, run it "
+                        help="checkpoint family: sd15 runs the whole matrix; sdxl (about 17 GB of RAM, run it "
                              "alone) runs the SDXL attention-injection cases")
     args = parser.parse_args(argv)
     if not args.forge_dir:

@@ -5,9 +5,10 @@ fix: both Forge generations decode the hires pass themselves and `post_sample` t
 pixels (`DecodedSamples`). The latents are therefore also kept where the sampler hands them
 back (`keep_sampler_output`), and `post_sample` only replaces them when it has a tensor (what
 Forge is about to decode, possibly changed by another script). `postprocess_batch` hands over
-the ordinary VAE decode as floats in [0,1]. Both hooks exist in both Forge generations, so decoding does not depend on a VAE-decode wrapper (early
-Forge) or on 8-bit, overlay-composited pixels (current Forge's `pixels_after_sampling`), and
-it always feeds the decoder the raw (unscaled) latent it was trained on.
+the ordinary VAE decode as floats in [0,1]. Both hooks exist in both Forge generations, so
+decoding does not depend on a VAE-decode wrapper (early Forge) or on 8-bit,
+overlay-composited pixels (current Forge's `pixels_after_sampling`), and it always feeds the
+decoder the raw (unscaled) latent it was trained on.
 """
 
 from __future__ import annotations
