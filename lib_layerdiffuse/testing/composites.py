@@ -122,3 +122,100 @@ def rgba_cases(folder: Path, backgrounds: tuple = ("solid", "gradient"), size: O
         for bg in backgrounds:
             back = BACKGROUNDS[bg](side)[: arr.shape[0], : arr.shape[1]]
             yield compose(f"{path.stem}/{bg}", arr[..., 3], arr[..., :3], back)
+
+
+# ---- real RGBA foregrounds over seeded smooth backdrops (the weight-free cutout's benchmark) ----
+
+BACKDROPS = ("vignette", "gradient", "cos4", "close", "jpeg")
+HARD_BACKDROPS = ("cos4", "close", "jpeg")
+
+
+def _unit_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    return (yy + 0.5) / h * 2 - 1, (xx + 0.5) / w * 2 - 1
+
+
+def vignetted(h: int, w: int, rng: np.random.Generator, strong: bool = False) -> np.ndarray:
+    """A flat colour darkening towards the corners: mildly (1 - k r^2, k 0.15..0.35) or, with
+    `strong`, by a lens's cos^4 falloff (corners at 25..50% of the middle), off-centre."""
+    colour = rng.uniform(0.1, 0.95, 3).astype(np.float32)
+    y, x = _unit_grid(h, w)
+    cy, cx = rng.uniform(-0.2, 0.2, 2)
+    r2 = ((y - cy) ** 2 + (x - cx) ** 2) / 2
+    if strong:
+        falloff = 1.0 / (1.0 + r2 / rng.uniform(0.9, 1.4) ** 2) ** 2
+    else:
+        falloff = 1.0 - rng.uniform(0.15, 0.35) * r2
+    return colour * falloff[..., None]
+
+
+def linear_gradient(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A linear blend between two colours 0.1..0.35 apart, in a random direction."""
+    start = rng.uniform(0.1, 0.9, 3)
+    step = rng.normal(size=3)
+    step *= rng.uniform(0.1, 0.35) / np.linalg.norm(step)
+    end = np.clip(start + step, 0, 1)
+    angle = rng.uniform(0, 2 * np.pi)
+    y, x = _unit_grid(h, w)
+    t = (np.cos(angle) * x + np.sin(angle) * y) / (2 * np.sqrt(2)) + 0.5
+    return (start + (end - start) * t[..., None]).astype(np.float32)
+
+
+def close_colour(h: int, w: int, rng: np.random.Generator, fg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """The subject's median opaque colour moved 0.08..0.15 in a random direction, mildly vignetted."""
+    opaque = fg[alpha > 0.9]
+    colour = np.median(opaque, axis=0) if len(opaque) else np.full(3, 0.5)
+    step = rng.normal(size=3)
+    colour = np.clip(colour + step / np.linalg.norm(step) * rng.uniform(0.08, 0.15), 0, 1)
+    y, x = _unit_grid(h, w)
+    return (colour * (1 - 0.05 * (y ** 2 + x ** 2))[..., None]).astype(np.float32)
+
+
+def noisy_jpeg(image: np.ndarray, rng: np.random.Generator, quality: int = 75, noise: float = 0.02) -> np.ndarray:
+    """`image` with Gaussian noise (sigma `noise` per channel) saved as a JPEG of `quality`."""
+    import io
+
+    noisy = np.clip(image / 255.0 + rng.normal(0, noise, image.shape), 0, 1)
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(noisy * 255).astype(np.uint8)).save(buffer, "JPEG", quality=quality)
+    with Image.open(buffer) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def load_rgba(path: Path, size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(colour HxWx3, alpha HxW) floats of a straight-alpha PNG, resized to size x size."""
+    with Image.open(path) as img:
+        rgba = img.convert("RGBA")
+        if size:
+            rgba = rgba.resize((size, size), Image.LANCZOS)
+        arr = np.asarray(rgba, np.float32) / 255.0
+    return arr[..., :3], arr[..., 3]
+
+
+def backdrop_case(name: str, fg: np.ndarray, alpha: np.ndarray, backdrop: str, rng: np.random.Generator) -> Case:
+    """`fg` over one of BACKDROPS, drawn from `rng`."""
+    h, w = alpha.shape
+    if backdrop in ("vignette", "jpeg"):
+        back = vignetted(h, w, rng)
+    elif backdrop == "cos4":
+        back = vignetted(h, w, rng, strong=True)
+    elif backdrop == "gradient":
+        back = linear_gradient(h, w, rng)
+    elif backdrop == "close":
+        back = close_colour(h, w, rng, fg, alpha)
+    else:
+        raise ValueError(f"unknown backdrop {backdrop!r}; valid backdrops are {', '.join(BACKDROPS)}")
+    case = compose(f"{name}/{backdrop}", alpha, fg, back)
+    if backdrop == "jpeg":
+        case.image = noisy_jpeg(case.image, rng)
+    return case
+
+
+def backdrop_cases(folder: Path, size: int = 384, seed: int = 0,
+                   backdrops: tuple = ("vignette", "gradient")) -> Iterator[Case]:
+    """Every RGBA PNG of `folder` over each backdrop, seeded per (seed, file, backdrop)."""
+    for index, path in enumerate(sorted(Path(folder).glob("*.png"))):
+        fg, alpha = load_rgba(path, size)
+        for backdrop in backdrops:
+            rng = np.random.default_rng([seed, index, BACKDROPS.index(backdrop)])
+            yield backdrop_case(path.stem.split("__")[-1], fg, alpha, backdrop, rng)
