@@ -1,19 +1,20 @@
-"""Cutout quality and speed against rembg's own defaults, on composites with known alpha.
+"""Cutout quality against a hard colour key and oracle-trimap matting, on composites of known alpha.
 
-Cases: synthetic foregrounds (soft-edged disc, hair-like strands, a glass-like panel of 50%
-alpha) over solid, gradient and textured backgrounds, plus the real LayerDiffuse RGBA outputs in
-`--rgba` (default ../shared/data/rgba) over solid and gradient backgrounds. Each is scored with
-SAD, MSE, gradient and connectivity error and the edge colour error (0..255, where the true alpha
-is soft) for:
-- `rembg.remove(image, session=...)` with its default options, the baseline, on the same model;
-- our cutout with each refinement (none / decontaminate / alpha matting) on that model;
-- the weight-free backend with each refinement (no model at all).
-The model is a rembg session by name (needs its file in U2NET_HOME) or an ONNX file (`--onnx`);
-without either, only the weight-free rows and the baseline-free columns run.
-Then the time per image with one cached session against a new session per image (what
-`rembg.remove` without `session=` and the A1111 extension do).
+Cases: the real LayerDiffuse RGBA outputs in `--rgba` (default ../shared/data/rgba: glass, fur,
+curly hair, pixel art, people cut by the frame) over seeded backdrops (`--backdrops`):
+a flat colour with a mild vignette, a linear gradient, a strong cos^4 vignette, a colour close to
+the subject's, and a vignette saved as a noisy JPEG (quality 75) - at each size in `--sizes`.
+`--synthetic` adds the soft disc, hair-like strands and glass panel over solid, gradient and
+textured backgrounds. Every case is scored with SAD (sum |a - a*| / 1000), the gradient error
+and the edge colour error (0..255 where the true alpha is soft) for:
+- anchors in the same run: the hard key against the border median (distance > 0.12) and
+  closed-form matting with an oracle trimap (true alpha > 0.95 / < 0.05, eroded 3 px);
+- the weight-free cutout with each refinement (none / decontaminate / alpha matting);
+- with `--onnx FILE` or `--model NAME`: that model through rembg with its defaults, and ours on it
+  with refinement none and alpha matting (does matting after a model help, and is it ever worse?).
 
-    python benchmarks/cutout_quality.py --onnx isnet.onnx --size 512
+    python benchmarks/cutout_quality.py                       # 384 px, vignette + gradient
+    python benchmarks/cutout_quality.py --backdrops all --sizes 384,1024 --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lib_layerdiffuse.cutout import CutoutError, cut_out  # noqa: E402
-from lib_layerdiffuse.cutout import rembg_backend  # noqa: E402
-from lib_layerdiffuse.cutout.metrics import all_metrics  # noqa: E402
-from lib_layerdiffuse.testing.composites import rgba_cases, synthetic_cases  # noqa: E402
+from lib_layerdiffuse.cutout.metrics import edge_color_error, gradient_error, sad  # noqa: E402
+from lib_layerdiffuse.testing.anchors import colour_key, oracle_matting  # noqa: E402
+from lib_layerdiffuse.testing.composites import BACKDROPS, backdrop_cases, synthetic_cases  # noqa: E402
 
+KEY, ORACLE = "hard key (border median, d > 0.12)", "closed-form, oracle trimap"
 REFINES = ("none", "decontaminate", "alpha matting")
-METRICS = ("SAD", "MSE", "Grad", "Conn", "FG err")
 
 
 def baseline(session, image: np.ndarray):
@@ -45,96 +46,117 @@ def baseline(session, image: np.ndarray):
     from PIL import Image
 
     out = np.asarray(rembg.remove(Image.fromarray(image), session=session), np.float32) / 255.0
-    alpha = out[..., 3]
-    return alpha, out[..., :3]
+    return out[..., 3], out[..., :3]
+
+
+def cases(args: argparse.Namespace):
+    backdrops = BACKDROPS if args.backdrops == "all" else tuple(args.backdrops.split(","))
+    for size in (int(s) for s in args.sizes.split(",")):
+        if args.rgba and Path(args.rgba).is_dir():
+            for seed in (int(s) for s in args.seeds.split(",")):
+                for case in backdrop_cases(Path(args.rgba), size, seed, backdrops):
+                    case.name = f"{case.name} s{seed} {size}"
+                    yield case
+        if args.synthetic:
+            for case in synthetic_cases(size):
+                case.name = f"{case.name} {size}"
+                yield case
+
+
+def methods(args: argparse.Namespace):
+    """(label, function image -> (alpha, foreground float) or None when refused, needs the case)."""
+    yield KEY, lambda case: (colour_key(case.image), case.image / 255.0)
+    yield ORACLE, lambda case: (oracle_matting(case.image, case.alpha), case.image / 255.0)
+
+    def ours(refine: str, **model):
+        def run(case):
+            try:
+                result = cut_out(case.image, refine=refine, **model)
+            except CutoutError:
+                return None
+            return result.alpha, result.foreground
+        return run
+
+    for refine in REFINES:
+        yield f"weight-free, {refine}", ours(refine, model="weight-free")
+    if args.onnx or args.model:
+        from lib_layerdiffuse.cutout import rembg_backend
+
+        model = (dict(model="local file", model_path=args.onnx, models_dir=tempfile.mkdtemp(prefix="cutout-bench-"))
+                 if args.onnx else dict(model=args.model, allow_download=False))
+        session = rembg_backend.get_session(model["model"], model.get("model_path", ""),
+                                            home=model.get("models_dir"), allow_download=False)
+        yield f"rembg.remove ({session.model}, defaults)", lambda case: baseline(session.session, case.image)
+        for refine in ("none", "alpha matting"):
+            yield f"model, {refine}", ours(refine, **model)
 
 
 def run(args: argparse.Namespace) -> None:
-    cases = list(synthetic_cases(args.size))
-    if args.rgba and Path(args.rgba).is_dir():
-        cases += list(rgba_cases(Path(args.rgba), size=args.size))
-    model_kwargs = None
-    if args.onnx:
-        home = tempfile.mkdtemp(prefix="cutout-bench-")
-        model_kwargs = dict(model="local file", model_path=args.onnx, models_dir=home)
-    elif args.model:
-        model_kwargs = dict(model=args.model, allow_download=False)
-    session = rembg_backend.get_session(model_kwargs["model"], model_kwargs.get("model_path", ""),
-                                        home=model_kwargs.get("models_dir"), allow_download=False) \
-        if model_kwargs else None
-    rows: dict[str, list[dict]] = {}
-
-    def score(label, alpha, fg, case, seconds):
-        rows.setdefault(label, []).append({**all_metrics(alpha, fg, case.alpha, case.fg), "s": seconds,
-                                           "case": case.name})
-
-    for case in cases:
-        print(f"{case.name} ...", file=sys.stderr)
-        if session is not None:
+    table: dict[str, dict[str, dict]] = {}
+    names = []
+    for case in cases(args):
+        names.append(case.name)
+        print(f"{case.name} ...", file=sys.stderr, flush=True)
+        for label, method in methods(args):
             t = time.perf_counter()
-            alpha, fg = baseline(session.session, case.image)
-            score("rembg.remove (defaults)", alpha, fg, case, time.perf_counter() - t)
-            for refine in REFINES:
-                t = time.perf_counter()
-                res = cut_out(case.image, refine=refine, **model_kwargs)
-                score(f"ours, model, {refine}", res.alpha, res.foreground, case, time.perf_counter() - t)
-        for refine in REFINES:
-            t = time.perf_counter()
-            try:
-                res = cut_out(case.image, model="weight-free", refine=refine)
-            except CutoutError:
-                rows.setdefault(f"weight-free, {refine}", []).append({"case": case.name, "refused": True})
+            out = method(case)
+            seconds = time.perf_counter() - t
+            if out is None:
+                table.setdefault(label, {})[case.name] = {"refused": True}
                 continue
-            score(f"weight-free, {refine}", res.alpha, res.foreground, case, time.perf_counter() - t)
-    report(rows, cases, session)
-    if session is not None:
-        timing(args, model_kwargs, cases[0].image)
+            alpha, fg = out
+            table.setdefault(label, {})[case.name] = {
+                "SAD": sad(alpha, case.alpha), "Grad": gradient_error(alpha, case.alpha),
+                "FG err": edge_color_error(fg, case.fg, case.alpha), "s": seconds}
+    report(table, names)
 
 
-def report(rows: dict, cases: list, session) -> None:
-    model = session.describe() if session is not None else "no model"
-    print(f"\n### Quality ({len(cases)} cases, {model}; means over the cases each row scored)\n")
-    print("| method | cases scored | " + " | ".join(METRICS) + " | s/image |")
-    print("|---|---|" + "---|" * (len(METRICS) + 1))
-    for label, entries in rows.items():
+def _mean(entries, metric: str) -> str:
+    values = [e[metric] for e in entries if not e.get("refused")]
+    return f"{statistics.mean(values):.2f}" if values else "-"
+
+
+def report(table: dict, names: list[str]) -> None:
+    key = table[KEY]
+    groups = sorted({" ".join(n.split(" ")[1:]) + " " + n.split("/")[1].split(" ")[0] for n in names if "/" in n})
+    print(f"\n### Summary ({len(names)} cases; means over the cases each row scored)\n")
+    print("| method | scored | SAD | Grad | FG err | s/image | cases worse than the key |")
+    print("|---|---|---|---|---|---|---|")
+    for label, rows in table.items():
+        entries = list(rows.values())
         scored = [e for e in entries if not e.get("refused")]
-        cells = [f"{statistics.mean(e[m] for e in scored):.3f}" if scored else "-" for m in METRICS + ("s",)]
-        print(f"| {label} | {len(scored)}/{len(entries)} | " + " | ".join(cells) + " |")
-    groups = sorted({c.name.split("/")[0] for c in cases})
-    print("\nSAD by foreground (mean over its backgrounds):\n")
-    print("| method | " + " | ".join(groups) + " |")
-    print("|---|" + "---|" * len(groups))
-    for label, entries in rows.items():
+        worse = sum(1 for n, e in rows.items() if not e.get("refused") and e["SAD"] > key[n]["SAD"])
+        print(f"| {label} | {len(scored)}/{len(entries)} | {_mean(entries, 'SAD')} | {_mean(entries, 'Grad')} | "
+              f"{_mean(entries, 'FG err')} | {_mean(entries, 's')} | {'' if label == KEY else worse} |")
+    print("\n### Mean SAD by backdrop, seed and size\n")
+    labels = list(table)
+    print("| cases | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels))
+    for group in groups:
+        members = [n for n in names if "/" in n and (" ".join(n.split(" ")[1:]) + " " + n.split("/")[1].split(" ")[0]) == group]
+        print(f"| {group} ({len(members)}) | " + " | ".join(_mean([table[m][n] for n in members], "SAD") for m in labels) + " |")
+    print("\n### SAD per case\n")
+    print("| case | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels))
+    for name in names:
         cells = []
-        for g in groups:
-            values = [e["SAD"] for e in entries if e["case"].split("/")[0] == g and not e.get("refused")]
-            cells.append(f"{statistics.mean(values):.2f}" if values else "refused")
-        print(f"| {label} | " + " | ".join(cells) + " |")
-
-
-def timing(args: argparse.Namespace, model_kwargs: dict, image: np.ndarray, repeats: int = 4) -> None:
-    cached, fresh = [], []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        cut_out(image, refine="none", **model_kwargs)
-        cached.append(time.perf_counter() - t)
-        rembg_backend.release_sessions()
-        t = time.perf_counter()
-        cut_out(image, refine="none", **model_kwargs)
-        fresh.append(time.perf_counter() - t)
-    c, f = statistics.median(cached[1:]), statistics.median(fresh)
-    print(f"\n### Time per image, {args.size}x{args.size}, refine none (median of {repeats})\n")
-    print("| session | s/image | ratio to cached |\n|---|---|---|")
-    print(f"| cached (one per model) | {c:.2f} | 1.00 |\n| new per image | {f:.2f} | {f / c:.2f} |")
+        for label in labels:
+            e = table[label][name]
+            cell = "refused" if e.get("refused") else f"{e['SAD']:.2f}"
+            if label != KEY and not e.get("refused") and e["SAD"] > key[name]["SAD"]:
+                cell += " (worse than key)"
+            cells.append(cell)
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--onnx", help="an ONNX segmentation model (320 or 1024 px input)")
-    parser.add_argument("--model", help="a rembg model name whose file is in U2NET_HOME")
-    parser.add_argument("--size", type=int, default=384, help="side of the synthetic cases")
     parser.add_argument("--rgba", default=str(ROOT.parent / "shared" / "data" / "rgba"),
-                        help="folder of real RGBA PNGs to composite (skipped when absent)")
+                        help="folder of straight-alpha RGBA PNGs to composite (skipped when absent)")
+    parser.add_argument("--backdrops", default="vignette,gradient", help=f"comma list of {', '.join(BACKDROPS)}, or all")
+    parser.add_argument("--sizes", default="384", help="comma list of square sizes, e.g. 384,1024")
+    parser.add_argument("--seeds", default="0", help="comma list of backdrop seeds")
+    parser.add_argument("--synthetic", action="store_true", help="add the synthetic disc, strands and glass panel")
+    parser.add_argument("--onnx", help="an ONNX segmentation model (320 or 1024 px input), e.g. a BiRefNet export")
+    parser.add_argument("--model", help="a rembg model name whose file is in U2NET_HOME")
     run(parser.parse_args())
 
 
