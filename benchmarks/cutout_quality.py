@@ -63,8 +63,8 @@ def cases(args: argparse.Namespace):
                 yield case
 
 
-def methods(args: argparse.Namespace):
-    """(label, function image -> (alpha, foreground float) or None when refused, needs the case)."""
+def methods(args: argparse.Namespace, model: dict):
+    """(label, function case -> (alpha, foreground float), or None when refused)."""
     yield KEY, lambda case: (colour_key(case.image), case.image / 255.0)
     yield ORACLE, lambda case: (oracle_matting(case.image, case.alpha), case.image / 255.0)
 
@@ -79,11 +79,9 @@ def methods(args: argparse.Namespace):
 
     for refine in REFINES:
         yield f"weight-free, {refine}", ours(refine, model="weight-free")
-    if args.onnx or args.model:
+    if model:
         from lib_layerdiffuse.cutout import rembg_backend
 
-        model = (dict(model="local file", model_path=args.onnx, models_dir=tempfile.mkdtemp(prefix="cutout-bench-"))
-                 if args.onnx else dict(model=args.model, allow_download=False))
         session = rembg_backend.get_session(model["model"], model.get("model_path", ""),
                                             home=model.get("models_dir"), allow_download=False)
         yield f"rembg.remove ({session.model}, defaults)", lambda case: baseline(session.session, case.image)
@@ -91,13 +89,25 @@ def methods(args: argparse.Namespace):
             yield f"model, {refine}", ours(refine, **model)
 
 
+def model_kwargs(args: argparse.Namespace) -> dict:
+    """cut_out's keywords for the model in `--onnx` / `--model`; empty without one."""
+    if args.onnx:
+        return dict(model="local file", model_path=args.onnx, models_dir=tempfile.mkdtemp(prefix="cutout-bench-"))
+    if args.model:
+        return dict(model=args.model, allow_download=False)
+    return {}
+
+
 def run(args: argparse.Namespace) -> None:
+    model = model_kwargs(args)
+    scorers = list(methods(args, model))
     table: dict[str, dict[str, dict]] = {}
-    names = []
+    names, first = [], None
     for case in cases(args):
         names.append(case.name)
+        first = case if first is None else first
         print(f"{case.name} ...", file=sys.stderr, flush=True)
-        for label, method in methods(args):
+        for label, method in scorers:
             t = time.perf_counter()
             out = method(case)
             seconds = time.perf_counter() - t
@@ -109,6 +119,35 @@ def run(args: argparse.Namespace) -> None:
                 "SAD": sad(alpha, case.alpha), "Grad": gradient_error(alpha, case.alpha),
                 "FG err": edge_color_error(fg, case.fg, case.alpha), "s": seconds}
     report(table, names)
+    if model and first is not None:
+        timing(model, first.image)
+
+
+def timing(model: dict, image: np.ndarray, repeats: int = 4) -> None:
+    """Time per image with one cached session against a new session per image (what
+    `rembg.remove` without `session=` and the A1111 extension do)."""
+    from lib_layerdiffuse.cutout import rembg_backend
+
+    cached, fresh = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        cut_out(image, refine="none", **model)
+        cached.append(time.perf_counter() - t)
+        rembg_backend.release_sessions()
+        t = time.perf_counter()
+        cut_out(image, refine="none", **model)
+        fresh.append(time.perf_counter() - t)
+    c, f = statistics.median(cached[1:]), statistics.median(fresh)
+    h, w = image.shape[:2]
+    print(f"\n### Time per image, {w}x{h}, refine none (median of {repeats})\n")
+    print("| session | s/image | ratio to cached |\n|---|---|---|")
+    print(f"| cached (one per model) | {c:.2f} | 1.00 |\n| new per image | {f:.2f} | {f / c:.2f} |")
+
+
+def _group(name: str) -> str:
+    """'cat/vignette s0 384' -> 's0 384 vignette'."""
+    case, *rest = name.split(" ")
+    return " ".join(rest + [case.split("/")[1]])
 
 
 def _mean(entries, metric: str) -> str:
@@ -118,7 +157,7 @@ def _mean(entries, metric: str) -> str:
 
 def report(table: dict, names: list[str]) -> None:
     key = table[KEY]
-    groups = sorted({" ".join(n.split(" ")[1:]) + " " + n.split("/")[1].split(" ")[0] for n in names if "/" in n})
+    groups = sorted({_group(n) for n in names})
     print(f"\n### Summary ({len(names)} cases; means over the cases each row scored)\n")
     print("| method | scored | SAD | Grad | FG err | s/image | cases worse than the key |")
     print("|---|---|---|---|---|---|---|")
@@ -132,7 +171,7 @@ def report(table: dict, names: list[str]) -> None:
     labels = list(table)
     print("| cases | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels))
     for group in groups:
-        members = [n for n in names if "/" in n and (" ".join(n.split(" ")[1:]) + " " + n.split("/")[1].split(" ")[0]) == group]
+        members = [n for n in names if _group(n) == group]
         print(f"| {group} ({len(members)}) | " + " | ".join(_mean([table[m][n] for n in members], "SAD") for m in labels) + " |")
     print("\n### SAD per case\n")
     print("| case | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels))

@@ -84,8 +84,14 @@ def test_anchors():
     assert sad(oracle_matting(c.image, c.alpha), c.alpha) < sad(key, c.alpha)
 
 
-def test_benchmark_prints_every_case_with_its_anchors():
+def test_benchmark_prints_every_case_with_its_anchors(tmp_path):
+    from lib_layerdiffuse.testing.onnx_models import write_segmenter
+
+    model = write_segmenter(tmp_path / "seg.onnx")
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cutout_quality.py"), "--rgba", str(RGBA),
-                          "--sizes", "64", "--backdrops", "vignette,jpeg"], capture_output=True, text=True, check=True)
+                          "--sizes", "64", "--backdrops", "vignette,jpeg", "--onnx", str(model)],
+                         capture_output=True, text=True, check=True)
     assert "hard key" in out.stdout and "oracle trimap" in out.stdout and "weight-free, alpha matting" in out.stdout
+    assert "rembg.remove (local file seg.onnx" in out.stdout and "| model, alpha matting |" in out.stdout
     assert out.stdout.count("s0 64 |") == 8  # every case in the per-case table
+    assert "| new per image |" in out.stdout  # the session timing

@@ -41,4 +41,4 @@ def oracle_matting(image: np.ndarray, alpha: np.ndarray, band: int = 3) -> np.nd
 
     trimap = oracle_trimap(alpha, band).astype(np.float32)
     with contextlib.redirect_stdout(io.StringIO()):
-        return solve_alpha(image, trimap, np.where(trimap == 0.5, 0.5, trimap).astype(np.float32))
+        return solve_alpha(image, trimap, trimap)  # unanchored tiles keep 0.5

@@ -110,24 +110,9 @@ def synthetic_cases(size: int = 256) -> Iterator[Case]:
             yield synthetic_case(fg, bg, size)
 
 
-def rgba_cases(folder: Path, backgrounds: tuple = ("solid", "gradient"), size: Optional[int] = None) -> Iterator[Case]:
-    """Real straight-alpha RGBA files (e.g. LayerDiffuse outputs) composited over backgrounds."""
-    for path in sorted(Path(folder).glob("*.png")):
-        with Image.open(path) as img:
-            rgba = img.convert("RGBA")
-            if size:
-                rgba = rgba.resize((size, size), Image.LANCZOS)
-            arr = np.asarray(rgba, np.float32) / 255.0
-        side = max(arr.shape[:2])
-        for bg in backgrounds:
-            back = BACKGROUNDS[bg](side)[: arr.shape[0], : arr.shape[1]]
-            yield compose(f"{path.stem}/{bg}", arr[..., 3], arr[..., :3], back)
-
-
 # ---- real RGBA foregrounds over seeded smooth backdrops (the weight-free cutout's benchmark) ----
 
 BACKDROPS = ("vignette", "gradient", "cos4", "close", "jpeg")
-HARD_BACKDROPS = ("cos4", "close", "jpeg")
 
 
 def _unit_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
