@@ -10,8 +10,10 @@ and the edge colour error (0..255 where the true alpha is soft) for:
 - anchors in the same run: the hard key against the border median (distance > 0.12) and
   closed-form matting with an oracle trimap (true alpha > 0.95 / < 0.05, eroded 3 px);
 - the weight-free cutout with each refinement (none / decontaminate / alpha matting);
-- with `--onnx FILE` or `--model NAME`: that model through rembg with its defaults, and ours on it
-  with refinement none and alpha matting (does matting after a model help, and is it ever worse?).
+- with `--onnx FILE` (any ONNX segmenter: BiRefNet, IS-Net or U2-Net exports) or `--model NAME`
+  (a rembg model in U2NET_HOME): that model alone through `rembg.remove` with its defaults, and
+  ours on it with refinement none and alpha matting (does matting after a model help, and is it
+  ever worse than the model alone? the summary counts the cases).
 
     python benchmarks/cutout_quality.py                       # 384 px, vignette + gradient
     python benchmarks/cutout_quality.py --backdrops all --sizes 384,1024 --seeds 0,1,2
@@ -22,7 +24,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from lib_layerdiffuse.testing.composites import BACKDROPS, backdrop_cases, synth
 
 KEY, ORACLE = "hard key (border median, d > 0.12)", "closed-form, oracle trimap"
 REFINES = ("none", "decontaminate", "alpha matting")
+MODEL_REFINES = ("none", "alpha matting")
 
 
 def baseline(session, image: np.ndarray):
@@ -84,15 +86,16 @@ def methods(args: argparse.Namespace, model: dict):
 
         session = rembg_backend.get_session(model["model"], model.get("model_path", ""),
                                             home=model.get("models_dir"), allow_download=False)
-        yield f"rembg.remove ({session.model}, defaults)", lambda case: baseline(session.session, case.image)
-        for refine in ("none", "alpha matting"):
+        yield f"model alone: rembg.remove ({session.model}, defaults)", \
+            lambda case: baseline(session.session, case.image)
+        for refine in MODEL_REFINES:
             yield f"model, {refine}", ours(refine, **model)
 
 
 def model_kwargs(args: argparse.Namespace) -> dict:
     """cut_out's keywords for the model in `--onnx` / `--model`; empty without one."""
     if args.onnx:
-        return dict(model="local file", model_path=args.onnx, models_dir=tempfile.mkdtemp(prefix="cutout-bench-"))
+        return dict(model="local file", model_path=args.onnx)
     if args.model:
         return dict(model=args.model, allow_download=False)
     return {}
@@ -167,6 +170,13 @@ def report(table: dict, names: list[str]) -> None:
         worse = sum(1 for n, e in rows.items() if not e.get("refused") and e["SAD"] > key[n]["SAD"])
         print(f"| {label} | {len(scored)}/{len(entries)} | {_mean(entries, 'SAD')} | {_mean(entries, 'Grad')} | "
               f"{_mean(entries, 'FG err')} | {_mean(entries, 's')} | {'' if label == KEY else worse} |")
+    plain, matted = (f"model, {r}" for r in MODEL_REFINES)
+    if plain in table and matted in table:
+        pairs = [(table[plain][n], table[matted][n]) for n in names]
+        diffs = [m["SAD"] - p["SAD"] for p, m in pairs if not p.get("refused") and not m.get("refused")]
+        worse = [d for d in diffs if d > 0]
+        print(f"\n{matted} against {plain}: better on {sum(d < 0 for d in diffs)} of {len(diffs)} cases, "
+              f"worse on {len(worse)}" + (f" (by at most {max(worse):.2f})" if worse else ""))
     print("\n### Mean SAD by backdrop, seed and size\n")
     labels = list(table)
     print("| cases | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels))
@@ -194,7 +204,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="384", help="comma list of square sizes, e.g. 384,1024")
     parser.add_argument("--seeds", default="0", help="comma list of backdrop seeds")
     parser.add_argument("--synthetic", action="store_true", help="add the synthetic disc, strands and glass panel")
-    parser.add_argument("--onnx", help="an ONNX segmentation model (320 or 1024 px input), e.g. a BiRefNet export")
+    parser.add_argument("--onnx", help="an ONNX segmentation model (square input), e.g. a BiRefNet or IS-Net export")
     parser.add_argument("--model", help="a rembg model name whose file is in U2NET_HOME")
     run(parser.parse_args())
 

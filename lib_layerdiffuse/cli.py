@@ -274,10 +274,12 @@ def _add_cutout_flags(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group("cutout")
     group.add_argument("--cutout-model", metavar="MODEL",
-                       help=f"{', '.join(MODEL_CHOICES)} (default {DEFAULT_MODEL} when it is downloaded or can be "
+                       help=f"{', '.join(MODEL_CHOICES)}, or local:FILE.onnx for an ONNX file in the cutout "
+                            f"models folder (default {DEFAULT_MODEL} when it is downloaded or can be "
                             "downloaded, else weight-free; 'weight-free' needs no download and suits flat or "
                             "smooth backgrounds)")
-    group.add_argument("--model-path", help="ONNX file for --cutout-model 'local file'")
+    group.add_argument("--model-path", help="ONNX file for --cutout-model 'local file' (a BiRefNet, IS-Net or "
+                                            "U2-Net export)")
     group.add_argument("--refine", default=Refine.DECONTAMINATE.value,
                        help="edge refinement: " + ", ".join(r.value for r in Refine) + " (default decontaminate)")
     group.add_argument("--edge-band", type=int, default=10, help="width in pixels of the band solved by matting")

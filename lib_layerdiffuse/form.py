@@ -69,7 +69,7 @@ def cutout_controls(gr: Any, default_model: str, elem_id: Callable[[str], str],
         model = gr.Dropdown(label=meta["model"]["label"], choices=choices or list(MODEL_CHOICES), value=d.model,
                             type="value", elem_id=elem_id("cutout_model"))
         model_path = gr.Textbox(label=meta["model_path"]["label"], value="", visible=shown["model_path"],
-                                placeholder="/path/to/model.onnx (320 or 1024 px square input)")
+                                placeholder="/path/to/model.onnx (a BiRefNet, IS-Net or U2-Net export)")
     about = gr.Markdown(describe(d.model), elem_id=elem_id("cutout_about"))
     refine = gr.Radio(label=meta["refine"]["label"], choices=[r.value for r in Refine], value=d.refine.value,
                       type="value", elem_id=elem_id("cutout_refine"))

@@ -59,24 +59,80 @@ def test_builtin_model_name_loads_from_the_models_folder_and_is_cached(home):
     assert result.settings.to_infotext()["layerdiffusion_cutout_model"] == "u2netp"
 
 
-def test_local_onnx_outside_the_models_folder_runs_through_rembg_custom_sessions(home, tmp_path):
+def test_local_onnx_by_path_runs_with_onnxruntime_alone(home, tmp_path, monkeypatch):
     model = write_segmenter(tmp_path / "elsewhere" / "mine.onnx")
+    monkeypatch.setattr(rembg_backend, "import_rembg", lambda: pytest.fail("rembg is not needed for local files"))
     result = cut_out(red_on_blue(), model="local file", model_path=str(model))
-    assert "u2net_custom" in result.model and result.alpha[45, 60] > 0.99
-    linked = list((home / "local").iterdir())
-    assert len(linked) == 1 and linked[0].read_bytes() == model.read_bytes()
+    assert result.model == "mine.onnx (U2-Net recipe) on CPUExecutionProvider"
+    assert result.alpha[45, 60] > 0.99 and result.alpha[5, 5] < 0.01
+    assert not home.exists()  # nothing is linked or copied into the models folder
     big = write_segmenter(tmp_path / "big.onnx", size=1024)
-    assert "dis_custom" in cut_out(red_on_blue(), model="local file", model_path=str(big)).model
-
-
-def test_local_onnx_with_an_unusual_input_size_is_refused(tmp_path):
+    assert "(IS-Net recipe)" in cut_out(red_on_blue(), model="local file", model_path=str(big)).model
+    free = write_segmenter(tmp_path / "free.onnx", input_shape=["batch", 3, "height", "width"])
+    session = rembg_backend.get_session("local file", str(free))
+    assert session.session.recipe.size == 1024 and session.session.recipe.family == "IS-Net"
     odd = write_segmenter(tmp_path / "odd.onnx", size=256)
-    with pytest.raises(rembg_backend.CutoutModelError, match=r"320 or 1024"):
-        cut_out(red_on_blue(), model="local file", model_path=str(odd))
+    assert cut_out(red_on_blue(), model="local file", model_path=str(odd)).alpha[45, 60] > 0.99
+
+
+@pytest.mark.parametrize("name, size, expected", [
+    ("isnet-mine.onnx", 1024, 0.8 - 0.5),  # IS-Net: mean 0.5, deviation 1, already in [0, 1]
+    ("u2net-mine.onnx", 320, 1 / (1 + np.exp(-(0.8 - 0.485) / 0.229))),  # U2-Net: ImageNet, logits
+    ("BiRefNet-general-mine.onnx", 1024, 1 / (1 + np.exp(-(0.8 - 0.485) / 0.229))),  # BiRefNet: ImageNet
+])
+def test_local_onnx_families_get_their_own_normalisation(tmp_path, name, size, expected):
+    from lib_layerdiffuse.cutout.local_onnx import LocalSegmenter
+
+    model = write_segmenter(tmp_path / name, size=size, weights=(1.0, 0.0, 0.0), logits=True)
+    flat = np.full((40, 40, 3), (204, 0, 0), np.uint8)  # red 0.8
+    pred = LocalSegmenter(model, ["CPUExecutionProvider"]).probabilities(flat)
+    assert pred.shape == (size, size) and np.allclose(pred, expected, atol=1e-4)
+
+
+def test_birefnet_logits_get_a_sigmoid_and_masks_are_not_stretched(tmp_path):
+    model = write_segmenter(tmp_path / "BiRefNet-lite.onnx", size=1024, logits=True)
+    result = cut_out(red_on_blue(), model="local file", model_path=str(model))
+    assert "(BiRefNet recipe)" in result.model
+    assert result.alpha[45, 60] > 0.99 and result.alpha[5, 5] < 0.01
+    # an image with nothing in it stays empty (a min-max stretch would make a full mask of it)
+    with pytest.raises(CutoutError, match="no subject found"):
+        cut_out(np.full((60, 60, 3), (0, 0, 200), np.uint8), model="local file", model_path=str(model))
+
+
+def test_local_onnx_that_is_not_a_segmenter_is_refused(tmp_path):
+    wide = write_segmenter(tmp_path / "wide.onnx", input_shape=[1, 3, 320, 256])
+    with pytest.raises(rembg_backend.CutoutModelError, match=r"\[1, 3, 320, 256\]; only square inputs"):
+        cut_out(red_on_blue(), model="local file", model_path=str(wide))
     with pytest.raises(ValueError, match="needs the path of an ONNX file"):
         cut_out(red_on_blue(), model="local file")
     with pytest.raises(rembg_backend.CutoutModelError, match="does not exist"):
         cut_out(red_on_blue(), model="local file", model_path=str(tmp_path / "missing.onnx"))
+
+
+def test_onnx_files_in_the_models_folder_are_listed_and_run_by_name(home):
+    from lib_layerdiffuse.cutout.availability import CutoutModels
+    from lib_layerdiffuse.cutout.models import LOCAL_FILE, model_choices, parse_model
+
+    write_segmenter(home / "BiRefNet-portrait-mine.onnx", size=1024, logits=True)
+    write_segmenter(home / "u2netp.onnx")  # rembg's own model: listed under its name only
+    (home / "notes.txt").write_text("not a model")
+    choices = model_choices(home)
+    assert choices[-2:] == ["local:BiRefNet-portrait-mine.onnx", LOCAL_FILE]
+    assert "local:u2netp.onnx" not in choices and "u2netp" in choices
+    models = CutoutModels(home)
+    labels = dict((value, label) for label, value in models.choices())
+    assert labels["local:BiRefNet-portrait-mine.onnx"] == "local:BiRefNet-portrait-mine.onnx · in the models folder"
+    assert str(home / "BiRefNet-portrait-mine.onnx") in models.describe("local:BiRefNet-portrait-mine.onnx")
+    result = cut_out(red_on_blue(), model="local:BiRefNet-portrait-mine.onnx")
+    assert result.model.startswith("BiRefNet-portrait-mine.onnx (BiRefNet recipe)") and result.alpha[45, 60] > 0.99
+    assert result.settings.to_infotext()["layerdiffusion_cutout_model"] == "local:BiRefNet-portrait-mine.onnx"
+    gone = models.of("local:other.onnx")
+    assert not gone.usable and f"other.onnx is not in the cutout models folder {home}" == gone.reason
+    with pytest.raises(rembg_backend.CutoutModelError, match=r"local:other.onnx is not in the cutout models folder"):
+        cut_out(red_on_blue(), model="local:other.onnx")
+    for bad in ("local:../x.onnx", "local:", "local:model.bin"):
+        with pytest.raises(ValueError, match="the name of an .onnx file in the cutout models folder"):
+            parse_model(bad)
 
 
 def test_missing_model_offline_names_file_url_and_the_path_rembg_reads(home):

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from ..reachability import Reach, probe
-from .models import DEFAULT_MODEL, LOCAL_FILE, MODEL_CHOICES, RELEASE_URL, REMBG_MODELS, WEIGHT_FREE, model_label
+from .models import (DEFAULT_MODEL, LOCAL_FILE, RELEASE_URL, REMBG_MODELS, WEIGHT_FREE, local_name, model_choices,
+                     model_label)
 from .rembg_backend import downloaded_model_file, model_target, models_home, not_downloadable
 
 
@@ -26,7 +27,8 @@ class Availability:
 
     model: str
     usable: bool
-    state: str  # "no download", "downloaded", "downloads on first use", "not downloaded", "rembg missing"
+    state: str  # "no download", "downloaded", "downloads on first use", "not downloaded", "not installed",
+    #             "in the models folder", "an ONNX file of yours", "not found"
     path: Optional[Path] = None
     reason: str = ""
 
@@ -47,8 +49,8 @@ class CutoutModels:
         return self._answer
 
     @staticmethod
-    def rembg_missing() -> Optional[str]:
-        absent = [name for name in ("onnxruntime", "rembg") if importlib.util.find_spec(name) is None]
+    def packages_missing(needed: tuple[str, ...] = ("onnxruntime", "rembg")) -> Optional[str]:
+        absent = [name for name in needed if importlib.util.find_spec(name) is None]
         if not absent:
             return None
         return f"{' and '.join(absent)} not installed (pip install -e \".[cutout]\")"
@@ -56,11 +58,18 @@ class CutoutModels:
     def of(self, model: str) -> Availability:
         if model == WEIGHT_FREE:
             return Availability(model, True, "no download")
-        missing = self.rembg_missing()
+        local = model == LOCAL_FILE or bool(local_name(model))
+        missing = self.packages_missing(("onnxruntime",) if local else ("onnxruntime", "rembg"))
         if missing:
-            return Availability(model, False, "rembg missing", reason=missing)
+            return Availability(model, False, "not installed", reason=missing)
         if model == LOCAL_FILE:
             return Availability(model, True, "an ONNX file of yours")
+        if local:
+            path = self.folder / local_name(model)
+            if path.is_file():
+                return Availability(model, True, "in the models folder", path)
+            return Availability(model, False, "not found", path, f"{path.name} is not in the cutout models folder "
+                                                                f"{self.folder}")
         present = downloaded_model_file(model, self.folder)
         if present is not None:
             return Availability(model, True, "downloaded", present)
@@ -99,6 +108,8 @@ class CutoutModels:
             state = f"Downloaded:{where}."
         elif found.state == "downloads on first use":
             state = f"Not downloaded yet: it downloads on first use to{where}."
+        elif found.state == "in the models folder":
+            state = f"Found:{where}."
         elif found.reason:
             state = found.reason[0].upper() + found.reason[1:] + "."
         else:
@@ -106,5 +117,6 @@ class CutoutModels:
         return f"{model_label(model)}. {state}".strip()
 
     def choices(self, include_local_file: bool = True) -> list[tuple[str, str]]:
-        """(label, value) for every model, in MODEL_CHOICES order."""
-        return [(self.label(m), m) for m in MODEL_CHOICES if include_local_file or m != LOCAL_FILE]
+        """(label, value) for every model: MODEL_CHOICES, with the ONNX files found in the models
+        folder before "local file"."""
+        return [(self.label(m), m) for m in model_choices(self.folder) if include_local_file or m != LOCAL_FILE]

@@ -14,7 +14,9 @@
    such as glass included, is solved.
 4. Closed-form matting solves alpha in the unknown region (`refine.solve_alpha`), starting from
    the least alpha; a second solve takes its sure regions from the first alpha, which covers
-   edges softer than the band.
+   edges softer than the band. Large interior regions the first solve left translucent although
+   their colours cannot be faint mixes (a beige suit on tan) are sure foreground in the second.
+5. No alpha in the subject stays under a large unmix bound (thin dark outlines on a dark backdrop).
 The result carries the background surface, so colour estimation can unmix it exactly.
 A background that is not smooth (texture, a scene) gives a CutoutError suggesting a model.
 """
@@ -34,6 +36,12 @@ FIRST_LOW = 0.06  # the first mask only takes clear differences (the first surfa
 STRONG = 0.08  # a region must reach this distance somewhere to be subject
 SEE_THROUGH = 0.6  # least alpha under which the interior is solved, not assumed opaque
 CERTAIN = 0.97  # least alpha above which a pixel is opaque wherever it is
+BOUND = 0.5  # least alpha (of the unsmoothed image) above which alpha is raised to it in the subject
+LARGE = 0.02  # interior regions above this fraction of the image are decided whole, not matted
+FAINT = 0.18  # a large region whose median least alpha is under this is see-through (glass)
+CLEAR = 0.05  # least alpha under which a pixel looks just like the background
+HAIR = 3  # pixels around such a pixel that stay unknown inside opaque regions
+DECIDED = 0.9  # a large region the first matting solved above this mean alpha is left to it
 GAP = 2  # pixels between the subject mask and sure background
 SMOOTH_SIGMA = 1.0
 SMALL = 64  # images with a side under this are not smoothed and get no gap
@@ -98,6 +106,34 @@ def _subject(distance: np.ndarray, low: float, high: float, seeds: np.ndarray) -
     return _fill_small_holes(_hysteresis(distance, low, high, seeds), max(16, distance.size // 1000))
 
 
+def _undecided_opaque(mixable: np.ndarray, least: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """The parts of large regions of `mixable` (interior pixels that could be light mixes) that the
+    first matting left translucent although they are opaque.
+
+    Matting cannot decide a large region whose colour is close to the background: with its
+    anchors far away it settles near one half. Glass and other see-through material shows the
+    background almost unchanged (median least alpha near 0.1); a large region of subject colour
+    that merely resembles the background (a beige suit on tan) has a clearly higher median.
+    Regions the matting already solved as mostly opaque (fur with background between the
+    hairs at its fringe) are left to it. Within the others, pixels that could be faint mixes,
+    and pixels near one that looks just like the background, stay unknown."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mixable)
+    if not count:
+        return mixable
+    index = np.arange(1, count + 1)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    medians = np.asarray(ndimage.median(least, labels, index))
+    solved = np.asarray(ndimage.mean(alpha, labels, index))
+    opaque = np.zeros(count + 1, bool)
+    opaque[1:] = (sizes >= LARGE * mixable.size) & (medians > FAINT) & (solved < DECIDED)
+    if not opaque.any():
+        return np.zeros_like(mixable)
+    near_background = ndimage.binary_dilation(least < CLEAR, iterations=HAIR)
+    return opaque[labels] & (least > FAINT) & ~near_background
+
+
 def border_matte(image: np.ndarray, band: int = 10, progress=None) -> BorderMatte:
     """Alpha of the subject of `image` (HxWx3 uint8, or floats in [0,1]) against its smooth
     background. `progress` (a `progress.Stages` holding STAGES) hears of each stage and tile."""
@@ -128,7 +164,10 @@ def border_matte(image: np.ndarray, band: int = 10, progress=None) -> BorderMatt
         raise CutoutError("no subject found: the whole image matches its border background")
     least = surface.least_alpha(smooth)
     inside = ndimage.distance_transform_cdt(subject, metric="taxicab")
-    sure = ((inside > max(band, 1)) & (least > SEE_THROUGH)) | (subject & (least > CERTAIN))
+    interior = inside > max(band, 1)
+    sure = (interior & (least > SEE_THROUGH)) | (subject & (least > CERTAIN))
+    mixable = interior & ~sure  # interior pixels that could be light mixes
+    del interior
     if not sure.any():
         sure = inside >= inside.max()  # thin subjects: anchor on their core
     del inside
@@ -139,12 +178,19 @@ def border_matte(image: np.ndarray, band: int = 10, progress=None) -> BorderMatt
     trimap[outside > (0 if small else GAP)] = 0.0
     del outside
     prior = np.where(subject, np.maximum(least, 0.5), least).astype(np.float32)
-    del least, subject
     if tick is not None:
         tick(1, 1)
     alpha = solve_alpha(image, trimap, prior, progress.start(STAGES[1]) if progress is not None else None)
     del trimap, prior
     # second pass: sure regions from the first alpha, so edges softer than the band are solved too
-    alpha = solve_alpha(image, trimap_from_alpha(alpha, 0.95, 0.02, max(band, 1)), alpha,
-                        progress.start(STAGES[2]) if progress is not None else None)
+    trimap = trimap_from_alpha(alpha, 0.95, 0.02, max(band, 1))
+    trimap[_undecided_opaque(mixable, least, alpha)] = 1.0
+    del mixable, least
+    alpha = solve_alpha(image, trimap, alpha, progress.start(STAGES[2]) if progress is not None else None)
+    del trimap
+    # the unmix bound holds for every pixel: no alpha can be lower (matting goes under it on thin
+    # dark outlines); only large bounds are used, which noise cannot produce
+    floor = surface.least_alpha(image)
+    raise_to = subject & (floor > BOUND)
+    alpha[raise_to] = np.maximum(alpha[raise_to], floor[raise_to])
     return BorderMatte(alpha=alpha, background=surface, noise=noise)

@@ -1,4 +1,5 @@
-"""The cutout models we offer: the weight-free backend, rembg's sessions, and a local ONNX file.
+"""The cutout models we offer: the weight-free backend, rembg's sessions, ONNX files found in the
+models folder (`local:<file name>`), and any ONNX file by path ("local file").
 
 Facts per rembg session (file, size, licence, where it downloads from) are listed so the panel
 can show them and the offline message can say exactly what to fetch. Non-commercial models are
@@ -8,10 +9,12 @@ offered but labelled, and never the default.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 WEIGHT_FREE = "weight-free"
 LOCAL_FILE = "local file"
+LOCAL_PREFIX = "local:"  # followed by the name of an ONNX file in the models folder
 RELEASE_URL = "https://github.com/danielgatis/rembg/releases/download/v0.0.0/"
 
 
@@ -55,14 +58,39 @@ REMBG_MODELS = {m.name: m for m in (
 DEFAULT_MODEL = "isnet-general-use"
 MODEL_CHOICES = (WEIGHT_FREE, *REMBG_MODELS, LOCAL_FILE)
 
-# rembg's sessions for user ONNX files, by the input size the graph expects
-CUSTOM_SESSIONS = {320: "u2net_custom", 1024: "dis_custom"}
+
+def local_models(folder: Path) -> list[str]:
+    """`local:<name>` for every ONNX file directly in the models `folder` that is not one of
+    rembg's own models (those are listed by their names)."""
+    builtin = {m.local_name.casefold() for m in REMBG_MODELS.values()}
+    if not folder.is_dir():
+        return []
+    return [LOCAL_PREFIX + p.name for p in sorted(folder.glob("*.onnx"), key=lambda p: p.name.casefold())
+            if p.is_file() and p.name.casefold() not in builtin]
+
+
+def model_choices(folder: Path) -> list[str]:
+    """Every model to offer, the ONNX files found in `folder` just before "local file"."""
+    return [*MODEL_CHOICES[:-1], *local_models(folder), LOCAL_FILE]
+
+
+def local_name(choice: str) -> str:
+    """The file name in a `local:<name>` choice ("" for other choices)."""
+    return choice[len(LOCAL_PREFIX):] if choice.startswith(LOCAL_PREFIX) else ""
 
 
 def parse_model(value: Any) -> str:
-    """A model choice: one of MODEL_CHOICES (any case; "none"/"border" mean weight-free)."""
+    """A model choice: one of MODEL_CHOICES (any case; "none"/"border" mean weight-free), or
+    `local:<name>` for an ONNX file in the models folder."""
     if not isinstance(value, str):
         raise TypeError(f"cutout model must be a name, got {type(value).__name__} {value!r}")
+    if value.strip().casefold().startswith(LOCAL_PREFIX):
+        name = value.strip()[len(LOCAL_PREFIX):].strip()
+        if not name or Path(name).name != name or not name.casefold().endswith(".onnx"):
+            raise ValueError(f"cutout model {value!r}: after {LOCAL_PREFIX!r} comes the name of an .onnx file in "
+                             "the cutout models folder, without a folder; for a file elsewhere use "
+                             f"{LOCAL_FILE!r} with its path")
+        return LOCAL_PREFIX + name
     key = value.strip().casefold().replace("_", "-")
     aliases = {"none": WEIGHT_FREE, "border": WEIGHT_FREE, "weightfree": WEIGHT_FREE,
                "local": LOCAL_FILE, "local-file": LOCAL_FILE, "custom": LOCAL_FILE}
@@ -71,7 +99,8 @@ def parse_model(value: Any) -> str:
             return choice
     if key in aliases:
         return aliases[key]
-    raise ValueError(f"unknown cutout model {value!r}; valid models are {', '.join(MODEL_CHOICES)}")
+    raise ValueError(f"unknown cutout model {value!r}; valid models are {', '.join(MODEL_CHOICES)}, or "
+                     f"{LOCAL_PREFIX}<file name> for an ONNX file in the cutout models folder")
 
 
 def model_label(choice: str) -> str:
@@ -79,4 +108,6 @@ def model_label(choice: str) -> str:
         return f"{WEIGHT_FREE} (flat or smooth backgrounds; no download)"
     if choice == LOCAL_FILE:
         return f"{LOCAL_FILE} (an ONNX model on this machine)"
+    if local_name(choice):
+        return f"{local_name(choice)} (an ONNX model in the models folder)"
     return REMBG_MODELS[choice].label()

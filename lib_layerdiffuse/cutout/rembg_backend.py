@@ -1,7 +1,9 @@
 """rembg as a cutout backend: imported lazily and guarded, one session per (model, file, providers).
 
 What we take from rembg is the model zoo, its downloads and its per-model pre-processing
-(`session.predict`); edges, colours and outputs are ours (`refine.py`, `result.py`). Guards:
+(`session.predict`); edges, colours and outputs are ours (`refine.py`, `result.py`). ONNX files
+of the user's (`local:<name>` in the models folder, or "local file" by path) are run by
+`local_onnx.py` with onnxruntime alone, through the same session cache. Guards:
 - onnxruntime is checked before rembg is imported (rembg >= 2.0.71 calls `sys.exit` at import
   when it is missing, which would end the WebUI), and `SystemExit` is caught as well;
 - rembg's models folder (`U2NET_HOME`, read by every rembg version) points at our models
@@ -13,10 +15,8 @@ What we take from rembg is the model zoo, its downloads and its per-model pre-pr
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
-import shutil
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -26,7 +26,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ..weights.location import PROJECT_MODELS_DIR, forge_models_root
-from .models import CUSTOM_SESSIONS, LOCAL_FILE, REMBG_MODELS
+from .models import LOCAL_FILE, LOCAL_PREFIX, REMBG_MODELS, local_name
 
 HOME_ENV = "U2NET_HOME"
 ACCELERATED = ("CUDAExecutionProvider", "ROCMExecutionProvider")
@@ -41,15 +41,22 @@ class CutoutModelError(RuntimeError):
     """A cutout model file is missing, cannot be downloaded or cannot be loaded."""
 
 
+_INSTALL_HINT = ("install it with `pip install \"rembg<=2.0.69\" onnxruntime pymatting` on Python 3.10, "
+                 "`pip install rembg onnxruntime pymatting` on 3.11+ (or `pip install -e .[cutout]`), "
+                 "or choose the weight-free model")
+
+
+def _import_onnxruntime():
+    try:
+        return importlib.import_module("onnxruntime")
+    except Exception as exc:
+        raise CutoutUnavailable(f"onnxruntime is not available ({exc}); {_INSTALL_HINT}") from None
+
+
 def import_rembg():
     """rembg, or CutoutUnavailable with install instructions (never SystemExit)."""
-    hint = ("install it with `pip install \"rembg<=2.0.69\" onnxruntime pymatting` on Python 3.10, "
-            "`pip install rembg onnxruntime pymatting` on 3.11+ (or `pip install -e .[cutout]`), "
-            "or choose the weight-free model")
-    try:
-        importlib.import_module("onnxruntime")  # first: rembg exits the process without it
-    except Exception as exc:
-        raise CutoutUnavailable(f"onnxruntime is not available ({exc}); {hint}") from None
+    hint = _INSTALL_HINT
+    _import_onnxruntime()  # first: rembg exits the process without it
     try:
         import rembg
     except SystemExit:
@@ -131,25 +138,28 @@ def release_sessions() -> None:
 
 def get_session(model: str, model_path: str = "", providers: Optional[Sequence[str]] = None,
                 home: Union[str, os.PathLike, None] = None, allow_download: bool = True) -> RembgSession:
-    """The cached session for (model, file, providers), loading it on first use."""
-    rembg = import_rembg()
+    """The cached session for (model, file, providers), loading it on first use. Local ONNX
+    files (`local:<name>` in the models folder, or "local file" with `model_path`) only need
+    onnxruntime; rembg's own models need rembg."""
     folder = models_home(home)
-    os.environ[HOME_ENV] = str(folder)
-    wanted = choose_providers(providers)
-    if model == LOCAL_FILE:
-        source = _local_file(model_path)
-        key = (model, str(source), os.stat(source).st_mtime_ns, tuple(wanted))
+    if model == LOCAL_FILE or local_name(model):
+        source = _local_file(model_path) if model == LOCAL_FILE else _in_folder(local_name(model), folder)
+        _import_onnxruntime()
+        wanted = choose_providers(providers)
+        key = (LOCAL_FILE, str(source), os.stat(source).st_mtime_ns, tuple(wanted))
+        load = lambda: _load_local(source, wanted)  # noqa: E731
     elif model in REMBG_MODELS:
+        rembg = import_rembg()
+        os.environ[HOME_ENV] = str(folder)
+        wanted = choose_providers(providers)
         key = (model, str(folder), tuple(wanted))
+        load = lambda: _load_builtin(rembg, model, folder, wanted, allow_download)  # noqa: E731
     else:
         raise ValueError(f"{model!r} is not a rembg model; choose one of {', '.join(REMBG_MODELS)} or "
                          f"{LOCAL_FILE!r}")
     with _LOCK:
         if key not in _SESSIONS:
-            if model == LOCAL_FILE:
-                _SESSIONS[key] = _load_local(rembg, source, folder, wanted)
-            else:
-                _SESSIONS[key] = _load_builtin(rembg, model, folder, wanted, allow_download)
+            _SESSIONS[key] = load()
         return _SESSIONS[key]
 
 
@@ -159,6 +169,14 @@ def _local_file(model_path: str) -> Path:
     path = Path(model_path).expanduser().resolve()
     if not path.is_file():
         raise CutoutModelError(f"the cutout model file {path} does not exist")
+    return path
+
+
+def _in_folder(name: str, folder: Path) -> Path:
+    path = folder / name
+    if not path.is_file():
+        raise CutoutModelError(f"the cutout model {LOCAL_PREFIX}{name} is not in the cutout models folder {folder}: "
+                               f"put the file there, or choose 'local file' with its path")
     return path
 
 
@@ -225,46 +243,18 @@ def _load_builtin(rembg, model: str, folder: Path, providers: list[str], allow_d
     return _described(session, model, present or downloaded_model_file(model, folder) or target, providers)
 
 
-def _load_local(rembg, source: Path, folder: Path, providers: list[str]) -> RembgSession:
-    """A user ONNX file through rembg's custom sessions: `dis_custom` (1024x1024 input) or
-    `u2net_custom` (320x320). rembg >= 2.0.75 only loads files inside its models folder, so a
-    file elsewhere is linked (or copied) into `<folder>/local/`."""
-    inside = _inside(source, folder)
-    for size, session_name in sorted(CUSTOM_SESSIONS.items(), reverse=True):
-        try:
-            session = _new_session(rembg, session_name, providers, model_path=str(inside))
-        except Exception as exc:
-            raise CutoutModelError(f"onnxruntime cannot load the cutout model file {source} "
-                                   f"({type(exc).__name__}: {exc}); it is damaged or not an ONNX model") from None
-        shape = session.inner_session.get_inputs()[0].shape
-        if list(shape[-2:]) == [size, size]:
-            return _described(session, f"{LOCAL_FILE} {source.name} ({session_name})", source, providers)
-    raise CutoutModelError(f"the cutout model file {source} takes input of shape {shape}; rembg runs local "
-                           f"models with a square input of {' or '.join(str(s) for s in CUSTOM_SESSIONS)} pixels "
-                           "(U2-Net-like or IS-Net/BiRefNet-like graphs)")
+def _load_local(source: Path, providers: list[str]) -> RembgSession:
+    from .local_onnx import LocalModelError, LocalSegmenter
+
+    _preload_cuda(providers)
+    try:
+        segmenter = LocalSegmenter(source, providers)
+    except LocalModelError as exc:
+        raise CutoutModelError(str(exc)) from None
+    return _described(segmenter, f"{source.name} ({segmenter.recipe.family} recipe)", source, providers)
 
 
-def _inside(source: Path, folder: Path) -> Path:
-    if folder in source.parents:
-        return source
-    digest = hashlib.sha256(str(source).encode()).hexdigest()[:10]
-    link = folder / "local" / f"{source.stem}-{digest}.onnx"
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if link.exists() or link.is_symlink():
-        if link.resolve() == source or (link.is_file() and os.path.samefile(link, source)):
-            return link
-        link.unlink()
-    for make in (os.link, os.symlink):
-        try:
-            make(source, link)
-            return link
-        except OSError:
-            continue
-    shutil.copyfile(source, link)
-    return link
-
-
-def _new_session(rembg, name: str, providers: list[str], **kwargs):
+def _preload_cuda(providers: list[str]) -> None:
     if any(p == "CUDAExecutionProvider" for p in providers):
         try:  # onnxruntime >= 1.21 can reuse the CUDA libraries that ship with torch
             import onnxruntime
@@ -272,6 +262,10 @@ def _new_session(rembg, name: str, providers: list[str], **kwargs):
             onnxruntime.preload_dlls()
         except Exception:
             pass
+
+
+def _new_session(rembg, name: str, providers: list[str], **kwargs):
+    _preload_cuda(providers)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # we report provider fall-backs ourselves
         return rembg.new_session(name, providers=list(providers), **kwargs)

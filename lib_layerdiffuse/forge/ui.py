@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
+from ..cutout.models import model_choices
 from ..cutout.options import CutoutSettings
+from ..cutout.rembg_backend import models_home
 from ..form import cutout_controls, input_visibility, method_hint
 from ..methods import Method
 from ..params import LayerDiffuseParams, ResizeMode
@@ -76,11 +78,14 @@ def _build_cutout(gr, script: Any, canvas: Optional[type]) -> tuple[list, list]:
     meta = {name: f.metadata for name, f in _CUT_FIELDS.items()}
     with gr.Accordion(open=False, label=CUTOUT_TITLE, elem_id=script.elem_id("cutout")):
         gr.Markdown("Cuts out every image LayerDiffuse did not make transparent (another checkpoint, "
-                    "LayerDiffuse off, an opaque method). Models download on first use into models/u2net.")
+                    "LayerDiffuse off, an opaque method). Models download on first use into models/u2net; "
+                    "ONNX files of your own there (BiRefNet, U2-Net, IS-Net) are listed as local:<name> "
+                    "(restart to list new ones).")
         enabled = gr.Checkbox(label=meta["enabled"]["label"], value=_CUT_DEFAULTS.enabled,
                               elem_id=script.elem_id("cutout_enabled"))
         controls = cutout_controls(gr, _CUT_DEFAULTS.model, script.elem_id,
-                                   lambda label, visible: _image_input(gr, label, canvas, visible))
+                                   lambda label, visible: _image_input(gr, label, canvas, visible),
+                                   choices=model_choices(models_home()))
     components = [enabled, *controls]
     key = {name: m["infotext"] for name, m in meta.items()}
     fields = [(enabled, lambda d: d.get(key["enabled"], False))]
