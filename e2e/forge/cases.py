@@ -250,6 +250,17 @@ def _cutout_ran(r: Result) -> list[str]:
             "and without a reason in the log"]
 
 
+def _local_model_ran(r: Result) -> list[str]:
+    """The cutout ran the ONNX file from models/u2net: real alpha, or no subject in the noise
+    that random weights make (anything else, such as a missing file, is a failure)."""
+    failures = _cutout_ran(r)
+    if r.cutout_refusal and not r.cutout_refusal.startswith("no subject found"):
+        failures.append(f"the local model did not run: {r.cutout_refusal[:200]}")
+    if "local:BiRefNet-rig.onnx" not in r.infotext:
+        failures.append("the infotext does not name local:BiRefNet-rig.onnx")
+    return failures
+
+
 def matrix() -> list[Case]:
     """The cases, plain call first (the baseline every ratio is measured against)."""
     fg, bg = condition_image("fg"), condition_image("bg")
@@ -288,6 +299,10 @@ def matrix() -> list[Case]:
              _payload(init_images=[flat_image(rgba=False)], denoising_strength=0.3,
                       scripts=[{"cutout": True, "cutout_model": "weight-free"}]),
              endpoint="img2img", layer=False, extra=_cutout_ran),
+        Case("cutout local:BiRefNet-rig.onnx (models/u2net) on img2img",
+             _payload(init_images=[flat_image(rgba=False)], denoising_strength=0.3,
+                      scripts=[{"cutout": True, "cutout_model": "local:BiRefNet-rig.onnx"}]),
+             endpoint="img2img", layer=False, extra=_local_model_ran),
         # the API encodes its images in the output format, so only the saved PNG copy has alpha
         Case("JPEG output format, fg-only", _payload(scripts=layer_args(SD15_ATTN)), transparent=0,
              options={"samples_format": "jpg"}, extra=_saved_jpg_and_png),

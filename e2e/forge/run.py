@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cases import Case, Result, matrix, run_case, sdxl_matrix  # noqa: E402
 from host import CHECKPOINT_NAMES, Forge, Server, log  # noqa: E402
 
+LOCAL_SEGMENTER = "BiRefNet-rig.onnx"
+
 LAYER_FILES = {
     "sd15": ("layer_sd15_transparent_attn.safetensors", "layer_sd15_joint.safetensors",
              "layer_sd15_fg2bg.safetensors", "layer_sd15_bg2fg.safetensors",
@@ -71,13 +73,31 @@ def write_weights(cache: Path, family: str) -> tuple[Path, list[Path]]:
 
 
 def prepare(forge: Forge, cache: Path, family: str) -> None:
+    from lib_layerdiffuse.testing.onnx_models import write_segmenter
+
     forge.prepare_venv()
     forge.prepare_repositories()
     checkpoint, files = write_weights(cache, family)
     forge.place(checkpoint, "Stable-diffusion")
     for path in files:
         forge.place(path, "layer_model")
+    # a tiny segmenter in BiRefNet's conventions, for the cutout dropdown and the local-model case
+    forge.place(write_segmenter(cache / LOCAL_SEGMENTER, size=1024, logits=True), "u2net")
     forge.install_extension()
+
+
+def local_model_listed(url: str) -> list[str]:
+    """Failures, if the cutout dropdowns of the running Forge do not offer the rig's ONNX file."""
+    config = requests.get(f"{url}/config", timeout=120)
+    config.raise_for_status()
+    wanted = f"local:{LOCAL_SEGMENTER}"
+    dropdowns = [c for c in config.json().get("components", [])
+                 if str(c.get("props", {}).get("elem_id", "")).endswith("cutout_model")]
+    listed = [c for c in dropdowns if wanted in json.dumps(c["props"].get("choices", []))]
+    if not dropdowns:
+        return ["no cutout model dropdown in Forge's /config"]
+    return [] if len(listed) == len(dropdowns) else [f"{wanted} is missing from {len(dropdowns) - len(listed)} of "
+                                                     f"{len(dropdowns)} cutout model dropdowns"]
 
 
 def screenshot(url: str, target: Path) -> None:
@@ -149,9 +169,12 @@ def main(argv=None) -> int:
             parser.exit(1, f"preparing Forge failed (exit code {child.exitcode}); see the output above\n")
     server = Server(forge, args.port, cache / f"forge-{forge.commit()}.log")
     results: list[Result] = []
+    listing = ["Forge did not start"]
     try:
         started = server.start()
         log(f"Forge {forge.version()} ({forge.commit()}) up in {started:.0f} s")
+        listing = local_model_listed(server.url)
+        log(f"cutout dropdowns list local:{LOCAL_SEGMENTER}: {'yes' if not listing else listing}")
         requests.post(f"{server.url}/sdapi/v1/options", timeout=600, json={
             "sd_model_checkpoint": CHECKPOINT_NAMES[args.family], "live_previews_enable": False,
             "samples_format": "png"}).raise_for_status()
@@ -186,7 +209,9 @@ def main(argv=None) -> int:
             "main": [s.short() for s in r.main], "saved": [(n, s.short()) for n, s in r.saved],
             "tracebacks": r.tracebacks, "notes": r.notes} for r in results], indent=1))
     failed = [r for r in results if r.failures]
-    return 1 if failed or not results else 0
+    if listing:
+        print(f"\nFAILED: {'; '.join(listing)}")
+    return 1 if failed or listing or not results else 0
 
 
 if __name__ == "__main__":
