@@ -106,32 +106,48 @@ def _subject(distance: np.ndarray, low: float, high: float, seeds: np.ndarray) -
     return _fill_small_holes(_hysteresis(distance, low, high, seeds), max(16, distance.size // 1000))
 
 
-def _undecided_opaque(mixable: np.ndarray, least: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """The parts of large regions of `mixable` (interior pixels that could be light mixes) that the
-    first matting left translucent although they are opaque.
+def _opaque_candidates(mixable: np.ndarray, least: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(regions, pixels): the large regions of `mixable` (interior pixels that could be light
+    mixes) that may be opaque, whole, and the pixels in them that may be set opaque.
 
     Matting cannot decide a large region whose colour is close to the background: with its
     anchors far away it settles near one half. Glass and other see-through material shows the
     background almost unchanged (median least alpha near 0.1); a large region of subject colour
     that merely resembles the background (a beige suit on tan) has a clearly higher median.
-    Regions the matting already solved as mostly opaque (fur with background between the
-    hairs at its fringe) are left to it. Within the others, pixels that could be faint mixes,
-    and pixels near one that looks just like the background, stay unknown."""
+    Within such a region, pixels that could be faint mixes, and pixels near one that looks just
+    like the background, stay unknown. Two masks are kept instead of the least alpha itself,
+    so the first solve runs without it in memory."""
     from scipy import ndimage
 
     labels, count = ndimage.label(mixable)
     if not count:
-        return mixable
-    index = np.arange(1, count + 1)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    medians = np.asarray(ndimage.median(least, labels, index))
-    solved = np.asarray(ndimage.mean(alpha, labels, index))
-    opaque = np.zeros(count + 1, bool)
-    opaque[1:] = (sizes >= LARGE * mixable.size) & (medians > FAINT) & (solved < DECIDED)
-    if not opaque.any():
-        return np.zeros_like(mixable)
+        return mixable, mixable
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    # median least alpha above FAINT: more than half of the region's pixels are above it
+    # (counted, not sorted: a median sorts every interior pixel and costs 16 bytes each)
+    above = np.bincount(labels[least > FAINT], minlength=count + 1)
+    large = (sizes >= LARGE * mixable.size) & (2 * above > sizes)
+    large[0] = False
+    regions = large[labels]
+    del labels
+    if not regions.any():
+        return regions, regions
     near_background = ndimage.binary_dilation(least < CLEAR, iterations=HAIR)
-    return opaque[labels] & (least > FAINT) & ~near_background
+    return regions, regions & (least > FAINT) & ~near_background
+
+
+def _left_translucent(regions: np.ndarray, pixels: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """The `pixels` of those `regions` that the first matting left translucent (mean alpha under
+    DECIDED); regions it already solved as mostly opaque (fur with background between the hairs
+    at its fringe) are left to it."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(regions)
+    if not count:
+        return pixels
+    translucent = np.zeros(count + 1, bool)
+    translucent[1:] = np.asarray(ndimage.mean(alpha, labels, np.arange(1, count + 1))) < DECIDED
+    return translucent[labels] & pixels
 
 
 def border_matte(image: np.ndarray, band: int = 10, progress=None) -> BorderMatte:
@@ -171,6 +187,8 @@ def border_matte(image: np.ndarray, band: int = 10, progress=None) -> BorderMatt
     if not sure.any():
         sure = inside >= inside.max()  # thin subjects: anchor on their core
     del inside
+    regions, candidates = _opaque_candidates(mixable, least)
+    del mixable
     trimap = np.full((h, w), 0.5, np.float32)
     trimap[sure] = 1.0
     del sure
@@ -178,14 +196,15 @@ def border_matte(image: np.ndarray, band: int = 10, progress=None) -> BorderMatt
     trimap[outside > (0 if small else GAP)] = 0.0
     del outside
     prior = np.where(subject, np.maximum(least, 0.5), least).astype(np.float32)
+    del least
     if tick is not None:
         tick(1, 1)
     alpha = solve_alpha(image, trimap, prior, progress.start(STAGES[1]) if progress is not None else None)
     del trimap, prior
     # second pass: sure regions from the first alpha, so edges softer than the band are solved too
     trimap = trimap_from_alpha(alpha, 0.95, 0.02, max(band, 1))
-    trimap[_undecided_opaque(mixable, least, alpha)] = 1.0
-    del mixable, least
+    trimap[_left_translucent(regions, candidates, alpha)] = 1.0
+    del regions, candidates
     alpha = solve_alpha(image, trimap, alpha, progress.start(STAGES[2]) if progress is not None else None)
     del trimap
     # the unmix bound holds for every pixel: no alpha can be lower (matting goes under it on thin

@@ -55,14 +55,13 @@ def _import_onnxruntime():
 
 def import_rembg():
     """rembg, or CutoutUnavailable with install instructions (never SystemExit)."""
-    hint = _INSTALL_HINT
     _import_onnxruntime()  # first: rembg exits the process without it
     try:
         import rembg
     except SystemExit:
-        raise CutoutUnavailable(f"rembg refused to start (it exited during import); {hint}") from None
+        raise CutoutUnavailable(f"rembg refused to start (it exited during import); {_INSTALL_HINT}") from None
     except Exception as exc:
-        raise CutoutUnavailable(f"rembg could not be imported ({type(exc).__name__}: {exc}); {hint}") from None
+        raise CutoutUnavailable(f"rembg could not be imported ({type(exc).__name__}: {exc}); {_INSTALL_HINT}") from None
     return rembg
 
 
