@@ -613,6 +613,15 @@ def test_script_file_imports_and_builds_the_panel(forge, gradio, monkeypatch):
     assert accepted(p.sd_model.forge_objects.unet)
 
 
+def test_cutout_dropdown_lists_onnx_files_of_the_models_folder(gradio, tmp_path, monkeypatch):
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path))
+    (tmp_path / "BiRefNet-mine.onnx").write_bytes(b"listed by name only")
+    components = ui.build_ui(types.SimpleNamespace(elem_id=lambda x: x), False)
+    model = components[len(dataclasses.fields(LayerDiffuseParams)) + 1]
+    assert model.kwargs["label"] == "Cutout model"
+    assert model.kwargs["choices"][-2:] == ["local:BiRefNet-mine.onnx", "local file"]
+
+
 def test_method_change_shows_only_the_inputs_it_uses(gradio):
     assert form.input_visibility(Method.FG_BLEND_TO_BG) == {
         "fg_image": True, "bg_image": False, "blend_image": True, "resize_mode": True,
