@@ -14,7 +14,8 @@ from .border import STAGES as BORDER_STAGES
 from .border import CutoutError, border_matte
 from .models import WEIGHT_FREE
 from .options import CutoutSettings, Refine
-from .refine import estimate_foreground, fill_transparent, row_strips, solve_alpha, trimap_from_alpha
+from .model_matting import matting_after_model
+from .refine import estimate_foreground, fill_transparent, row_strips
 from .result import CutoutResult
 
 NO_SUBJECT = 0.5  # an alpha that never reaches this holds no subject
@@ -94,10 +95,8 @@ def _cut(rgba: np.ndarray, settings: CutoutSettings, stages: Stages, providers, 
     if float(alpha.max()) < NO_SUBJECT:
         raise CutoutError(f"no subject found: {model} sees nothing but background in this image")
     if settings.refine is Refine.MATTING:
-        trimap = trimap_from_alpha(alpha, settings.fg_threshold / 255.0, settings.bg_threshold / 255.0,
-                                   settings.edge_band)
-        alpha = solve_alpha(rgb, trimap, alpha, stages.start(MATTING_STAGE))
-        del trimap
+        alpha = matting_after_model(rgb, alpha, settings.fg_threshold / 255.0, settings.bg_threshold / 255.0,
+                                    settings.edge_band, stages.start(MATTING_STAGE))
     if settings.refine is Refine.NONE:
         colour = rgb.copy()  # the fill below writes into it
     else:
