@@ -46,6 +46,14 @@ def test_weight_free_beats_the_hard_key_on_real_foregrounds(name, backdrop, seed
     assert ours < bound and ours < sad(colour_key(c.image), c.alpha), ours
 
 
+@pytest.mark.slow
+def test_widths_grow_with_the_image_so_large_glass_is_solved():
+    fg, alpha = load_rgba(next(RGBA.glob("*t2i_0_transparent.png")), 1024)
+    c = backdrop_case("glass", fg, alpha, "vignette", np.random.default_rng([0, 5]))
+    ours = sad(border_matte(c.image).alpha, c.alpha)
+    assert ours < 60 and ours < sad(colour_key(c.image), c.alpha), ours  # [119 with 384 px widths; key 200]
+
+
 def test_see_through_glass_is_solved_not_assumed_opaque():
     c = case("t2i_0_transparent", "gradient")
     alpha = cut_out(c.image, model="weight-free", refine="none").alpha
