@@ -563,3 +563,16 @@ def test_replacement_generates_with_from_foreground_to_blending(tmp_path):
     np.testing.assert_array_equal(result[opaque], case.image[opaque])
     assert out.image.size == (72, 72) and len(out.generated) == 1 and "a beach" in out.infotext
     assert generation_size(1000, 500, 1024) == (1024, 512)
+
+
+@pytest.mark.parametrize("band", [1, 4, 7, 30])
+def test_trimap_sure_regions_are_the_square_erosion(band):
+    from scipy.ndimage import binary_erosion, gaussian_filter
+
+    alpha = gaussian_filter(np.random.default_rng(band).random((240, 180)), 12)
+    alpha = (alpha - alpha.min()) / np.ptp(alpha)  # sure regions reach the image border
+    trimap = refine_module.trimap_from_alpha(alpha, 0.6, 0.4, band)
+    square = np.ones((band, band), bool)
+    assert np.array_equal(trimap == 1.0, binary_erosion(alpha > 0.6, structure=square))
+    assert np.array_equal(trimap == 0.0, binary_erosion(alpha < 0.4, structure=square, border_value=1))
+    assert (trimap == 1.0).any() and (trimap == 0.0).any()

@@ -156,7 +156,8 @@ def _left_translucent(regions: np.ndarray, pixels: np.ndarray, alpha: np.ndarray
 
 def border_matte(image: np.ndarray, band: int = 10, progress=None) -> BorderMatte:
     """Alpha of the subject of `image` (HxWx3 uint8, or floats in [0,1]) against its smooth
-    background; `band` is the edge band in pixels at REFERENCE size. `progress` (a `progress.Stages` holding STAGES) hears of each stage and tile."""
+    background; `band` is the edge band in pixels at REFERENCE size. `progress` (a
+    `progress.Stages` holding STAGES) hears of each stage and tile."""
     from scipy import ndimage
 
     tick = progress.start(STAGES[0]) if progress is not None else None
