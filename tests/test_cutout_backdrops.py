@@ -105,13 +105,31 @@ def test_matting_after_a_model_keeps_dark_outlines_above_their_unmix_bound():
     assert sad(guarded, c.alpha) < 0.85 * sad(plain, c.alpha)  # [0.473 -> 0.363]
 
 
-def test_matting_after_a_model_on_a_textured_backdrop_is_plain_matting():
+def _cat_on_noise():
     c = case("cat", "gradient")
-    rng = np.random.default_rng(0)
-    image = compose("cat on noise", c.alpha, c.fg, rng.random(c.image.shape)).image
-    model = (c.alpha > 0.5).astype(np.float32)
+    return c, compose("cat on noise", c.alpha, c.fg, np.random.default_rng(0).random(c.image.shape)).image
+
+
+def test_matting_after_a_model_on_a_textured_backdrop_is_plain_matting_where_the_model_is_unsure():
+    from scipy import ndimage
+
+    c, image = _cat_on_noise()
+    model = ndimage.gaussian_filter((c.alpha > 0.5).astype(np.float32), 2.0)
     plain = solve_alpha(image, trimap_from_alpha(model, *THRESHOLDS), model)
-    assert np.array_equal(matting_after_model(image, model, *THRESHOLDS), plain)
+    guarded = matting_after_model(image, model, *THRESHOLDS)
+    unsure = (model >= 0.05) & (model <= 0.95)
+    assert unsure.sum() > 1000 and np.array_equal(guarded[unsure], plain[unsure])
+    assert np.array_equal(guarded[~unsure], model[~unsure])
+
+
+def test_matting_after_a_model_keeps_what_the_model_is_sure_of():
+    # A model that is right and sure of every pixel of the cat (fur as a hard edge included);
+    # on a noisy backdrop matting moves pixels of the band by colour alone.
+    c, image = _cat_on_noise()
+    model = np.where(c.alpha > 0.5, np.maximum(c.alpha, 0.96), np.minimum(c.alpha, 0.04)).astype(np.float32)
+    plain = solve_alpha(image, trimap_from_alpha(model, *THRESHOLDS), model)
+    assert sad(plain, model) > 1.0  # [what matting alone changes]
+    assert np.array_equal(matting_after_model(image, model, *THRESHOLDS), model)
 
 
 def test_surface_follows_a_strong_vignette_behind_the_subject():
