@@ -1,4 +1,4 @@
-"""Command line: `python -m lib_layerdiffuse [status|download|generate|cutout|replace-bg|app] ...`."""
+"""Command line: `python -m lib_layerdiffuse [status|download|convert|generate|cutout|replace-bg|app] ...`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 from . import __version__
 from .methods import Family, Method
 from .weights import CATALOG, State, WeightError, WeightStore, human_size
+from .weights.store import USABLE
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -20,19 +21,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     out.write("Methods (family, files needed, ready?):\n")
     for m in Method:
         states = [statuses[f].state for f in m.weight_files]
-        present = sum(state in (State.VERIFIED, State.UNPINNED, State.PRESENT) for state in states)
+        present = sum(state in USABLE + (State.PRESENT,) for state in states)
         ready = f"{len(states)} file{'s' * (len(states) > 1)} needed, {present} present"
         if State.PRESENT in states:
             ready += " (not verified yet)"
-        if all(state in (State.VERIFIED, State.UNPINNED) for state in states):
+        if all(state in USABLE for state in states):
             ready = "ready" if State.UNPINNED not in states else "ready (with unpinned files)"
         out.write(f"  {m.name:<18} {m.value}\n  {'':<18} {m.family.label}; {', '.join(m.weight_files)}; {ready}\n")
+        if m.spec.licence:
+            out.write(f"  {'':<18} Licence: {m.spec.licence}\n")
     out.write("\nWeight files:\n")
     for s in statuses.values():
         out.write(f"  {s.state.value:<26} {human_size(s.entry.approx_size):>8}  {s.entry.family.label:<5} {s.entry.name}\n")
         if s.detail:
             out.write(f"  {'':<26} {'':>8}  {'':<5} {s.detail}\n")
-        if s.state not in (State.VERIFIED, State.UNPINNED):
+        if s.state not in USABLE and s.entry.converted_from:
+            out.write(f"  {'':<26} {'':>8}  {'':<5} made from {s.entry.converted_from} by "
+                      "`python -m lib_layerdiffuse convert`\n")
+        elif s.state not in USABLE:
             out.write(f"  {'':<26} {'':>8}  {'':<5} from {s.entry.url}\n")
             out.write(f"  {'':<26} {'':>8}  {'':<5} to   {s.path}\n")
     if not args.verify and any(s.state is State.PRESENT for s in statuses.values()):
@@ -60,12 +66,42 @@ def cmd_download(args: argparse.Namespace) -> int:
     failed = 0
     for name in _selected_files(args):
         try:
-            path = store.ensure(name)
+            path = _ensure_or_convert(store, name)
             print(f"ok        {path}")
         except WeightError as exc:
             failed += 1
             print(f"FAILED    {name}: {exc}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _ensure_or_convert(store: WeightStore, name: str):
+    """`store.ensure(name)`; a missing converted file is made from its source, which is
+    downloaded first if needed (this command was asked to fetch it)."""
+    entry = store.entry(name)
+    if entry.converted_from and store.status(name).state is State.MISSING:
+        from .vae.convert import convert_flux_vae
+
+        convert_flux_vae(store.ensure(entry.converted_from), store)
+    return store.ensure(name)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .vae.convert import SOURCE, convert_flux_vae
+
+    store = WeightStore(args.models_dir, allow_download=args.download, progress=not args.quiet)
+    if args.source:
+        source = args.source
+    elif args.download:
+        source = store.ensure(SOURCE)
+    else:
+        source = store.path(SOURCE)
+        if not source.is_file():
+            raise WeightError(f"{source} is not there. Give the path of LayerDiffuse-Flux's {SOURCE}, or add "
+                              f"--download to fetch it from {store.entry(SOURCE).url}.")
+    for path in convert_flux_vae(source, store):
+        print(f"wrote     {path}")
+    print(f"Licence: {Method.FLUX_FG_ONLY.spec.licence}")
+    return 0
 
 
 def _read_image(path: Optional[str], flag: str):
@@ -414,6 +450,15 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--offline", action="store_true",
                           help="download nothing: verify what is there and say what is missing and where it goes")
     download.set_defaults(func=cmd_download)
+    convert = sub.add_parser("convert", parents=[common], help="make the Flux VAE files from TransparentVAE.pth",
+                             description="LayerDiffuse-Flux publishes its transparent VAE as a pickle "
+                                         "(TransparentVAE.pth), which is never loaded as it is. This reads it once "
+                                         "without running code from it (torch.load weights_only), checks every key "
+                                         "against the networks, and writes the decoder and encoder as safetensors "
+                                         "into the weight folder.")
+    convert.add_argument("source", nargs="?", help="path of TransparentVAE.pth (default: the weight folder's)")
+    convert.add_argument("--download", action="store_true", help="download TransparentVAE.pth first if it is missing")
+    convert.set_defaults(func=cmd_convert)
     _add_generate(sub, common)
     _add_cutout(sub, common)
     _add_app(sub, common)

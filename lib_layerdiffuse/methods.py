@@ -1,4 +1,4 @@
-"""The ten LayerDiffuse methods and what each one needs.
+"""The LayerDiffuse methods (ten for SD1.5 and SDXL, one for Flux) and what each one needs.
 
 The enum values are the reference extension's current display strings, so an infotext or an
 API payload written for the reference parses unchanged. `Method.parse` also accepts the names
@@ -18,10 +18,11 @@ class Family(str, enum.Enum):
 
     SD15 = "sd15"
     SDXL = "sdxl"
+    FLUX = "flux"
 
     @property
     def label(self) -> str:
-        return {"sd15": "SD1.5", "sdxl": "SDXL"}[self.value]
+        return {"sd15": "SD1.5", "sdxl": "SDXL", "flux": "Flux.1"}[self.value]
 
 
 class PatchKind(str, enum.Enum):
@@ -30,6 +31,7 @@ class PatchKind(str, enum.Enum):
     LORA = "lora"  # merged rank-256 LoRA (SDXL attention injection)
     DIFF = "diff"  # merged full weight offsets (SDXL conv injection and the layer models)
     ATTENTION_SHARING = "attention_sharing"  # SD1.5 run-time attention modules
+    TRANSFORMER_LORA = "transformer_lora"  # a LoRA in diffusers names, merged into the Flux transformer
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class MethodSpec:
     prompts: tuple[str, ...] = ()
     decoder_file: Optional[str] = None
     encoder_file: Optional[str] = None
+    licence: str = ""  # a licence the user must know of when choosing the method (shown by the UIs)
 
     @property
     def frame_count(self) -> int:
@@ -71,6 +74,9 @@ _SD15_DEC = "layer_sd15_vae_transparent_decoder.safetensors"
 _SD15_ENC = "layer_sd15_vae_transparent_encoder.safetensors"
 _XL_DEC = "vae_transparent_decoder.safetensors"
 _XL_ENC = "vae_transparent_encoder.safetensors"
+FLUX_LICENCE = ("Flux LayerDiffuse runs on FLUX.1-dev, whose licence is non-commercial (FLUX.1 [dev] "
+                "Non-Commercial License); its LoRA and VAE are published under AFL-3.0 on that base. "
+                "Check both before using the images commercially.")
 
 _SPECS: dict[str, MethodSpec] = {
     "FG_ONLY_ATTN_SD15": MethodSpec(
@@ -120,10 +126,17 @@ _SPECS: dict[str, MethodSpec] = {
         "layer_xl_bgble2fg.safetensors", PatchKind.DIFF,
         frames=("fg",), conditions=("bg", "blend"), transparent=(0,), conv_in_channels=12,
         decoder_file=_XL_DEC),
+    "FLUX_FG_ONLY": MethodSpec(
+        "(Flux) Only Generate Transparent Image", Family.FLUX,
+        "layerlora.safetensors", PatchKind.TRANSFORMER_LORA,
+        frames=("fg",), conditions=(), transparent=(0,),
+        decoder_file="layer_flux_vae_transparent_decoder.safetensors",
+        encoder_file="layer_flux_vae_transparent_encoder.safetensors", licence=FLUX_LICENCE),
 }
 
 _SDXL_PREFIX = "(SDXL) "
 _SD15_PREFIX = "(SD1.5) "
+_FLUX_PREFIX = "(Flux) "
 
 
 class Method(enum.Enum):
@@ -139,6 +152,7 @@ class Method(enum.Enum):
     FG_BLEND_TO_BG = _SPECS["FG_BLEND_TO_BG"].display
     BG_TO_BLEND = _SPECS["BG_TO_BLEND"].display
     BG_BLEND_TO_FG = _SPECS["BG_BLEND_TO_FG"].display
+    FLUX_FG_ONLY = _SPECS["FLUX_FG_ONLY"].display
 
     @property
     def spec(self) -> MethodSpec:
@@ -177,9 +191,12 @@ class Method(enum.Enum):
 
     @classmethod
     def default(cls, family: Union[Family, str, None] = None) -> "Method":
-        """The default method: SDXL attention injection, or SD1.5's when `family` is SD1.5."""
+        """The default method: SDXL attention injection, or the transparent foreground of the
+        SD1.5 or Flux family when `family` says so."""
         if family is not None and Family(family) is Family.SD15:
             return cls.FG_ONLY_ATTN_SD15
+        if family is not None and Family(family) is Family.FLUX:
+            return cls.FLUX_FG_ONLY
         return cls.FG_ONLY_ATTN
 
     @classmethod
@@ -213,7 +230,7 @@ class Method(enum.Enum):
 
 
 def _unprefixed(display: str) -> str:
-    for prefix in (_SDXL_PREFIX, _SD15_PREFIX):
+    for prefix in (_SDXL_PREFIX, _SD15_PREFIX, _FLUX_PREFIX):
         if display.startswith(prefix):
             return display[len(prefix):]
     return display

@@ -676,7 +676,7 @@ def test_infotext_round_trip_through_the_paste_fields(gradio):
 
 def test_patch_kinds_cover_every_method():
     kinds = {m.spec.patch_kind for m in Method}
-    assert kinds == {PatchKind.LORA, PatchKind.DIFF, PatchKind.ATTENTION_SHARING}
+    assert kinds == {PatchKind.LORA, PatchKind.DIFF, PatchKind.ATTENTION_SHARING, PatchKind.TRANSFORMER_LORA}
 
 
 # ---- the cutout (rembg fallback) --------------------------------------------------------

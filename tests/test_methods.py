@@ -17,9 +17,16 @@ REFERENCE_DISPLAY = [
 ]
 
 
-def test_ten_methods_in_reference_order_with_reference_strings():
-    assert Method.choices() == REFERENCE_DISPLAY
+def test_the_reference_methods_in_reference_order_with_reference_strings_then_flux():
+    assert Method.choices() == REFERENCE_DISPLAY + ["(Flux) Only Generate Transparent Image"]
     assert Method.default() is Method.FG_ONLY_ATTN
+    assert Method.default(Family.FLUX) is Method.FLUX_FG_ONLY
+    assert methods_for(Family.FLUX) == [Method.FLUX_FG_ONLY]
+
+
+def test_flux_method_names_its_non_commercial_base_licence():
+    assert "non-commercial" in Method.FLUX_FG_ONLY.spec.licence
+    assert all(not m.spec.licence for m in Method if m.family is not Family.FLUX)
 
 
 @pytest.mark.parametrize("method", list(Method))
@@ -85,7 +92,8 @@ def test_metadata_matches_the_spec_table():
     assert Method.FG_TO_BG_SD15.conditions == ("fg",)
     transparent = {m for m in Method if m.spec.transparent}
     assert transparent == {Method.FG_ONLY_ATTN_SD15, Method.BG_TO_FG_SD15, Method.JOINT_SD15,
-                           Method.FG_ONLY_ATTN, Method.FG_ONLY_CONV, Method.BG_BLEND_TO_FG}
+                           Method.FG_ONLY_ATTN, Method.FG_ONLY_CONV, Method.BG_BLEND_TO_FG, Method.FLUX_FG_ONLY}
+    assert Method.FLUX_FG_ONLY.spec.patch_kind is PatchKind.TRANSFORMER_LORA
     assert Method.FG_ONLY_ATTN.spec.patch_kind is PatchKind.LORA
     assert all(m.spec.patch_kind is PatchKind.ATTENTION_SHARING for m in methods_for("sd15"))
 

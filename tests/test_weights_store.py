@@ -12,11 +12,11 @@ from safetensors.torch import save_file
 
 from lib_layerdiffuse.methods import Family
 from lib_layerdiffuse.testing.file_server import FileServer
-from lib_layerdiffuse.weights import (CATALOG, State, WeightFile, WeightFormatError,
+from lib_layerdiffuse.weights import (CATALOG, REPO_ID, State, WeightFile, WeightFormatError,
                                       WeightIntegrityError, WeightMissingError, WeightStore,
                                       load_safetensors, resolve_models_dir)
-from lib_layerdiffuse.testing.layer_files import (decoder_layout, offset_encoder_layout, unet_file_layout,
-                                                  write_weight_file)
+from lib_layerdiffuse.testing.layer_files import (OFFSET_ENCODER_CHANNELS, decoder_layout, offset_encoder_layout,
+                                                  unet_file_layout, write_weight_file)
 from lib_layerdiffuse.testing.unet_specs import FULL
 from lib_layerdiffuse.weights import integrity
 from lib_layerdiffuse.weights.integrity import layout_sha256
@@ -33,10 +33,14 @@ def make_file(tmp_path):
     return data, WeightFile(NAME, hashlib.sha256(data).hexdigest(), len(data), Family.SD15, "encoder")
 
 
+OFFICIAL = {n: e for n, e in CATALOG.items() if e.repo_id == REPO_ID}
+
+
 def test_catalog_pins_all_14_official_files():
-    assert len(CATALOG) == 14
-    assert len({e.sha256 for e in CATALOG.values()}) == 14
-    for name, e in CATALOG.items():
+    assert len(OFFICIAL) == 14
+    assert len({e.sha256 for e in OFFICIAL.values()}) == 14
+    for name, e in OFFICIAL.items():
+        assert e.pinned and not e.converted_from
         assert e.name == name and name.endswith(".safetensors")
         assert len(e.sha256) == 64 and int(e.sha256, 16) >= 0
         assert e.url == f"https://huggingface.co/LayerDiffusion/layerdiffusion-v1/resolve/main/{name}"
@@ -44,6 +48,16 @@ def test_catalog_pins_all_14_official_files():
     assert CATALOG["vae_transparent_decoder.safetensors"].sha256 == \
         "59dc8feefe40d26b6cb7186aed7af70c60d94ac4f9db8ebe7f121a01ba27a2fc"
     assert sum(e.family is Family.SDXL for e in CATALOG.values()) == 8
+
+
+def test_flux_files_are_unpinned_and_the_vae_files_are_made_from_the_pickle():
+    flux = {n: e for n, e in CATALOG.items() if e.family is Family.FLUX}
+    assert set(flux) == set(OFFICIAL).symmetric_difference(CATALOG)
+    assert all(not e.pinned and e.repo_id == "RedAIGC/Flux-version-LayerDiffuse" for e in flux.values())
+    assert flux["layerlora.safetensors"].url.endswith("/RedAIGC/Flux-version-LayerDiffuse/resolve/main/layerlora.safetensors")
+    for role in ("decoder", "encoder"):
+        entry = flux[f"layer_flux_vae_transparent_{role}.safetensors"]
+        assert entry.converted_from == "TransparentVAE.pth" and entry.url.endswith("/TransparentVAE.pth")
 
 
 class TestResolutionOrder:
@@ -196,10 +210,14 @@ def test_catalog_layouts_are_the_official_full_size_layouts():
     """What an unpinned file is checked against: the layouts whose random fills came out
     byte-for-byte the size of the published files."""
     for name, entry in CATALOG.items():
+        flux = entry.family is Family.FLUX
         if entry.role == "decoder":
-            layout = decoder_layout()
+            layout = decoder_layout(latent_channels=16 if flux else 4)
         elif entry.role == "encoder":
-            layout = offset_encoder_layout()
+            layout = offset_encoder_layout(OFFSET_ENCODER_CHANNELS[:-1] + (16 if flux else 4,))
+        elif flux:
+            assert not entry.layout_sha256  # the LoRA is checked against the transformer it patches
+            continue
         else:
             layout = unet_file_layout(name, FULL[entry.family.value])
         assert layout_sha256(layout) == entry.layout_sha256, name

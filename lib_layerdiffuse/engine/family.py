@@ -1,8 +1,10 @@
-"""Which model family a checkpoint or a loaded UNet belongs to, checked before any work.
+"""Which model family a checkpoint or a loaded model belongs to, checked before any work.
 
-LayerDiffuse has weights for SD1.5 and SDXL only. The UNet's block layout tells them apart
-from each other and from what looks similar (SD2.x: linear projections; the SDXL refiner: four
-levels; inpainting UNets: 9 input channels; Flux / SD3: no UNet at all).
+LayerDiffuse has weights for SD1.5 and SDXL, LayerDiffuse-Flux for FLUX.1. The UNet's block
+layout tells SD1.5 and SDXL apart from each other and from what looks similar (SD2.x: linear
+projections; the SDXL refiner: four levels; inpainting UNets: 9 input channels). Flux has a
+transformer instead (double and single blocks; 64 packed input channels; Fill/Canny/Depth
+variants take more and are refused); SD3 has another transformer and is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..unet_blocks import STRUCTURES
 
 
 class UnsupportedModelError(ValueError):
-    """The model is not an SD1.5 or SDXL UNet, or does not match the chosen method."""
+    """The model is not an SD1.5, SDXL or FLUX.1 model, or does not match the chosen method."""
 
 
 def family_of_unet_config(config: Mapping[str, Any], source: str = "the model") -> Family:
@@ -46,11 +48,42 @@ def family_of_unet_config(config: Mapping[str, Any], source: str = "the model") 
         raise UnsupportedModelError(f"{source} looks like the SDXL refiner; LayerDiffuse needs an SDXL "
                                     "base model (or a fine-tune of it)")
     raise UnsupportedModelError(f"{source} is not an SD1.5 or SDXL UNet (down blocks {list(blocks)}); "
-                                "LayerDiffuse has weights for SD1.5 and SDXL only")
+                                "LayerDiffuse has weights for SD1.5, SDXL and FLUX.1 only")
 
 
 def family_of_unet(unet) -> Family:
     return family_of_unet_config(dict(unet.config), f"the loaded UNet ({type(unet).__name__})")
+
+
+FLUX_IN_CHANNELS = 64  # 16 latent channels packed 2x2
+
+
+def family_of_transformer_config(config: Mapping[str, Any], source: str = "the model") -> Family:
+    """Family.FLUX for a diffusers FluxTransformer2DModel config of a text-to-image FLUX.1."""
+    name = config.get("_class_name", "")
+    if name and name != "FluxTransformer2DModel" or "num_single_layers" not in config:
+        raise UnsupportedModelError(f"{source} has a {name or 'transformer'} that is not FLUX.1's; LayerDiffuse "
+                                    "has weights for SD1.5, SDXL and FLUX.1 only")
+    in_channels = config.get("in_channels", FLUX_IN_CHANNELS)
+    if in_channels != FLUX_IN_CHANNELS:
+        raise UnsupportedModelError(f"{source} is a FLUX.1 transformer with {in_channels} input channels (Fill, "
+                                    "Canny, Depth or another conditioned variant); LayerDiffuse-Flux needs a "
+                                    "text-to-image FLUX.1 (dev, schnell or a fine-tune)")
+    return Family.FLUX
+
+
+def family_of_transformer(transformer) -> Family:
+    return family_of_transformer_config({"_class_name": type(transformer).__name__, **dict(transformer.config)},
+                                        f"the loaded transformer ({type(transformer).__name__})")
+
+
+def family_of_bfl_layout(shapes: Mapping[str, Sequence[int]], source: str = "the model") -> Optional[Family]:
+    """Family.FLUX for a FLUX.1 transformer in Black Forest Labs' names (single-file checkpoints,
+    Forge), None when the names are not Flux's."""
+    img_in = shapes.get("img_in.weight")
+    if img_in is None or not any(k.startswith("double_blocks.") for k in shapes):
+        return None
+    return family_of_transformer_config({"num_single_layers": 0, "in_channels": int(img_in[1])}, source)
 
 
 def family_of_ldm_layout(shapes: Mapping[str, Sequence[int]], source: str = "the model") -> Family:
@@ -62,8 +95,8 @@ def family_of_ldm_layout(shapes: Mapping[str, Sequence[int]], source: str = "the
     conv_in = shapes.get("input_blocks.0.0.weight")
     if conv_in is None:
         raise UnsupportedModelError(
-            f"{source} has no SD UNet (no input_blocks.0.0.weight); it may be a Flux, SD3 or a LoRA "
-            "file. LayerDiffuse needs an SD1.5 or SDXL checkpoint")
+            f"{source} has no SD UNet (no input_blocks.0.0.weight); it may be a Flux model (choose the (Flux) "
+            "method), SD3 or a LoRA file. LayerDiffuse needs an SD1.5, SDXL or FLUX.1 checkpoint")
     config: dict[str, Any] = {"in_channels": int(conv_in[1])}
     levels = 1 + sum(1 for k in shapes if k.startswith("input_blocks.") and k.endswith(".0.op.weight"))
     if "label_emb.0.0.weight" in shapes:
@@ -96,10 +129,13 @@ def family_of_checkpoint_file(path: Union[str, Path]) -> Family:
     prefix = "model.diffusion_model."
     try:
         with safe_open(str(path), framework="pt") as f:
-            shapes = {k[len(prefix):]: tuple(f.get_slice(k).get_shape())
-                      for k in f.keys() if k.startswith(prefix)}
+            all_shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as exc:
         raise UnsupportedModelError(f"{path} cannot be read as safetensors: {exc}") from None
+    shapes = {k[len(prefix):]: v for k, v in all_shapes.items() if k.startswith(prefix)}
+    flux = family_of_bfl_layout(shapes or all_shapes, str(path))
+    if flux is not None:
+        return flux
     return family_of_ldm_layout(shapes, str(path))
 
 
@@ -151,14 +187,25 @@ def _not_found(model: str) -> ModelNotAvailableError:
         "(owner/name). Give a `.safetensors` checkpoint, a diffusers folder or a hub id."))
 
 
+CONFIG_FILES = ("unet/config.json", "transformer/config.json")  # SD, Flux
+
+
+def _family_of_config_file(path: Path, source: str) -> Family:
+    config = json.loads(path.read_text())
+    if path.parent.name == "transformer":
+        return family_of_transformer_config(config, source)
+    return family_of_unet_config(config, source)
+
+
 def _hub_config(model: str, offline: bool) -> tuple[Path, str, bool]:
-    """(path of the cached or downloaded unet/config.json, source, local_only) of a hub model."""
+    """(path of the cached or downloaded unet/ or transformer/config.json, source, local_only)
+    of a hub model."""
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
     from huggingface_hub import errors as hub_errors
 
     from ..reachability import probe
 
-    cached = try_to_load_from_cache(model, "unet/config.json")
+    cached = next((c for c in (try_to_load_from_cache(model, f) for f in CONFIG_FILES) if isinstance(c, str)), None)
     downloads_off = offline or constants.HF_HUB_OFFLINE
     reach = None if downloads_off else probe(constants.ENDPOINT)
     local_only = downloads_off or not reach.ok
@@ -174,7 +221,7 @@ def _hub_config(model: str, offline: bool) -> tuple[Path, str, bool]:
             f"`{model}` is not in the Hugging Face cache (`{hub_cache_dir()}`) and the Hugging Face hub "
             f"({reach.host}) cannot be reached from this machine ({reach.reason}). {how_to_get(model)}"))
     try:
-        path = hf_hub_download(model, "unet/config.json")
+        path = _download_first(model, hf_hub_download, hub_errors)
     except hub_errors.GatedRepoError:
         raise ModelNotAvailableError("Model not reachable", (
             f"`{model}` is gated on the Hugging Face hub: accept its licence on its page "
@@ -188,14 +235,26 @@ def _hub_config(model: str, offline: bool) -> tuple[Path, str, bool]:
             raise ModelNotAvailableError("Model not reachable", (
                 f"the Hugging Face hub did not answer for `{model}`. {how_to_get(model)}")) from None
         raise UnsupportedModelError(
-            f"`{model}` on the Hugging Face hub has no unet/config.json: it is not a diffusers SD1.5 or "
-            "SDXL model (single-file checkpoints on the hub: download the .safetensors and pass its path)"
-        ) from None
+            f"`{model}` on the Hugging Face hub has no unet/config.json or transformer/config.json: it is not a "
+            "diffusers SD1.5, SDXL or FLUX.1 model (single-file checkpoints on the hub: download the "
+            ".safetensors and pass its path)") from None
     except Exception as exc:
         raise ModelNotAvailableError("Model not reachable", (
             f"the Hugging Face hub did not answer for `{model}` ({type(exc).__name__}). Try again, "
             f"or: {how_to_get(model)}")) from None
     return Path(path), f"Hugging Face hub (downloads into {hub_cache_dir()} on first use)", False
+
+
+def _download_first(model: str, download, hub_errors) -> str:
+    """The first of CONFIG_FILES the repository has."""
+    missing = getattr(hub_errors, "RemoteEntryNotFoundError", hub_errors.EntryNotFoundError)
+    for name in CONFIG_FILES[:-1]:
+        try:
+            return download(model, name)
+        except missing as exc:
+            if isinstance(exc, hub_errors.LocalEntryNotFoundError):
+                raise
+    return download(model, CONFIG_FILES[-1])
 
 
 def _hub_reachable() -> bool:
@@ -218,17 +277,15 @@ def locate_model(model: str, offline: bool = False) -> ModelLocation:
         family = family_of_checkpoint_file(path)
         return ModelLocation(model, family, "single-file checkpoint", offline or not _hub_reachable())
     if path.is_dir():
-        config_path = path / "unet" / "config.json"
-        if not config_path.is_file():
-            raise UnsupportedModelError(f"{path} is a folder without unet/config.json; give a diffusers "
-                                        "model folder, a .safetensors checkpoint or a hub id")
-        family = family_of_unet_config(json.loads(config_path.read_text()), str(path))
-        return ModelLocation(model, family, "diffusers folder", True)
+        config_path = next((path / f for f in CONFIG_FILES if (path / f).is_file()), None)
+        if config_path is None:
+            raise UnsupportedModelError(f"{path} is a folder without unet/config.json or transformer/config.json; "
+                                        "give a diffusers model folder, a .safetensors checkpoint or a hub id")
+        return ModelLocation(model, _family_of_config_file(config_path, str(path)), "diffusers folder", True)
     if not looks_like_hub_id(model):
         raise _not_found(model)
     config_path, source, local_only = _hub_config(model, offline)
-    return ModelLocation(model, family_of_unet_config(json.loads(config_path.read_text()), model), source,
-                         local_only)
+    return ModelLocation(model, _family_of_config_file(config_path, model), source, local_only)
 
 
 def family_of_model(model: str, local_files_only: bool = False) -> Family:

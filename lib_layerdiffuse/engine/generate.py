@@ -68,7 +68,15 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 class LayerDiffuse:
-    """LayerDiffuse methods on a `StableDiffusionXLPipeline` or `StableDiffusionPipeline`."""
+    """LayerDiffuse methods on a `StableDiffusionXLPipeline` or `StableDiffusionPipeline`; given
+    a `FluxPipeline`, the Flux engine (`engine.flux.FluxLayerDiffuse`) with the same calls."""
+
+    def __new__(cls, pipe=None, *args: Any, **kwargs: Any):
+        if cls is LayerDiffuse and getattr(pipe, "transformer", None) is not None and getattr(pipe, "unet", None) is None:
+            from .flux import FluxLayerDiffuse
+
+            return FluxLayerDiffuse(pipe, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(self, pipe, store: Optional[WeightStore] = None, decoder_passes: int = 8,
                  progress: bool = True, backup_device: Union[str, torch.device] = "cpu"):
@@ -87,7 +95,8 @@ class LayerDiffuse:
                    local_files_only: bool = False, **kwargs: Any) -> "LayerDiffuse":
         """Load a pipeline from a hub id, a diffusers folder or a single .safetensors checkpoint.
 
-        The family is read from the model's UNet config or tensor names first, and checked
+        The family is read from the model's UNet or transformer config or tensor names first
+        (a FLUX.1 model gives the Flux engine), and checked
         against `method` before the (large) weights are loaded. `local_files_only` reads hub
         models from the Hugging Face cache only (no network); so does a hub that cannot be
         reached (checked once, quickly), instead of waiting through the hub client's retries.
@@ -99,10 +108,13 @@ class LayerDiffuse:
             warnings.warn(warning, stacklevel=2)
         if method is not None:
             check_method_family(Method.parse(method, family=family), family)
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+        from diffusers import FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-        pipe_cls = StableDiffusionXLPipeline if family is Family.SDXL else StableDiffusionPipeline
-        device, dtype = default_device_and_dtype(device, dtype)
+        pipe_cls = {Family.SDXL: StableDiffusionXLPipeline, Family.SD15: StableDiffusionPipeline,
+                    Family.FLUX: FluxPipeline}[family]
+        device, default_dtype = default_device_and_dtype(device, dtype)
+        if dtype is None:  # FLUX.1's own dtype on GPUs: in fp16 its activations overflow
+            dtype = torch.bfloat16 if family is Family.FLUX and device.type == "cuda" else default_dtype
         extra = {"safety_checker": None, "requires_safety_checker": False} if family is Family.SD15 else {}
         extra[_dtype_keyword()] = dtype
         if location.local_only:
@@ -115,7 +127,7 @@ class LayerDiffuse:
         except Exception as exc:
             raise RuntimeError(f"could not load {family.label} model {model!r}: {type(exc).__name__}: "
                                f"{exc}") from exc
-        return cls(pipe.to(device), **kwargs)
+        return LayerDiffuse(pipe.to(device), **kwargs)
 
     def _weights(self, name: str, kind: PatchKind):
         """Parsed patches or attention-sharing modules of a UNet file, kept for the next call
@@ -255,7 +267,7 @@ class LayerDiffuse:
         from diffusers import AutoPipelineForImage2Image
 
         img2img = AutoPipelineForImage2Image.from_pipe(self.pipe)
-        rgba = _fit_rgba(req.init_image, req.width, req.height)
+        rgba = fit_rgba(req.init_image, req.width, req.height)
         method = req.settings.method
         if method.spec.encoder_file:
             enc_device, enc_dtype = default_device_and_dtype(self.pipe.unet.device)
@@ -323,7 +335,7 @@ def format_infotext(prompt: str, negative_prompt: str, settings: dict[str, Any])
     return "\n".join(lines)
 
 
-def _fit_rgba(rgba: np.ndarray, width: int, height: int) -> np.ndarray:
+def fit_rgba(rgba: np.ndarray, width: int, height: int) -> np.ndarray:
     """Resize an RGBA init image to the generation size in premultiplied form (no dark or
     coloured fringes from the invisible pixels)."""
     if rgba.shape[:2] == (height, width):

@@ -1,8 +1,8 @@
 """From sampled latents to the images users get, and writing them as PNG files.
 
 Every image comes out with the frame it shows (fg / bg / blend). The frames the method makes
-transparent go through the transparent decoder (with the raw latent, model latent / scaling
-factor) and become straight-alpha RGBA with a checkerboard preview; the others are the
+transparent go through the transparent decoder (with the raw latent, `conventions.to_raw`
+of the model latent) and become straight-alpha RGBA with a checkerboard preview; the others are the
 ordinary decode. The ordinary decode of every image is kept as `original`.
 """
 
@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..images import save_png
 from ..methods import Method
+from ..vae.conventions import convention_of, to_raw
 from ..vae.frontends import TransparentDecoder
 from ..progress import ProgressCallback
 from ..vae.pixels import to_uint8
@@ -80,8 +81,9 @@ class LayerResult:
 
 
 @torch.no_grad()
-def vae_decode(vae, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw latents (fp32) and the ordinary decode in [0,1] (fp32) of model-space `latents`.
+def vae_decode(vae, latents: torch.Tensor, clip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw latents (fp32) and the ordinary decode (fp32) of model-space `latents`, mapped to
+    [0,1] and clipped there unless `clip` is off (the Flux decoder takes it unclipped).
 
     An fp16 VAE that asks for it (`force_upcast`, the SDXL VAE) decodes in fp32, as the
     diffusers pipelines do, and is put back afterwards.
@@ -93,7 +95,7 @@ def vae_decode(vae, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (1, -1, 1, 1)
         raw = raw * torch.tensor(std).view(shape).to(raw) / cfg.scaling_factor + torch.tensor(mean).view(shape).to(raw)
     else:
-        raw = raw / cfg.scaling_factor
+        raw = to_raw(raw, cfg)
     upcast = vae.dtype == torch.float16 and getattr(cfg, "force_upcast", False)
     if upcast:
         vae.to(torch.float32)
@@ -103,7 +105,8 @@ def vae_decode(vae, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     finally:
         if upcast:
             vae.to(torch.float16)
-    return raw, (pixel / 2 + 0.5).clamp(0, 1)
+    pixel = pixel / 2 + 0.5
+    return raw, pixel.clamp(0, 1) if clip else pixel
 
 
 def _to_pil(chw: torch.Tensor) -> Image.Image:
@@ -129,7 +132,7 @@ def decode_outputs(vae, latents: torch.Tensor, method: Method, decoder: Optional
 def _decode_one(vae, latent: torch.Tensor, index: int, method: Method,
                 decoder: Optional[TransparentDecoder], passes: int) -> LayerImage:
     spec = method.spec
-    raw, pixel = vae_decode(vae, latent)
+    raw, pixel = vae_decode(vae, latent, convention_of(method.family).clip_pixel)
     frame = index % spec.frame_count
     original = _to_pil(pixel[0])
     if frame not in spec.transparent:

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from ..engine.family import check_method_family, family_of_ldm_unet
+from ..methods import Family
 from ..params import LayerDiffuseParams
 from .cutout import cut_out_image, looks_enabled, split_script_args, start_cutout
 from .decode import decode_batch, keep_sampler_output
@@ -57,6 +58,9 @@ def process(p: Any, *args: Any) -> None:
     params = job.params
     if not params.enabled:
         return
+    if params.method.family is Family.FLUX:
+        raise ValueError(f"{params.method.value} does not run inside Forge in this version yet; run it with "
+                         "`python -m lib_layerdiffuse generate` or the app (`python -m lib_layerdiffuse app`)")
     job.host = detect_host()
     diffusion_model = p.sd_model.forge_objects.unet.model.diffusion_model
     job.family = family_of_ldm_unet(diffusion_model, "the loaded checkpoint")

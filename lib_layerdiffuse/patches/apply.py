@@ -56,18 +56,19 @@ class AppliedPatches:
 def resolve_patches(unet: torch.nn.Module, patches: Patches, family: Union[Family, str],
                     source: str = "patch file") -> dict[str, tuple[str, str, list[torch.Tensor]]]:
     """Map every patch key to a diffusers parameter and check its shape: returns
-    `{diffusers name: (model key, patch type, tensors)}` or raises PatchMismatchError."""
+    `{diffusers name: (model key, patch type, tensors)}` or raises PatchMismatchError. SD keys
+    are LDM names; Flux keys are already the transformer's parameter names."""
     params = dict(unet.named_parameters())
     resolved: dict[str, tuple[str, str, list[torch.Tensor]]] = {}
     for model_key, (patch_type, tensors) in patches.items():
         try:
-            name = ldm_to_diffusers(model_key, family)
+            name = model_key if Family(family) is Family.FLUX else ldm_to_diffusers(model_key, family)
         except KeyError as exc:
             raise PatchMismatchError(f"{source}: {exc.args[0]}. Is this a {Family(family).label} "
                                      "LayerDiffuse file?") from None
         if name not in params:
             raise PatchMismatchError(f"{source}: {model_key!r} maps to {name!r}, which this "
-                                     f"{Family(family).label} UNet does not have. Is this a "
+                                     f"{Family(family).label} model does not have. Is this a "
                                      f"{Family(family).label} LayerDiffuse file?")
         if name in resolved:
             raise PatchMismatchError(f"{source}: {model_key!r} and {resolved[name][0]!r} both map to {name!r}")

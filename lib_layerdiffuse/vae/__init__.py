@@ -14,7 +14,7 @@ from .pixels import checkerboard, flatten_over_grey, pad_rgb, to_uint8
 _TORCH_NAMES = {
     "augment": ("VARIANTS", "auto_batch_size", "estimate_augmented", "pad_to_multiple"),
     "frontends": ("OFFSET_SCALE", "DecodedImages", "TransparentDecoder", "TransparentEncoder", "decoder_for",
-                  "default_device_and_dtype", "encoder_for", "load_strict"),
+                  "check_strict", "default_device_and_dtype", "encoder_for", "load_strict"),
     "networks": ("LatentTransparencyOffsetEncoder", "UNet1024"),
 }
 _MODULE_OF = {name: module for module, names in _TORCH_NAMES.items() for name in names}

@@ -3,7 +3,8 @@
 `TransparentDecoder.decode(raw_latent, pixel)` turns the raw VAE latent and its ordinary
 decode into RGBA; `TransparentEncoder.encode(vae, images)` turns RGBA images into the img2img
 latent. `decoder_for(family)` / `encoder_for(family)` keep one instance per model family
-(the SD1.5 and SDXL files differ; the reference shares one and silently uses the wrong one).
+(the SD1.5, SDXL and Flux files differ; the reference shares one and silently uses the wrong
+one). The families' channel orders and latent conventions are in `conventions.py`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..methods import Family
 from ..weights import WeightStore, file_for
 from ..weights.errors import WeightFormatError
 from .augment import estimate_augmented
+from .conventions import convention_of, to_model
 from .networks import LatentTransparencyOffsetEncoder, UNet1024
 from .pixels import checkerboard, flatten_over_grey, pad_rgb, to_uint8
 
@@ -48,6 +50,12 @@ def default_device_and_dtype(device: Union[str, torch.device, None] = None,
 def load_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Load every key with the right shape, a float dtype and finite values, or explain what
     is wrong with the file."""
+    check_strict(model, state_dict, source)
+    model.load_state_dict(state_dict, strict=True)
+
+
+def check_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """What `load_strict` checks, without loading (`model` may live on the meta device)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     extra = sorted(set(state_dict) - set(expected))
@@ -68,7 +76,6 @@ def load_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], sou
         if not torch.isfinite(t).all():
             raise WeightFormatError(f"{source}: {key} contains NaN or infinite values; the file is "
                                     "damaged. Delete it and download it again.")
-    model.load_state_dict(state_dict, strict=True)
 
 
 @dataclass
@@ -90,22 +97,22 @@ class DecodedImages:
 
 
 class TransparentDecoder:
-    """The transparent decoder of one family on one device."""
+    """The transparent decoder of one family on one device; `alpha_first` is the SD channel
+    order of its output (Flux: RGB then alpha)."""
 
-    def __init__(self, model: UNet1024, passes: int = 8):
+    def __init__(self, model: UNet1024, passes: int = 8, alpha_first: bool = True):
         self.model = model.eval()
         self.passes = passes
+        self.alpha_first = alpha_first
 
     @classmethod
     def from_state_dict(cls, state_dict: dict[str, torch.Tensor], source: str = "decoder weights",
-                        device=None, dtype=None, passes: int = 8, **config) -> "TransparentDecoder":
+                        device=None, dtype=None, passes: int = 8, alpha_first: bool = True,
+                        **config) -> "TransparentDecoder":
         device, dtype = default_device_and_dtype(device, dtype)
-        widths = _level_widths(state_dict)
-        if widths and "block_out_channels" not in config:
-            config["block_out_channels"] = widths
-        model = UNet1024(**config)
+        model = decoder_network(state_dict, **config)
         load_strict(model, state_dict, source)
-        return cls(model.to(device, dtype), passes)
+        return cls(model.to(device, dtype), passes, alpha_first)
 
     @property
     def device(self) -> torch.device:
@@ -113,15 +120,16 @@ class TransparentDecoder:
 
     def estimate(self, raw_latent: torch.Tensor, pixel: torch.Tensor, passes: Optional[int] = None,
                  batch_size: Optional[int] = None) -> torch.Tensor:
-        """[B,4,H,W] fp32 alpha + straight RGB from the raw latent and the decode in [0,1]."""
+        """[B,4,H,W] fp32 in [0,1], in the network's channel order, from the raw latent and
+        the ordinary decode in [0,1]."""
         return estimate_augmented(self.model, pixel, raw_latent, passes or self.passes, batch_size)
 
     def decode(self, raw_latent: torch.Tensor, pixel: torch.Tensor, passes: Optional[int] = None,
                batch_size: Optional[int] = None) -> DecodedImages:
-        """RGBA images from the raw VAE latent (model latent / scaling factor) `[B,4,h,w]` and
-        the ordinary VAE decode of it, as floats in [0,1] `[B,3,8h,8w]`."""
+        """RGBA images from the raw VAE latent (`conventions.to_raw` of the model latent)
+        `[B,C,h,w]` and the ordinary VAE decode of it, as floats (in [0,1] for SD) `[B,3,8h,8w]`."""
         y = self.estimate(raw_latent, pixel, passes, batch_size).cpu().numpy().transpose(0, 2, 3, 1)
-        alpha, rgb = y[..., 0], y[..., 1:]
+        alpha, rgb = (y[..., 0], y[..., 1:]) if self.alpha_first else (y[..., 3], y[..., :3])
         h, w = alpha.shape[1:]
         cb = checkerboard(h, w)[None, :, :, None]
         preview = rgb * alpha[..., None] + cb * (1.0 - alpha[..., None])
@@ -130,36 +138,39 @@ class TransparentDecoder:
 
 
 class TransparentEncoder:
-    """The latent-transparency offset encoder of one family on one device."""
+    """The latent-transparency offset encoder of one family on one device; `alpha_first` is
+    the SD order of its input (Flux: padded RGB then alpha)."""
 
-    def __init__(self, model: LatentTransparencyOffsetEncoder):
+    def __init__(self, model: LatentTransparencyOffsetEncoder, alpha_first: bool = True):
         self.model = model.eval()
+        self.alpha_first = alpha_first
 
     @classmethod
     def from_state_dict(cls, state_dict: dict[str, torch.Tensor], source: str = "encoder weights",
-                        device=None, dtype=None) -> "TransparentEncoder":
+                        device=None, dtype=None, alpha_first: bool = True) -> "TransparentEncoder":
         device, dtype = default_device_and_dtype(device, dtype)
-        model = LatentTransparencyOffsetEncoder()
+        model = encoder_network(state_dict)
         load_strict(model, state_dict, source)
-        return cls(model.to(device, dtype))
+        return cls(model.to(device, dtype), alpha_first)
 
     @torch.no_grad()
     def offset(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Latent offsets `[B,4,H/8,W/8]` (fp32) for RGBA uint8 images of one size."""
+        """Latent offsets `[B,C,H/8,W/8]` (fp32) for RGBA uint8 images of one size."""
         batch = []
         for img in images:
             _check_encodable(img)
             a = img[..., 3:].astype(np.float32) / 255.0
-            batch.append(np.concatenate([a, pad_rgb(img)], axis=-1).transpose(2, 0, 1))
+            parts = [a, pad_rgb(img)] if self.alpha_first else [pad_rgb(img), a]
+            batch.append(np.concatenate(parts, axis=-1).transpose(2, 0, 1))
         p = next(self.model.parameters())
         x = torch.from_numpy(np.stack(batch)).to(p.device, p.dtype)
         return self.model(x).float()
 
     @torch.no_grad()
     def encode(self, vae, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """The img2img latent in model space (already times `vae.config.scaling_factor`):
-        the images flattened over grey, VAE-encoded, `mean + std * OFFSET_SCALE * offset`.
-        RGB images (HxWx3) count as opaque."""
+        """The img2img latent in model space (`conventions.to_model`: minus the VAE's shift, times
+        its scaling factor): the images flattened over grey, VAE-encoded, `mean + std *
+        OFFSET_SCALE * offset`. RGB images (HxWx3) count as opaque."""
         rgba = [_as_rgba(img) for img in images]
         if len({img.shape for img in rgba}) != 1:
             raise ValueError("all images of one batch must have the same size")
@@ -169,7 +180,26 @@ class TransparentEncoder:
         posterior = vae.encode(x).latent_dist
         offset = self.offset(rgba).to(posterior.mean.device)
         z = posterior.mean.float() + posterior.std.float() * OFFSET_SCALE * offset
-        return (z * vae.config.scaling_factor).to(vp.dtype)
+        return to_model(z, vae.config).to(vp.dtype)
+
+
+def decoder_network(state_dict: dict[str, torch.Tensor], **config) -> UNet1024:
+    """An untrained UNet1024 shaped like the decoder in `state_dict` (its level widths and
+    latent channels; the official files give the defaults), on torch's current default device."""
+    widths = _level_widths(state_dict)
+    if widths and "block_out_channels" not in config:
+        config["block_out_channels"] = widths
+    latent_in = state_dict.get("latent_conv_in.weight")
+    if latent_in is not None and latent_in.ndim == 4 and "latent_channels" not in config:
+        config["latent_channels"] = int(latent_in.shape[1])
+    return UNet1024(**config)
+
+
+def encoder_network(state_dict: dict[str, torch.Tensor]) -> LatentTransparencyOffsetEncoder:
+    """An untrained offset encoder with the latent channels of the one in `state_dict` (SD: 4,
+    Flux: 16), on torch's current default device."""
+    last = state_dict.get(f"blocks.{2 * (len(LatentTransparencyOffsetEncoder.STRIDES) - 1)}.weight")
+    return LatentTransparencyOffsetEncoder(int(last.shape[0]) if last is not None and last.ndim == 4 else 4)
 
 
 def _level_widths(state_dict: dict[str, torch.Tensor]) -> tuple[int, ...]:
@@ -210,7 +240,8 @@ def _cached(kind: str, family: Union[Family, str], store: Optional[WeightStore],
     with _CACHE_LOCK:
         if key not in _CACHE:
             name = file_for(fam, kind)
-            _CACHE[key] = cls.from_state_dict(store.load(name), str(store.path(name)), device, dtype)
+            _CACHE[key] = cls.from_state_dict(store.load(name), str(store.path(name)), device, dtype,
+                                              alpha_first=convention_of(fam).alpha_first)
         return _CACHE[key]
 
 

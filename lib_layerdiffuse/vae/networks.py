@@ -4,10 +4,12 @@ UNet1024 (the transparent decoder) is a diffusers-style UNet with no time embedd
 levels (32, 32, 64, 128, 256, 512, 512 channels), plain ResNet blocks in the first four and
 ResNet + self-attention blocks in the last three, conv down/up-sampling, an attention mid
 block, and one extra input: the VAE latent through a zero-initialised 1x1 conv, added to the
-features entering level 3 (the /8 grid the latent lives on). Output channel 0 is alpha,
-1..3 straight RGB. H and W must be multiples of 64 (six stride-2 stages).
+features entering level 3 (the /8 grid the latent lives on). H and W must be multiples of 64
+(six stride-2 stages). The SD decoders output alpha then straight RGB; the Flux decoder (16
+latent channels) outputs straight RGB then alpha (`conventions.py`).
 
-The offset encoder maps [alpha, padded RGB] at full resolution to a 4-channel latent offset.
+The offset encoder maps 4 channels at full resolution (SD: [alpha, padded RGB]; Flux: [padded
+RGB, alpha]) to a latent offset of 4 (SD) or 16 (Flux) channels.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ def _zeroed(module: nn.Module) -> nn.Module:
 
 
 class UNet1024(nn.Module):
-    """The transparent decoder. `forward(pixel [B,3,H,W] in [0,1], latent [B,4,H/8,W/8])`
-    returns `[B,4,H,W]`: alpha then straight RGB (unclipped)."""
+    """The transparent decoder. `forward(pixel [B,3,H,W] in [0,1], latent [B,C,H/8,W/8])`
+    returns `[B,4,H,W]` (unclipped), in the channel order of its family."""
 
     def __init__(self, in_channels: int = 3, out_channels: int = 4,
                  block_out_channels: Sequence[int] = (32, 32, 64, 128, 256, 512, 512),
@@ -97,15 +99,16 @@ class UNet1024(nn.Module):
 
 
 class LatentTransparencyOffsetEncoder(nn.Module):
-    """`forward([B,4,H,W] = cat(alpha, padded RGB), in [0,1])` -> latent offset `[B,4,H/8,W/8]`."""
+    """`forward([B,4,H,W] in [0,1])` -> latent offset `[B,latent_channels,H/8,W/8]`."""
 
-    CHANNELS = (4, 32, 32, 64, 64, 128, 128, 256, 256, 4)
+    CHANNELS = (4, 32, 32, 64, 64, 128, 128, 256, 256)
     STRIDES = (1, 1, 2, 1, 2, 1, 2, 1, 1)
 
-    def __init__(self) -> None:
+    def __init__(self, latent_channels: int = 4) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        pairs = list(zip(self.CHANNELS[:-1], self.CHANNELS[1:]))
+        channels = self.CHANNELS + (latent_channels,)
+        pairs = list(zip(channels[:-1], channels[1:]))
         for j, ((cin, cout), stride) in enumerate(zip(pairs, self.STRIDES)):
             conv = nn.Conv2d(cin, cout, kernel_size=3, padding=1, stride=stride)
             if j == len(pairs) - 1:

@@ -1,4 +1,12 @@
-"""The 14 official LayerDiffuse weight files, pinned by SHA-256."""
+"""The weight files: the 14 official LayerDiffuse files, pinned by SHA-256, and the Flux files.
+
+LayerDiffuse-Flux publishes no hashes (its hub repository's LFS pointers could not be read from
+here), so its entries are unpinned: a file's SHA-256 is recorded when it is downloaded or made
+(`store.RECORDED_FILE`) and checked on every later use, and the two converted VAE files must
+also have the exact layout of our networks. Its VAE comes as a pickle (`TransparentVAE.pth`),
+which is never loaded: `python -m lib_layerdiffuse convert` turns it into the two safetensors
+files the methods use (`converted_from`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ from dataclasses import dataclass
 from ..methods import Family
 
 REPO_ID = "LayerDiffusion/layerdiffusion-v1"
+FLUX_REPO_ID = "RedAIGC/Flux-version-LayerDiffuse"
 DEFAULT_ENDPOINT = "https://huggingface.co"
 
 
@@ -23,7 +32,8 @@ class WeightFile:
     `approx_size` is the size published on the hub, rounded; it sizes progress bars and the
     free-space check. Integrity is decided by `sha256` alone; `layout_sha256` decides only
     whether a file that is not the official one may stand in for it when unpinned files are
-    allowed (a converted, fine-tuned or mirrored copy with the same tensors).
+    allowed (a converted, fine-tuned or mirrored copy with the same tensors). An empty `sha256`
+    means no official hash is published (the Flux files): see the module docstring.
     """
 
     name: str
@@ -32,10 +42,16 @@ class WeightFile:
     family: Family
     role: str
     layout_sha256: str = ""  # integrity.layout_sha256 of its keys and shapes: what an unpinned copy must match
+    repo_id: str = REPO_ID
+    converted_from: str = ""  # made locally from this catalog file by `convert`, never downloaded
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.sha256)
 
     @property
     def url(self) -> str:
-        return f"{hub_endpoint()}/{REPO_ID}/resolve/main/{self.name}"
+        return f"{hub_endpoint()}/{self.repo_id}/resolve/main/{self.converted_from or self.name}"
 
 
 _MB = 1_000_000
@@ -99,6 +115,16 @@ CATALOG: dict[str, WeightFile] = {
                    "4c6bd4fa714bcdc83ee73fac9092f0723c5cafc60befccf490c697c0a378725a",
                    2_370_000, Family.SD15, "encoder",
                    "ec65e0329e8747c227bff526ba91ecbc1af8c85ef5f12cfad5026377f35c0978"),
+        # Flux: sizes are not published; these are estimated from the networks at 16 bits
+        WeightFile("layerlora.safetensors", "", 300 * _MB, Family.FLUX, "transformer-lora",
+                   repo_id=FLUX_REPO_ID),
+        WeightFile("TransparentVAE.pth", "", 420 * _MB, Family.FLUX, "vae-pickle", repo_id=FLUX_REPO_ID),
+        WeightFile("layer_flux_vae_transparent_decoder.safetensors", "", 208 * _MB, Family.FLUX, "decoder",
+                   "97700ca67767e9634e60e030e2075105abf5f9523f93493228aeb7aa8645d111",
+                   repo_id=FLUX_REPO_ID, converted_from="TransparentVAE.pth"),
+        WeightFile("layer_flux_vae_transparent_encoder.safetensors", "", 2_420_000, Family.FLUX, "encoder",
+                   "8891eb6cc8fc407a303a534143d77f1e61427f55575adddc54ef1c72c295d6ee",
+                   repo_id=FLUX_REPO_ID, converted_from="TransparentVAE.pth"),
     )
 }
 

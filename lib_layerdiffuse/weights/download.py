@@ -53,9 +53,10 @@ def _check_free_space(folder: Path, needed: int, url: str, target: Path) -> None
             f"folder (LAYERDIFFUSE_MODELS_DIR). {manual_install_hint(url, target)}")
 
 
-def download_file(url: str, target: Path, sha256: str, approx_size: int = 0, *,
-                  progress: bool = True, session: Optional[requests.Session] = None) -> Path:
-    """Download `url` to `target`, resuming a previous `.part`, and verify `sha256`.
+def download_file(url: str, target: Path, sha256: Optional[str], approx_size: int = 0, *,
+                  progress: bool = True, session: Optional[requests.Session] = None) -> str:
+    """Download `url` to `target`, resuming a previous `.part`, and verify `sha256` (None or
+    empty: no hash is published; the caller records the one returned). Returns the SHA-256.
 
     Raises WeightDownloadError (network/HTTP problems; the `.part` file is kept for resuming)
     or WeightIntegrityError (the finished download has the wrong hash; it is deleted).
@@ -101,10 +102,10 @@ def download_file(url: str, target: Path, sha256: str, approx_size: int = 0, *,
         raise WeightDownloadError(f"Could not write {part}: {exc}. {hint}") from None
 
     actual = digest.hexdigest()
-    if actual != sha256:
+    if sha256 and actual != sha256:
         part.unlink(missing_ok=True)
         raise WeightIntegrityError(
             f"The download of {target.name} is corrupt: SHA-256 {actual}, expected {sha256}. "
             f"The bad download was deleted; run again to retry. {hint}")
     os.replace(part, target)
-    return target
+    return actual

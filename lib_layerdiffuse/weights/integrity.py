@@ -12,6 +12,7 @@ from typing import Mapping, Optional, Sequence
 from tqdm.auto import tqdm
 
 CACHE_FILE_NAME = ".layerdiffuse-hashes.json"
+RECORDED_FILE_NAME = ".layerdiffuse-recorded.json"
 _CHUNK = 8 * 1024 * 1024
 _PROGRESS_FROM = 64 * 1024 * 1024
 
@@ -92,6 +93,35 @@ class HashCache:
         digest = sha256_file(path, progress=progress)
         self.put(path, digest, stamp)
         return digest
+
+
+class RecordedHashes:
+    """SHA-256 of the files that have no published hash (the Flux files), recorded by name when
+    they were downloaded or converted, so later changes to them are found. Kept beside them in
+    `RECORDED_FILE_NAME`; a read-only folder keeps them for this process only."""
+
+    def __init__(self, folder: Path):
+        self.file = folder / RECORDED_FILE_NAME
+        self._lock = threading.Lock()
+        try:
+            data = json.loads(self.file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        self._entries: dict[str, str] = {k: v for k, v in data.items() if isinstance(v, str)} \
+            if isinstance(data, dict) else {}
+
+    def get(self, name: str) -> Optional[str]:
+        return self._entries.get(name)
+
+    def put(self, name: str, sha256: str) -> None:
+        with self._lock:
+            self._entries[name] = sha256
+            tmp = self.file.with_name(self.file.name + f".{os.getpid()}.tmp")
+            try:
+                tmp.write_text(json.dumps(self._entries, indent=1, sort_keys=True), encoding="utf-8")
+                os.replace(tmp, self.file)
+            except OSError:
+                tmp.unlink(missing_ok=True)
 
 
 def layout_sha256(shapes: Mapping[str, Sequence[int]]) -> str:

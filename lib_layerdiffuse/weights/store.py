@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # torch is imported by safetensors when a file is loaded, not
 from .catalog import CATALOG, WeightFile
 from .download import download_file, manual_install_hint, part_path
 from .errors import WeightIntegrityError, WeightMissingError
-from .integrity import HashCache, layout_sha256, safetensors_layout
+from .integrity import HashCache, RecordedHashes, layout_sha256, safetensors_layout
 from .loading import load_safetensors
 from .location import ModelsDir, resolve_models_dir
 
@@ -42,8 +42,12 @@ class State(str, enum.Enum):
     PRESENT = "present (not verified yet)"
     VERIFIED = "verified"
     UNPINNED = "unpinned, allowed"  # not the official bytes, the official layout, and allowed by the user
+    RECORDED = "verified (recorded hash)"  # no published hash: the one recorded at download or conversion
     NOT_OFFICIAL = "not the official file"
     CORRUPT = "corrupt"
+
+
+USABLE = (State.VERIFIED, State.UNPINNED, State.RECORDED)  # states of a file that is loaded
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class WeightStore:
         self.allow_unpinned = unpinned_allowed() if allow_unpinned is None else allow_unpinned
         self.unpinned: dict[str, str] = {}  # name -> SHA-256 of the unpinned file in use
         self._hashes: Optional[HashCache] = None
+        self._recorded: Optional[RecordedHashes] = None
 
     @property
     def folder(self) -> Path:
@@ -85,6 +90,12 @@ class WeightStore:
         if self._hashes is None:
             self._hashes = HashCache(self.folder)
         return self._hashes
+
+    @property
+    def recorded(self) -> RecordedHashes:
+        if self._recorded is None:
+            self._recorded = RecordedHashes(self.folder)
+        return self._recorded
 
     def entry(self, name: str) -> WeightFile:
         """The catalog entry for `name`, or a ValueError listing the known files."""
@@ -110,6 +121,8 @@ class WeightStore:
         digest = self.hashes.sha256(path, self.progress) if verify else self.hashes.get(path)
         if digest is None:
             return FileStatus(entry, path, State.PRESENT)
+        if not entry.pinned:
+            return self._status_unpublished(entry, path, digest)
         if digest == entry.sha256:
             return FileStatus(entry, path, State.VERIFIED)
         hashes = f"SHA-256 {digest}, expected {entry.sha256}"
@@ -122,6 +135,31 @@ class WeightStore:
             state = State.UNPINNED if self.allow_unpinned else State.NOT_OFFICIAL
             return FileStatus(entry, path, state, f"{hashes}; its keys and shapes are the official ones")
         return FileStatus(entry, path, State.NOT_OFFICIAL, f"{hashes}; its keys or shapes differ from the official file")
+
+    def _status_unpublished(self, entry: WeightFile, path: Path, digest: str) -> FileStatus:
+        """A file with no published hash: its layout must be ours (where one is set) and its hash
+        the one recorded for it; a file first seen here (copied in by hand) is recorded now."""
+        recorded = self.recorded.get(entry.name)
+        if recorded is not None and recorded != digest:
+            return FileStatus(entry, path, State.NOT_OFFICIAL,
+                              f"SHA-256 {digest}, but {recorded} was recorded when it was {self._made(entry)}; "
+                              "it has changed since")
+        if entry.layout_sha256:
+            layout = safetensors_layout(path)
+            if layout is None:
+                return FileStatus(entry, path, State.CORRUPT, f"SHA-256 {digest}; not a readable safetensors file")
+            if layout_sha256(layout) != entry.layout_sha256:
+                return FileStatus(entry, path, State.NOT_OFFICIAL,
+                                  f"SHA-256 {digest}; its keys or shapes are not those of the {entry.family.label} "
+                                  f"{entry.role} network")
+        if recorded is None:
+            self.recorded.put(entry.name, digest)
+            log.info("recorded SHA-256 %s for %s (no official hash is published)", digest, path)
+        return FileStatus(entry, path, State.RECORDED, f"SHA-256 {digest}")
+
+    @staticmethod
+    def _made(entry: WeightFile) -> str:
+        return f"converted from {entry.converted_from}" if entry.converted_from else "downloaded"
 
     def statuses(self, names: Optional[Iterable[str]] = None, verify: bool = False) -> list[FileStatus]:
         return [self.status(n, verify) for n in (names if names is not None else self.catalog)]
@@ -138,6 +176,8 @@ class WeightStore:
         entry = self.entry(name)
         st = self.status(name, verify=True)
         if st.state is State.VERIFIED:
+            return st.path
+        if st.state is State.RECORDED:
             return st.path
         if st.state is State.UNPINNED:
             digest = self.hashes.get(st.path) or ""
@@ -158,14 +198,26 @@ class WeightStore:
             self.hashes.forget(st.path)
             log.warning("%s failed verification (%s); moved to %s and downloading again",
                         st.path.name, st.detail, aside)
+        elif entry.converted_from:
+            raise WeightMissingError(self._not_converted(entry))
         elif not self.allow_download:
             raise WeightMissingError(
                 f"LayerDiffuse weight file {entry.name} is missing from {self.folder} "
                 f"(chosen by: {self.location.source}) and downloading is switched off. "
                 f"{manual_install_hint(entry.url, st.path)}")
-        download_file(entry.url, st.path, entry.sha256, entry.approx_size, progress=self.progress)
-        self.hashes.put(st.path, entry.sha256)
+        digest = download_file(entry.url, st.path, entry.sha256 or None, entry.approx_size, progress=self.progress)
+        self.hashes.put(st.path, digest)
+        if not entry.pinned:
+            self.recorded.put(entry.name, digest)
         return st.path
+
+    def _not_converted(self, entry: WeightFile) -> str:
+        source = self.folder / entry.converted_from
+        where = f"{source} is here" if source.is_file() else f"download it from {entry.url} to {source}"
+        return (f"{entry.name} is missing from {self.folder}. It is made once from the {entry.family.label} "
+                f"release's {entry.converted_from} (a pickle, which is never loaded as it is): {where}, then "
+                f"run `python -m lib_layerdiffuse convert {source}` (or `python -m lib_layerdiffuse convert "
+                "--download`, which also fetches it).")
 
     def _not_official(self, st: FileStatus) -> str:
         text = f"{st.path} is not the official {st.entry.name} ({st.detail})."
