@@ -18,8 +18,10 @@
    their colours cannot be faint mixes (a beige suit on tan) are sure foreground in the second.
 5. No alpha in the subject stays under a large unmix bound (thin dark outlines on a dark backdrop).
 Widths (the edge band, the smoothing) are for images of `REFERENCE` pixels a side and grow with
-larger ones: at 1024 px a 10 px band and a 1 px blur left a glass bottle's body to a solve with
-anchors too close to its edge (SAD 162 against the key's 100; scaled, 57).
+larger ones up to `WIDEST`: at 1024 px a 10 px band and a 1 px blur left a glass bottle's body to
+a solve with anchors too close to its edge (SAD 162 against the key's 100; scaled, 57). Growing
+them further made whole matting tiles unknown: at 4 MP the peak memory rose from 54 to 90 bytes
+per pixel.
 The result carries the background surface, so colour estimation can unmix it exactly.
 A background that is not smooth (texture, a scene) gives a CutoutError suggesting a model.
 """
@@ -48,7 +50,8 @@ DECIDED = 0.9  # a large region the first matting solved above this mean alpha i
 GAP = 2  # pixels between the subject mask and sure background
 SMOOTH_SIGMA = 1.0
 SMALL = 64  # images with a side under this are not smoothed and get no gap
-REFERENCE = 384  # widths are in pixels of an image this size; larger images scale them up
+REFERENCE = 384  # widths are in pixels of an image this size; larger images scale them up ...
+WIDEST = 1024  # ... up to this size: beyond it, wider bands cost memory (fully unknown matting tiles)
 ROUNDS = 3
 _USE_MODEL = "choose a model such as isnet-general-use for this image"
 
@@ -162,7 +165,7 @@ def border_matte(image: np.ndarray, band: int = 10, progress=None) -> BorderMatt
 
     tick = progress.start(STAGES[0]) if progress is not None else None
     h, w = image.shape[:2]
-    scale = max(1.0, min(h, w) / REFERENCE)
+    scale = min(max(1.0, min(h, w) / REFERENCE), WIDEST / REFERENCE)
     band = round(band * scale)
     fit = fit_border(image)
     if fit.fraction < 0.5:
