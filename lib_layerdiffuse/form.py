@@ -38,7 +38,8 @@ def method_hint(method: Any) -> str:
     frames = f"; batch size must be a multiple of {spec.frame_count} ({', '.join(spec.frames)})" \
         if spec.frame_count > 1 else ""
     out = "transparent" if spec.transparent else "opaque"
-    return f"{m.family.label} checkpoint · needs {needs} · {out} output{frames}"
+    licence = f" · **Licence:** {spec.licence}" if spec.licence else ""
+    return f"{m.family.label} checkpoint · needs {needs} · {out} output{frames}{licence}"
 
 
 def cutout_visibility(model: Any, output: Any) -> dict[str, bool]:

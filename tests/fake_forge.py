@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lib_layerdiffuse.testing.flux import FLUX_VAE, tiny_flux_transformer, tiny_flux_vae, to_bfl_state_dict
 from lib_layerdiffuse.testing.models import SCALING_FACTORS, tiny_vae
 from lib_layerdiffuse.testing.unet_specs import TINY, ldm_unet_layout
 
@@ -111,10 +112,68 @@ class Sigmas:
         return SIGMA_MAX * (1.0 - percent) ** 2
 
 
+def _put(root: nn.Module, dotted: str, param: nn.Parameter) -> None:
+    """Register `param` under a dotted name, making plain modules (lists where the next part
+    is an index) on the way."""
+    parts = dotted.split(".")
+    module = root
+    for part, following in zip(parts[:-1], parts[1:]):
+        if isinstance(module, nn.ModuleList):
+            while len(module) <= int(part):
+                module.append(nn.ModuleList() if following.isdigit() else nn.Module())
+            module = module[int(part)]
+        else:
+            if part not in module._modules:
+                module.add_module(part, nn.ModuleList() if following.isdigit() else nn.Module())
+            module = module._modules[part]
+    module.register_parameter(parts[-1], param)
+
+
+def bfl_flux(seed: int = 0) -> nn.Module:
+    """Current Forge's `IntegratedFluxTransformer2DModel` as far as LayerDiffuse sees it: the
+    tiny test transformer's weights under Black Forest Labs' names, `hidden_size` and the single
+    blocks' `mlp_hidden_dim`."""
+    transformer = tiny_flux_transformer(seed)
+    hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    mlp = transformer.single_transformer_blocks[0].proj_mlp.out_features
+    root = nn.Module()
+    for name, value in to_bfl_state_dict(transformer.state_dict(), hidden, mlp).items():
+        _put(root, name, nn.Parameter(value.clone(), requires_grad=False))
+    root.hidden_size = hidden
+    for block in root.single_blocks:
+        block.mlp_hidden_dim = mlp
+    return root
+
+
+class FluxFirstStage(nn.Module):
+    """Current Forge's Flux VAE (`first_stage_model`): latent shift and scale, and `decode` to
+    [-1, 1] without clipping."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def process_in(self, x):
+        return (x - FLUX_VAE["shift_factor"]) * FLUX_VAE["scaling_factor"]
+
+    def process_out(self, x):
+        return x / FLUX_VAE["scaling_factor"] + FLUX_VAE["shift_factor"]
+
+    def decode(self, z):
+        return self.model.decode(z).sample
+
+
+def raw_latents(family: str, x: torch.Tensor) -> torch.Tensor:
+    """Model-space latents of the stand-in models -> raw VAE latents."""
+    if family == "flux":
+        return x / FLUX_VAE["scaling_factor"] + FLUX_VAE["shift_factor"]
+    return x / SCALING_FACTORS[family]
+
+
 class BaseModel(nn.Module):
     def __init__(self, family: str, generation: int):
         super().__init__()
-        self.diffusion_model = ldm_unet(family)
+        self.diffusion_model = bfl_flux() if family == "flux" else ldm_unet(family)
         if generation == 1:
             self.diffusion_model.dtype = torch.float32  # ldm_patched's UNetModel has one; current Forge's has not
             self.model_sampling = Sigmas()
@@ -217,10 +276,17 @@ class CurrentUnetPatcher(UnetPatcherBase):
         n.lora_patches = self.lora_patches.copy()
 
     def add_patches(self, *, filename, patches, strength_patch=1.0, strength_model=1.0, online_mode=False):
+        """As current Forge: a key is a parameter name or (name, offset[, function]); the
+        patches of one parameter are kept in a list under its name."""
         keys = self.model_keys()
-        accepted = {k: [[strength_patch, v, strength_model, None, None]] for k, v in patches.items() if k in keys}
-        self.lora_patches[(filename, strength_patch, strength_model, online_mode)] = accepted
-        return set(accepted)
+        accepted, by_name = set(), {}
+        for k, v in patches.items():
+            name, offset = (k, None) if isinstance(k, str) else (k[0], k[1])
+            if name in keys:
+                accepted.add(k)
+                by_name.setdefault(name, []).append([strength_patch, v, strength_model, offset, None])
+        self.lora_patches[(filename, strength_patch, strength_model, online_mode)] = by_name
+        return accepted
 
     def load_frozen_patcher(self, filename, state_dict, strength):
         self.add_patches(filename=filename, patches=self._frozen(state_dict), strength_patch=float(strength))
@@ -240,10 +306,11 @@ class VAE:
 
     def __init__(self, family: str, generation: int, model=None):
         self.family, self.generation = family, generation
-        self.model = model if model is not None else tiny_vae(family)
+        self.model = model if model is not None else tiny_flux_vae() if family == "flux" else tiny_vae(family)
         self.patcher = ModelPatcher(self.model)
         if generation == 2:
-            self.first_stage_model = LatentScaling(SCALING_FACTORS[family])
+            self.first_stage_model = FluxFirstStage(self.model) if family == "flux" else \
+                LatentScaling(SCALING_FACTORS[family])
         self.encoded: list[torch.Tensor] = []
 
     def clone(self):
@@ -273,7 +340,7 @@ class SdModel:
         self.forge_objects = types.SimpleNamespace(
             unet=unet_cls(BaseModel(family, generation), "cpu", "cpu"), vae=VAE(family, generation), clip=None)
         self.forge_objects_after_applying_lora = types.SimpleNamespace(**vars(self.forge_objects))
-        self.context_dim = TINY[family].context_dim
+        self.context_dim = TINY[family].context_dim if family in TINY else 32
         self.encoded_prompts: list[str] = []
 
     def reset_objects(self):

@@ -17,9 +17,10 @@ from lib_layerdiffuse.engine.family import family_of_checkpoint_file
 from lib_layerdiffuse.methods import Family, Method
 from lib_layerdiffuse.patches import (PatchMismatchError, apply_frozen_patches, attach_lora_branches,
                                       parse_transformer_lora, resolve_patches)
-from lib_layerdiffuse.testing.flux import (flux_vae_state_dict, lora_layout, meta_flux_transformer,
-                                           tiny_flux_pipeline, tiny_flux_transformer, tiny_flux_vae, write_flux_lora,
-                                           write_flux_vae_pickle)
+from lib_layerdiffuse.patches.flux_names import diffusers_to_bfl
+from lib_layerdiffuse.testing.flux import (bfl_layout, flux_vae_state_dict, lora_layout, meta_flux_transformer,
+                                           tiny_flux_pipeline, tiny_flux_transformer, tiny_flux_vae, to_bfl_state_dict,
+                                           write_flux_lora, write_flux_vae_pickle)
 from lib_layerdiffuse.testing.layer_files import TINY_DECODER_CONFIG, decoder_layout
 from lib_layerdiffuse.vae import OFFSET_SCALE, TransparentDecoder, TransparentEncoder, pad_rgb
 from lib_layerdiffuse.vae.convert import convert_flux_vae, read_pickled_state_dict, split_flux_vae
@@ -355,3 +356,38 @@ def test_cli_generates_from_a_flux_model_folder(flux_store, tmp_path, monkeypatc
     assert code == 0, capsys.readouterr().err
     with Image.open(tmp_path / "out" / "layerdiffuse-5-00-fg.png") as img:
         assert img.mode == "RGBA" and "(Flux) Only Generate Transparent Image" in img.text["parameters"]
+
+
+# ---- Forge's names (Black Forest Labs' layout) ---------------------------------------------
+
+def test_bfl_names_agree_with_diffusers_own_converter():
+    """Every parameter of the real-size transformer, placed in BFL's layout by our map, comes back
+    to the same diffusers name and values through diffusers' single-file converter (an
+    independent implementation). Values are one column wide: the converter only splits rows."""
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    gen = torch.Generator().manual_seed(0)
+    state = {k: torch.randn((v.shape[0],) + (1,) * (v.ndim - 1), generator=gen)
+             for k, v in meta_flux_transformer().state_dict().items()}
+    back = convert_flux_transformer_checkpoint_to_diffusers(to_bfl_state_dict(state, 3072, 12288))
+    assert back.keys() == state.keys()
+    assert all(torch.equal(back[k], v) for k, v in state.items())
+
+
+def test_full_size_lora_maps_onto_forges_full_size_flux_layout():
+    transformer = meta_flux_transformer()
+    shapes = {k: tuple(v.shape) for k, v in transformer.state_dict().items()}
+    forge = bfl_layout(shapes, 3072, 12288)
+    assert forge["double_blocks.0.img_attn.qkv.weight"] == (9216, 3072)
+    assert forge["single_blocks.37.linear1.weight"] == (21504, 3072)
+    lora = parse_transformer_lora({k: torch.empty(s, device="meta") for k, s in lora_layout(transformer, 64).items()})
+    covered: dict[str, list] = {}
+    for key, (_, (up, down)) in lora.items():
+        target = diffusers_to_bfl(key, 3072, 12288)
+        rows, cols = forge[target.name]
+        first, count = target.rows or (0, rows)
+        assert first + count <= rows and (count, cols) == (up.shape[0], down.shape[1]), key
+        covered.setdefault(target.name, []).append((first, count))
+    for name, spans in covered.items():  # the fused weights' row ranges do not overlap
+        spans.sort()
+        assert all(a[0] + a[1] <= b[0] for a, b in zip(spans, spans[1:])), name

@@ -27,6 +27,7 @@ from lib_layerdiffuse.images import to_png_base64
 from lib_layerdiffuse.methods import Family, Method, PatchKind
 from lib_layerdiffuse.params import LayerDiffuseParams
 from lib_layerdiffuse.testing.composites import synthetic_case
+from lib_layerdiffuse.testing.flux import tiny_flux_transformer, to_bfl_state_dict
 from lib_layerdiffuse.testing.layer_files import write_unet_files
 from lib_layerdiffuse.testing.unet_specs import TINY
 from lib_layerdiffuse.unet_blocks import attention_modules
@@ -45,7 +46,27 @@ def weight_files(tmp_path_factory):
     catalog = {}
     for family in ("sd15", "sdxl"):
         catalog.update(write_unet_files(folder, TINY[family]))
+    catalog.update(write_flux_files(folder))
     return folder, catalog
+
+
+def write_flux_files(folder):
+    """The Flux LoRA for the stand-in Flux model and the VAE converted from a tiny pickle;
+    returns their catalog entries (the decoder's layout is the tiny one)."""
+    from lib_layerdiffuse.testing.flux import write_flux_lora, write_flux_vae_pickle
+    from lib_layerdiffuse.testing.layer_files import TINY_DECODER_CONFIG, decoder_layout
+    from lib_layerdiffuse.vae.convert import convert_flux_vae
+    from lib_layerdiffuse.weights import CATALOG
+    from lib_layerdiffuse.weights.integrity import layout_sha256
+
+    catalog = {n: e for n, e in CATALOG.items() if e.family is Family.FLUX}
+    decoder = Method.FLUX_FG_ONLY.spec.decoder_file
+    catalog[decoder] = dataclasses.replace(
+        catalog[decoder], layout_sha256=layout_sha256(decoder_layout(latent_channels=16, **TINY_DECODER_CONFIG)))
+    write_flux_lora(folder / "layerlora.safetensors", tiny_flux_transformer(0))
+    source = write_flux_vae_pickle(folder / "TransparentVAE.pth", decoder_config=TINY_DECODER_CONFIG)
+    convert_flux_vae(source, WeightStore(folder, catalog=catalog, allow_download=False, progress=False))
+    return catalog
 
 
 @pytest.fixture(params=[1, 2], ids=["early-forge", "current-forge"])
@@ -97,11 +118,13 @@ def run_job(p, args, hires=False):
     hooks.process(p, *args)
     patched, outputs = [], []
     b = p.batch_size
-    vae, scale = p.sd_model.forge_objects.vae, ff.SCALING_FACTORS[p.sd_model.family]
+    family = p.sd_model.family
+    vae = p.sd_model.forge_objects.vae
+    channels = 16 if family == "flux" else 4
     for n in range(p.n_iter):
         p.iteration = n
         p.sampler = ff.Sampler()  # txt2img creates it at the start of its sample()
-        noise = torch.randn(b, 4, p.height // 8, p.width // 8, generator=torch.Generator().manual_seed(n))
+        noise = torch.randn(b, channels, p.height // 8, p.width // 8, generator=torch.Generator().manual_seed(n))
         p.sd_model.reset_objects()
         hooks.before_sampling(p, *args, x=noise, noise=noise, c=None, uc=None)
         patched.append(p.sd_model.forge_objects.unet)
@@ -115,12 +138,12 @@ def run_job(p, args, hires=False):
                 hooks.before_sampling(p, *args, x=samples, noise=noise, c=None, uc=None)
                 patched.append(p.sd_model.forge_objects.unet)
             samples = p.sampler.sample_img2img(p, samples, noise, None, None)
-            images = vae.decode(samples / scale).movedim(-1, 1)
+            images = vae.decode(ff.raw_latents(family, samples)).movedim(-1, 1)
             p.is_hr_pass = False
             hooks.post_sample(p, PostSampleArgs(ff.DecodedSamples(images)), *args)
         else:
             hooks.post_sample(p, PostSampleArgs(samples), *args)
-            images = vae.decode(samples / scale).movedim(-1, 1)
+            images = vae.decode(ff.raw_latents(family, samples)).movedim(-1, 1)
         hooks.postprocess_batch(p, *args, images=images, batch_number=n)
         for i in range(b):
             p.batch_index = i
@@ -672,6 +695,71 @@ def test_infotext_round_trip_through_the_paste_fields(gradio):
     assert plain_layer.enabled is False and plain_cut.enabled is False
     assert set(script.paste_field_names) >= {"layerdiffusion_method", "layerdiffusion_weight",
                                              "layerdiffusion_cutout_model", "layerdiffusion_cutout_refine"}
+
+
+# ---- Flux (current Forge's own Flux model) ------------------------------------------------
+
+def _forge_merge(unet) -> dict[str, torch.Tensor]:
+    """The weights Forge's patcher makes (backend/patcher/lora.py merge_lora_to_weight: narrow
+    to the offset, add strength * up @ down) from the patches LayerDiffuse gave it."""
+    weights = {k: v.detach().clone().float() for k, v in unet.model.named_parameters()}
+    for (_, strength, _, _), by_name in unet.lora_patches.items():
+        for name, entries in by_name.items():
+            for strength_patch, (kind, slots), _, offset, _ in entries:
+                assert kind == "lora" and slots[2] is None  # no alpha: the scale is in `up`
+                target = weights[name] if offset is None else weights[name].narrow(*offset)
+                target += strength_patch * (slots[0].float() @ slots[1].float())
+    return weights
+
+
+def test_flux_lora_reaches_forges_fused_weights_as_diffusers_merges_it(forge):
+    from lib_layerdiffuse.patches import apply_frozen_patches, parse_transformer_lora
+
+    if forge.generation == 1:  # early Forge cannot load Flux models; the method says so on any model
+        p = processing("sdxl", forge.generation)
+        run_job(p, args_for(Method.FLUX_FG_ONLY))
+        assert "early Forge (ldm_patched) has no Flux" in p.extra_generation_params[ERROR_KEY]
+        return
+    p = processing("flux", forge.generation)
+    patched, outputs = run_job(p, args_for(Method.FLUX_FG_ONLY, weight=0.7))
+    assert ERROR_KEY not in p.extra_generation_params
+    assert [img.mode for img in outputs] == ["RGBA"]
+    merged = _forge_merge(patched[0])
+    transformer = tiny_flux_transformer(0)
+    lora = parse_transformer_lora(load_file(str(forge.folder / "layerlora.safetensors")))
+    apply_frozen_patches(transformer, lora, Family.FLUX, 0.7)
+    model = p.sd_model.forge_objects.unet.model.diffusion_model
+    expected = to_bfl_state_dict(transformer.state_dict(), model.hidden_size, model.single_blocks[0].mlp_hidden_dim)
+    assert len(expected) == len(merged)
+    for name, value in expected.items():
+        torch.testing.assert_close(merged[f"diffusion_model.{name}"], value.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_flux_decodes_from_the_unclipped_decode(forge):
+    if forge.generation == 1:
+        return
+    p = processing("flux", forge.generation)
+    _, outputs = run_job(p, args_for(Method.FLUX_FG_ONLY))
+    decoder = decoder_for("flux", unet_files.weight_store(), "cpu", torch.float32)
+    noise = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    raw = ff.raw_latents("flux", noise * 0.5)
+    vae = p.sd_model.forge_objects.vae
+    with torch.no_grad():
+        pixels = vae.model.decode(raw).sample * 0.5 + 0.5
+    assert pixels.min() < 0 or pixels.max() > 1
+    assert np.array_equal(np.asarray(outputs[0]), decoder.decode(raw, pixels).rgba[0])
+
+
+@pytest.mark.parametrize("family, method, message", [
+    ("flux", Method.FG_ONLY_ATTN, "needs an SDXL model, but the model is Flux.1"),
+    ("sdxl", Method.FLUX_FG_ONLY, "needs a Flux.1 model, but the model is SDXL"),
+])
+def test_flux_and_sd_methods_refuse_the_other_family(forge, family, method, message):
+    if forge.generation == 1:  # early Forge has neither Flux models nor the Flux method (above)
+        return
+    p = processing(family, forge.generation)
+    run_job(p, args_for(method))
+    assert message in p.extra_generation_params[ERROR_KEY]
 
 
 def test_patch_kinds_cover_every_method():

@@ -83,7 +83,9 @@ def family_of_bfl_layout(shapes: Mapping[str, Sequence[int]], source: str = "the
     img_in = shapes.get("img_in.weight")
     if img_in is None or not any(k.startswith("double_blocks.") for k in shapes):
         return None
-    return family_of_transformer_config({"num_single_layers": 0, "in_channels": int(img_in[1])}, source)
+    # quantised weights (NF4, GGUF) are stored packed, with shapes that hide the input channels
+    channels = int(img_in[1]) if len(img_in) == 2 and img_in[1] >= FLUX_IN_CHANNELS else FLUX_IN_CHANNELS
+    return family_of_transformer_config({"num_single_layers": 0, "in_channels": channels}, source)
 
 
 def family_of_ldm_layout(shapes: Mapping[str, Sequence[int]], source: str = "the model") -> Family:
@@ -112,9 +114,11 @@ def family_of_ldm_layout(shapes: Mapping[str, Sequence[int]], source: str = "the
     return family_of_unet_config(config, source)
 
 
-def family_of_ldm_unet(diffusion_model: torch.nn.Module, source: str = "the loaded checkpoint") -> Family:
-    """Family of an LDM-named UNet module (`diffusion_model` inside Forge)."""
-    return family_of_ldm_layout({k: tuple(v.shape) for k, v in diffusion_model.named_parameters()}, source)
+def family_of_forge_model(diffusion_model: torch.nn.Module, source: str = "the loaded checkpoint") -> Family:
+    """Family of the model Forge has loaded (`diffusion_model`): an LDM-named UNet, or a FLUX.1
+    transformer in Black Forest Labs' names."""
+    shapes = {k: tuple(v.shape) for k, v in diffusion_model.named_parameters()}
+    return family_of_bfl_layout(shapes, source) or family_of_ldm_layout(shapes, source)
 
 
 def family_of_checkpoint_file(path: Union[str, Path]) -> Family:
@@ -314,5 +318,6 @@ def check_method_family(method: Method, family: Family) -> None:
     if method.family is not family:
         others = ", ".join(m.name for m in Method if m.family is family)
         raise UnsupportedModelError(
-            f"method {method.value!r} needs an {method.family.label} model, but the model is "
+            f"method {method.value!r} needs {'a' if method.family is Family.FLUX else 'an'} {method.family.label} "
+            f"model, but the model is "
             f"{family.label}; methods for {family.label}: {others}")

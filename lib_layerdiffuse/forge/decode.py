@@ -8,7 +8,8 @@ Forge is about to decode, possibly changed by another script). `postprocess_batc
 the ordinary VAE decode as floats in [0,1]. Both hooks exist in both Forge generations, so
 decoding does not depend on a VAE-decode wrapper (early Forge) or on 8-bit,
 overlay-composited pixels (current Forge's `pixels_after_sampling`), and it always feeds the
-decoder the raw (unscaled) latent it was trained on.
+decoder the raw (unscaled) latent it was trained on. The Flux decoder takes the ordinary decode
+unclipped, as its release feeds it; Forge's comes clipped, so for Flux it is decoded again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
+from ..vae.conventions import convention_of
 from ..vae.frontends import decoder_for
 from .job import Job
 from .unet_files import weight_store
@@ -75,6 +77,8 @@ def decode_batch(p: Any, job: Job, images: torch.Tensor) -> None:
         job.note(p, "transparent decoding skipped: sampling produced NaN or infinite latents (a model or "
                     "prompt encoding that overflows, e.g. in fp16: try --no-half or another checkpoint)")
         return
+    if not convention_of(job.family).clip_pixel:
+        pixels = host.decode_unclipped(p, raw).cpu()  # Forge's own decode came clipped
     dtype = torch.float16 if host.should_use_fp16() else torch.float32
     decoder = decoder_for(job.family, weight_store(), "cpu", dtype)
     device = host.load_module(decoder.model)

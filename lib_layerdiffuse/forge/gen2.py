@@ -29,6 +29,15 @@ class CurrentForge(ForgeHost):
     def raw_latents(self, p, latents: torch.Tensor) -> torch.Tensor:
         return p.sd_model.forge_objects.vae.first_stage_model.process_out(latents)
 
+    def decode_unclipped(self, p, raw: torch.Tensor) -> torch.Tensor:
+        """The ordinary decode `[B,3,H,W]` mapped to [0,1] but not clipped (Forge's own decode
+        clips), loaded through Forge's memory manager."""
+        vae = p.sd_model.forge_objects.vae
+        self.memory.load_model_gpu(vae.patcher)
+        model = vae.first_stage_model
+        param = next(model.parameters())
+        return model.decode(raw.to(param.device, param.dtype)).float() * 0.5 + 0.5
+
     def encode_pixels(self, p, pixels: torch.Tensor) -> torch.Tensor:
         vae = p.sd_model.forge_objects.vae.clone()
         vae.patcher.set_model_vae_regulation(lambda posterior: posterior.mean)

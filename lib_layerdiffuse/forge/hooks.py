@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
-from ..engine.family import check_method_family, family_of_ldm_unet
+from ..engine.family import check_method_family, family_of_forge_model
 from ..methods import Family
 from ..params import LayerDiffuseParams
 from .cutout import cut_out_image, looks_enabled, split_script_args, start_cutout
@@ -58,12 +58,12 @@ def process(p: Any, *args: Any) -> None:
     params = job.params
     if not params.enabled:
         return
-    if params.method.family is Family.FLUX:
-        raise ValueError(f"{params.method.value} does not run inside Forge in this version yet; run it with "
-                         "`python -m lib_layerdiffuse generate` or the app (`python -m lib_layerdiffuse app`)")
     job.host = detect_host()
+    if params.method.family is Family.FLUX and job.host.generation < 2:
+        raise ValueError(f"{job.host.label} has no Flux; {params.method.value} needs current Forge (August 2024 "
+                         "or later), or run it outside Forge with `python -m lib_layerdiffuse generate`")
     diffusion_model = p.sd_model.forge_objects.unet.model.diffusion_model
-    job.family = family_of_ldm_unet(diffusion_model, "the loaded checkpoint")
+    job.family = family_of_forge_model(diffusion_model, "the loaded checkpoint")
     job.params = params = LayerDiffuseParams.from_script_args(*args, family=job.family)
     check_method_family(params.method, job.family)
     params.require_condition_images()

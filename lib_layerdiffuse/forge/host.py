@@ -64,6 +64,11 @@ class ForgeHost:
         """Model-space latents -> raw VAE latents."""
         raise NotImplementedError
 
+    def decode_unclipped(self, p, raw: torch.Tensor) -> torch.Tensor:
+        """Raw latents -> the ordinary decode `[B,3,H,W]` in [0,1] without clipping (what the
+        Flux decoder takes; only current Forge runs Flux)."""
+        raise NotImplementedError
+
     def encode_pixels(self, p, pixels: torch.Tensor) -> torch.Tensor:
         """`[B,H,W,3]` pixels in [0,1] -> model-space latents (the posterior mean where the
         host lets us choose)."""

@@ -16,7 +16,7 @@ from ..params import LayerDiffuseParams
 from ..unet_blocks import attention_modules
 from .attention import SharedAttention, unwrap
 from .host import ForgeHost
-from .unet_files import forge_patches, sharing_weights
+from .unet_files import forge_flux_patches, forge_patches, sharing_weights
 
 
 def patch_unet(p: Any, params: LayerDiffuseParams, host: ForgeHost, noise: torch.Tensor) -> None:
@@ -32,12 +32,18 @@ def patch_unet(p: Any, params: LayerDiffuseParams, host: ForgeHost, noise: torch
     else:
         if params.stop_at < 1.0:
             original = objects.unet.clone()
-        patches, filename = forge_patches(spec.unet_file)
+        if spec.patch_kind is PatchKind.TRANSFORMER_LORA:
+            model = unet.model.diffusion_model
+            patches, filename = forge_flux_patches(spec.unet_file, int(model.hidden_size),
+                                                   int(model.single_blocks[0].mlp_hidden_dim))
+        else:
+            patches, filename = forge_patches(spec.unet_file)
         applied = host.add_weight_patches(unet, filename, patches, params.weight)
         if applied != set(patches):
-            missing = sorted(set(patches) - applied)
-            raise ValueError(f"the loaded UNet did not accept {len(missing)} of {len(patches)} weights of "
-                             f"{spec.unet_file} (first: {missing[0]}); is the checkpoint an SDXL base model?")
+            missing = sorted(map(str, set(patches) - applied))
+            raise ValueError(f"the loaded model did not accept {len(missing)} of {len(patches)} weights of "
+                             f"{spec.unet_file} (first: {missing[0]}); is the checkpoint a base model of "
+                             f"the {params.method.family.label} family?")
         if spec.conditions and params.weight != 0.0:
             # at weight 0 Forge skips the `diff` patch that widens conv_in, so the UNet still
             # takes 4 channels and an attached condition would not fit

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Optional, Sequence
 
+import torch
 from torch import nn
 
 from ..engine.sharing import AttentionSharingWeights
@@ -55,6 +56,34 @@ def forge_patches(name: str) -> tuple[dict[str, tuple], str]:
         return patches, f"{store.path(name)}#sha256={store.entry(name).sha256}"
 
     return _one_cached(("patches", name, str(store.folder)), build)
+
+
+def forge_flux_patches(name: str, hidden: int, mlp_hidden: int) -> tuple[dict[tuple, tuple], str]:
+    """`({(model key, (0, first row, rows) or None): ("lora", [16 slots])}, content-unique name)`
+    for the Flux LoRA on Forge's Flux, whose weights have Black Forest Labs' names and fuse
+    q, k, v (and the single blocks' MLP input): each diffusers layer patches its rows of the fused
+    weight through Forge's patch offsets."""
+    from ..patches import parse_transformer_lora
+    from ..patches.flux_names import diffusers_to_bfl
+
+    store = weight_store()
+
+    def build():
+        source = str(store.path(name))
+        patches: dict[tuple, tuple] = {}
+        for key, (kind, (up, down)) in parse_transformer_lora(store.load(name), source).items():
+            try:
+                target = diffusers_to_bfl(key, hidden, mlp_hidden)
+            except KeyError as exc:
+                raise ValueError(f"{source}: {exc.args[0]}") from None
+            if target.swap_halves:
+                up = torch.cat(up.chunk(2, 0)[::-1])
+            offset = None if target.rows is None else (0, *target.rows)
+            patches[(f"diffusion_model.{target.name}", offset)] = (kind, [up, down] + [None] * (PATCH_SLOTS - 2))
+        digest = store.hashes.get(store.path(name)) or store.recorded.get(name) or ""
+        return patches, f"{source}#sha256={digest}"
+
+    return _one_cached(("flux", name, str(store.folder), hidden, mlp_hidden), build)
 
 
 def sharing_weights(name: str, modules: Sequence[nn.Module]) -> AttentionSharingWeights:

@@ -141,3 +141,44 @@ def write_flux_vae_pickle(path: Path, **kwargs) -> Path:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save(flux_vae_state_dict(**kwargs), str(path))
     return Path(path)
+
+
+def to_bfl_state_dict(state: dict[str, torch.Tensor], hidden: int, mlp_hidden: int) -> dict[str, torch.Tensor]:
+    """A diffusers Flux transformer state dict in Black Forest Labs' layout (fused qkv and
+    linear1, swapped final modulation), as Forge and single-file checkpoints hold it."""
+    from ..patches.flux_names import diffusers_to_bfl
+
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        target = diffusers_to_bfl(key, hidden, mlp_hidden)
+        if target.swap_halves:
+            value = torch.cat(value.chunk(2, 0)[::-1])
+        if target.rows is None:
+            out[target.name] = value
+            continue
+        start, rows = target.rows
+        fused = out.get(target.name)
+        if fused is None or fused.shape[0] < start + rows:
+            grown = torch.zeros((start + rows,) + tuple(value.shape[1:]), dtype=value.dtype)
+            if fused is not None:
+                grown[:fused.shape[0]] = fused
+            fused = grown
+        fused[start:start + rows] = value
+        out[target.name] = fused
+    return out
+
+
+def bfl_layout(shapes: dict[str, tuple[int, ...]], hidden: int, mlp_hidden: int) -> dict[str, tuple[int, ...]]:
+    """The names and shapes `to_bfl_state_dict` gives, from diffusers names and shapes alone
+    (for real-size transformers on the meta device)."""
+    from ..patches.flux_names import diffusers_to_bfl
+
+    out: dict[str, tuple[int, ...]] = {}
+    for key, shape in shapes.items():
+        target = diffusers_to_bfl(key, hidden, mlp_hidden)
+        if target.rows is None:
+            out[target.name] = tuple(shape)
+        else:
+            rows = max(target.rows[0] + target.rows[1], out.get(target.name, (0,))[0])
+            out[target.name] = (rows,) + tuple(shape[1:])
+    return out
