@@ -42,7 +42,27 @@ def tiny(tmp_path_factory):
         store = WeightStore(folder, allow_download=False, progress=False,
                             catalog=write_unet_files(folder, TINY[family]))
         out[family] = (LayerDiffuse(tiny_pipeline(family), store=store, progress=False, decoder_passes=1), store)
+    out["flux"] = _tiny_flux(tmp_path_factory.mktemp("app-weights-flux"))
     return out
+
+
+def _tiny_flux(folder):
+    import dataclasses
+
+    from lib_layerdiffuse.testing.flux import tiny_flux_pipeline, write_flux_lora, write_flux_vae_pickle
+    from lib_layerdiffuse.testing.layer_files import TINY_DECODER_CONFIG, decoder_layout
+    from lib_layerdiffuse.vae.convert import convert_flux_vae
+    from lib_layerdiffuse.weights.integrity import layout_sha256
+
+    pipe = tiny_flux_pipeline()
+    decoder = Method.FLUX_FG_ONLY.spec.decoder_file
+    catalog = dict(CATALOG)
+    catalog[decoder] = dataclasses.replace(
+        CATALOG[decoder], layout_sha256=layout_sha256(decoder_layout(latent_channels=16, **TINY_DECODER_CONFIG)))
+    store = WeightStore(folder, allow_download=False, progress=False, catalog=catalog)
+    write_flux_lora(folder / "layerlora.safetensors", pipe.transformer)
+    convert_flux_vae(write_flux_vae_pickle(folder / "TransparentVAE.pth", decoder_config=TINY_DECODER_CONFIG), store)
+    return LayerDiffuse(pipe, store=store, progress=False, decoder_passes=1), store
 
 
 def backend_for(tiny, family, tmp_path, **kwargs) -> Backend:
@@ -231,6 +251,16 @@ def test_generate_writes_pngs_with_alpha_and_parameters_and_reports_progress(tin
     names = [s[0] for s in stages]
     assert names.index("Checking weight file layer_xl_transparent_conv.safetensors") < names.index("Sampling")
     assert ("Sampling", 2, 2) in stages and stages[-1] == ("Decoding", 2, 2)
+
+
+def test_a_flux_model_offers_the_flux_method_and_generates(tiny, tmp_path):
+    backend = backend_for(tiny, "flux", tmp_path)
+    assert backend.methods() == [Method.FLUX_FG_ONLY] and backend.default_size() == 1024
+    out = backend.generate("a bottle", Method.FLUX_FG_ONLY.value, steps=2, seed=3, width=64, height=64, cfg=3.5)
+    with Image.open(out.files[0]) as img:
+        assert img.mode == "RGBA" and "(Flux) Only Generate Transparent Image" in img.text["parameters"]
+    with pytest.raises(ValueError, match="needs an SDXL model; tiny is Flux.1"):
+        backend.replace(disc_on_grey(), "a beach", CutoutSettings(model="weight-free"))
 
 
 def test_opaque_frames_and_condition_images(tiny, tmp_path):

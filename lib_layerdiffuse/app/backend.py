@@ -19,7 +19,7 @@ from ..methods import Family, Method
 from ..weights import WeightStore
 from .readiness import DEFAULT_MODEL, ModelState, check_model, status_markdown
 
-FAMILY_SIZE = {Family.SDXL: 1024, Family.SD15: 512}
+FAMILY_SIZE = {Family.SDXL: 1024, Family.SD15: 512, Family.FLUX: 1024}
 
 
 class ModelNotReadyError(RuntimeError):
@@ -214,8 +214,8 @@ class Backend:
             if not (prompt or "").strip():
                 raise ValueError("write a prompt for the new background, or give a background image")
             self._require_model()
-            if self.family is Family.SD15:
-                raise ValueError(f"generating a background needs an SDXL model; {self.model} is SD1.5. "
+            if self.family is not Family.SDXL:
+                raise ValueError(f"generating a background needs an SDXL model; {self.model} is {self.family.label}. "
                                  "Give a background image instead, or start the app with an SDXL model")
             self._fetch_weights(Method.FG_TO_BLEND, on_progress)
             engine = self.engine(on_progress)

@@ -12,11 +12,12 @@ import logging
 from typing import Callable, Optional
 
 from ..cutout.options import CutoutSettings, Refine
+from ..engine.flux import DEFAULT_GUIDANCE as FLUX_GUIDANCE
 from ..engine.generate import DEFAULT_CFG, DEFAULT_STEPS
 from ..progress import ProgressCallback
 from ..engine.samplers import SAMPLERS
 from ..form import cutout_controls, input_visibility, method_hint
-from ..methods import Method
+from ..methods import Family, Method
 from ..params import LayerDiffuseParams, ResizeMode
 from .backend import Backend, Outputs
 
@@ -123,6 +124,13 @@ class _ModelView:
     ready: bool
 
 
+def _is_flux(method: str) -> bool:
+    try:
+        return Method.parse(method).family is Family.FLUX
+    except ValueError:
+        return False
+
+
 def _model_view(backend: Backend, wait: bool) -> _ModelView:
     """The model's view, or (with `wait` off while the check runs) placeholders: every method,
     SDXL size, Generate off. The page's load event fills in the real one."""
@@ -192,9 +200,14 @@ def _generate_tab(gr, backend: Backend, status) -> tuple[Callable, list]:
         updates.append(gr.update(visible=vis["resize_mode"]))
         updates += [gr.update(visible=vis[f"{n}_prompt"]) for n in _LAYERS]
         updates.append(gr.update(value=current_batch if int(current_batch) % frames == 0 else frames))
+        flux = _is_flux(value)  # guidance-distilled: its own guidance scale, its own scheduler
+        updates.append(gr.update(label="Distilled CFG scale", value=FLUX_GUIDANCE) if flux else
+                       gr.update(label="CFG scale"))
+        updates.append(gr.update(visible=not flux, value=DEFAULT_SAMPLER))
         return updates
 
-    method.change(on_method, inputs=[method, batch], outputs=[hint, status, *images, resize_mode, *prompts, batch],
+    method.change(on_method, inputs=[method, batch],
+                  outputs=[hint, status, *images, resize_mode, *prompts, batch, cfg, sampler],
                   show_progress="hidden", queue=False)
 
     def generate(prompt_text, negative_text, method_value, fg, bg, blend, resize, fg_p, bg_p, blend_p, w_value,

@@ -79,6 +79,9 @@ class FluxLayerDiffuse:
         self.backup_device = backup_device
         self._lora: dict[str, Any] = {}
 
+    def default_size(self) -> int:
+        return DEFAULT_SIZE
+
     def _patches(self, name: str):
         if name not in self._lora:
             self._lora.clear()
