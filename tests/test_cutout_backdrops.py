@@ -54,6 +54,14 @@ def test_widths_grow_with_the_image_so_large_glass_is_solved():
     assert ours < 60 and ours < sad(colour_key(c.image), c.alpha), ours  # [119 with 384 px widths; key 200]
 
 
+@pytest.mark.slow
+def test_a_large_region_cut_by_the_frame_is_opaque_at_1024_px():
+    fg, alpha = load_rgba(next(RGBA.glob("*man_crop.png")), 1024)
+    c = backdrop_case("man_crop", fg, alpha, "vignette", np.random.default_rng([1, 8]))
+    ours = sad(border_matte(c.image).alpha, c.alpha)
+    assert ours < 4.0 and ours < sad(colour_key(c.image), c.alpha), ours  # [6.85: the jacket left translucent]
+
+
 def test_see_through_glass_is_solved_not_assumed_opaque():
     c = case("t2i_0_transparent", "gradient")
     alpha = cut_out(c.image, model="weight-free", refine="none").alpha
