@@ -50,6 +50,59 @@ def _timed(fn, device, repeats: int) -> float:
     return statistics.median(times)
 
 
+def transformer_costs(blocks: tuple[int, int], size: int, rank: int, device, dtype, repeats: int) -> dict:
+    """Seconds of a plain step, a step with the LoRA merged and beside the layers, a merge and a removal."""
+    from diffusers import FluxTransformer2DModel
+
+    transformer = FluxTransformer2DModel(num_layers=blocks[0], num_single_layers=blocks[1],
+                                         guidance_embeds=True).to(device, dtype).eval()
+    tokens, text = (size // 16) ** 2, 512
+    g = torch.Generator().manual_seed(1)
+    inputs = dict(hidden_states=torch.randn(1, tokens, 64, generator=g).to(device, dtype),
+                  encoder_hidden_states=torch.randn(1, text, 4096, generator=g).to(device, dtype),
+                  pooled_projections=torch.randn(1, 768, generator=g).to(device, dtype),
+                  timestep=torch.tensor([0.5], device=device, dtype=dtype),
+                  guidance=torch.tensor([3.5], device=device, dtype=dtype),
+                  img_ids=torch.zeros(tokens, 3, device=device, dtype=dtype),
+                  txt_ids=torch.zeros(text, 3, device=device, dtype=dtype))
+    lora = parse_transformer_lora({k: torch.randn(s, generator=g) * 0.01
+                                   for k, s in lora_layout(transformer, rank).items()})
+
+    def step():
+        transformer(**inputs)
+
+    out = {"layers": len(lora), "tokens": tokens, "text": text}
+    with torch.no_grad():
+        out["step"] = _timed(step, device, repeats)
+        merges, restores = [], []
+        for _ in range(repeats):
+            _sync(device)
+            start = time.perf_counter()
+            applied = apply_frozen_patches(transformer, lora, Family.FLUX, 1.0, backup_device="cpu")
+            _sync(device)
+            middle = time.perf_counter()
+            applied.restore()
+            _sync(device)
+            merges.append(middle - start)
+            restores.append(time.perf_counter() - middle)
+        out["merge"], out["restore"] = statistics.median(merges), statistics.median(restores)
+        applied = apply_frozen_patches(transformer, lora, Family.FLUX, 1.0, backup_device="cpu")
+        out["merged step"] = _timed(step, device, repeats)
+        applied.restore()
+        branches = attach_lora_branches(transformer, lora)
+        out["branch step"] = _timed(step, device, repeats)
+        branches.restore()
+    return out
+
+
+def decoder_seconds(channels: int, size: int, passes: int, device, dtype, repeats: int) -> float:
+    model = UNet1024(latent_channels=channels).to(device, dtype).eval()
+    g = torch.Generator().manual_seed(2)
+    pixel = torch.rand(1, 3, size, size, generator=g).to(device, dtype)
+    raw = torch.randn(1, channels, size // 8, size // 8, generator=g).to(device, dtype)
+    return _timed(lambda: estimate_augmented(model, pixel, raw, passes), device, repeats)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512, help="image side in pixels (multiple of 64)")
@@ -61,66 +114,25 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)
-
-    from diffusers import FluxTransformer2DModel
-
     blocks = (19, 38) if args.full else (2, 4)
-    transformer = FluxTransformer2DModel(num_layers=blocks[0], num_single_layers=blocks[1],
-                                         guidance_embeds=True).to(device, dtype).eval()
-    tokens, text = (args.size // 16) ** 2, 512
-    g = torch.Generator().manual_seed(1)
-    inputs = dict(hidden_states=torch.randn(1, tokens, 64, generator=g).to(device, dtype),
-                  encoder_hidden_states=torch.randn(1, text, 4096, generator=g).to(device, dtype),
-                  pooled_projections=torch.randn(1, 768, generator=g).to(device, dtype),
-                  timestep=torch.tensor([0.5], device=device, dtype=dtype),
-                  guidance=torch.tensor([3.5], device=device, dtype=dtype),
-                  img_ids=torch.zeros(tokens, 3, device=device, dtype=dtype),
-                  txt_ids=torch.zeros(text, 3, device=device, dtype=dtype))
-    lora = parse_transformer_lora({k: torch.randn(s, generator=g) * 0.01
-                                   for k, s in lora_layout(transformer, args.rank).items()})
-
-    with torch.no_grad():
-        step = _timed(lambda: transformer(**inputs), device, args.repeats)
-        merges, restores = [], []
-        for _ in range(args.repeats):
-            _sync(device)
-            start = time.perf_counter()
-            applied = apply_frozen_patches(transformer, lora, Family.FLUX, 1.0, backup_device="cpu")
-            _sync(device)
-            middle = time.perf_counter()
-            applied.restore()
-            _sync(device)
-            merges.append(middle - start)
-            restores.append(time.perf_counter() - middle)
-        applied = apply_frozen_patches(transformer, lora, Family.FLUX, 1.0, backup_device="cpu")
-        merged_step = _timed(lambda: transformer(**inputs), device, args.repeats)
-        applied.restore()
-        branches = attach_lora_branches(transformer, lora)
-        branch_step = _timed(lambda: transformer(**inputs), device, args.repeats)
-        branches.restore()
-    del transformer
-
-    side, latent = args.size, args.size // 8
-    decoders = {}
-    for name, channels in (("SD (4 latent channels)", 4), ("Flux (16 latent channels)", 16)):
-        model = UNet1024(latent_channels=channels).to(device, dtype).eval()
-        pixel = torch.rand(1, 3, side, side, generator=g).to(device, dtype)
-        raw = torch.randn(1, channels, latent, latent, generator=g).to(device, dtype)
-        decoders[name] = {passes: _timed(lambda: estimate_augmented(model, pixel, raw, passes), device, args.repeats)
-                          for passes in (1, 8)}
-        del model
+    t = transformer_costs(blocks, args.size, args.rank, device, dtype, args.repeats)
+    decoders = {name: {passes: decoder_seconds(channels, args.size, passes, device, dtype, args.repeats)
+                       for passes in (1, 8)}
+                for name, channels in (("SD (4 latent channels)", 4), ("Flux (16 latent channels)", 16))}
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"Device: {name}, {str(dtype).replace('torch.', '')}; {side}x{side} px ({tokens} image tokens + {text} text "
-          f"tokens); transformer width 3072 with {blocks[0]} double + {blocks[1]} single blocks; LoRA rank {args.rank} "
-          f"on {len(lora)} layers; median of {args.repeats}\n")
+    step = t["step"]
+    print(f"Device: {name}, {str(dtype).replace('torch.', '')}; {args.size}x{args.size} px ({t['tokens']} image tokens "
+          f"+ {t['text']} text tokens); transformer width 3072 with {blocks[0]} double + {blocks[1]} single blocks; "
+          f"LoRA rank {args.rank} on {t['layers']} layers; median of {args.repeats}\n")
     print("| cost | seconds | ratio |")
     print("|---|---|---|")
     print(f"| plain transformer step | {step:.3f} | 1.00 (step) |")
-    print(f"| step with the LoRA merged | {merged_step:.3f} | {merged_step / step:.2f} (step) |")
-    print(f"| step with the LoRA beside the layers (quantised path) | {branch_step:.3f} | {branch_step / step:.2f} (step) |")
-    print(f"| merge the LoRA | {statistics.median(merges):.3f} | {statistics.median(merges) / step:.2f} (step) |")
-    print(f"| take it out again | {statistics.median(restores):.3f} | {statistics.median(restores) / step:.2f} (step) |")
+    print(f"| step with the LoRA merged | {t['merged step']:.3f} | {t['merged step'] / step:.2f} (step) |")
+    print(f"| step with the LoRA beside the layers (quantised path) | {t['branch step']:.3f} | "
+          f"{t['branch step'] / step:.2f} (step) |")
+    print(f"| merge the LoRA | {t['merge']:.3f} | {t['merge'] / step:.2f} (step) |")
+    print(f"| take it out again | {t['restore']:.3f} | {t['restore'] / step:.2f} (step) |")
     sd = decoders["SD (4 latent channels)"]
     for dec, times in decoders.items():
         for passes, seconds in times.items():

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..images import to_rgba_uint8
-from ..methods import Family, Method
+from ..methods import Method
 from ..params import LayerDiffuseParams
 from ..patches import (apply_frozen_patches, attach_lora_branches, mergeable, parse_transformer_lora)
 from ..progress import ProgressCallback
