@@ -132,7 +132,8 @@ class FluxLayerDiffuse:
         """Text (or an RGBA init image) to RGBA with LayerDiffuse-Flux. `cfg` is Flux's distilled
         guidance (default 3.5); `weight` scales the LoRA; `stop_at` takes it out after that
         fraction of the steps. The SD-only arguments (layer images and prompts, negative
-        prompt, sampler) are refused with a message rather than ignored."""
+        prompt, sampler) are refused with a message rather than ignored; `resize_mode` is
+        accepted for the same call shape as SD and has nothing to resize."""
         layer = dict(weight=weight, stop_at=stop_at, fg_image=fg, bg_image=bg, blend_image=blend,
                      fg_prompt=fg_prompt, bg_prompt=bg_prompt, blend_prompt=blend_prompt)
         req = self._request(prompt, method, negative_prompt, steps, cfg, seed, width, height, batch, sampler,
