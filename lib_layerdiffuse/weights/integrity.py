@@ -41,14 +41,7 @@ class HashCache:
     def __init__(self, folder: Path):
         self.file = folder / CACHE_FILE_NAME
         self._lock = threading.Lock()
-        self._entries: dict[str, dict] = self._read()
-
-    def _read(self) -> dict[str, dict]:
-        try:
-            data = json.loads(self.file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        self._entries: dict[str, dict] = _read_json(self.file)
 
     @staticmethod
     def _stamp(path: Path) -> tuple[int, int]:
@@ -73,12 +66,7 @@ class HashCache:
         size, mtime = stamp if stamp is not None else self._stamp(path)
         with self._lock:
             self._entries[path.name] = {"size": size, "mtime_ns": mtime, "sha256": sha256}
-            tmp = self.file.with_name(self.file.name + f".{os.getpid()}.tmp")
-            try:
-                tmp.write_text(json.dumps(self._entries, indent=1, sort_keys=True), encoding="utf-8")
-                os.replace(tmp, self.file)
-            except OSError:
-                tmp.unlink(missing_ok=True)
+            _write_json(self.file, self._entries)
 
     def forget(self, path: Path) -> None:
         with self._lock:
@@ -103,12 +91,7 @@ class RecordedHashes:
     def __init__(self, folder: Path):
         self.file = folder / RECORDED_FILE_NAME
         self._lock = threading.Lock()
-        try:
-            data = json.loads(self.file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            data = {}
-        self._entries: dict[str, str] = {k: v for k, v in data.items() if isinstance(v, str)} \
-            if isinstance(data, dict) else {}
+        self._entries: dict[str, str] = {k: v for k, v in _read_json(self.file).items() if isinstance(v, str)}
 
     def get(self, name: str) -> Optional[str]:
         return self._entries.get(name)
@@ -116,12 +99,26 @@ class RecordedHashes:
     def put(self, name: str, sha256: str) -> None:
         with self._lock:
             self._entries[name] = sha256
-            tmp = self.file.with_name(self.file.name + f".{os.getpid()}.tmp")
-            try:
-                tmp.write_text(json.dumps(self._entries, indent=1, sort_keys=True), encoding="utf-8")
-                os.replace(tmp, self.file)
-            except OSError:
-                tmp.unlink(missing_ok=True)
+            _write_json(self.file, self._entries)
+
+
+def _read_json(file: Path) -> dict:
+    """The JSON object in `file`, or {} when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(file: Path, data: dict) -> None:
+    """Replace `file` atomically with `data` as JSON; a read-only folder leaves it as it was."""
+    tmp = file.with_name(file.name + f".{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, file)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def layout_sha256(shapes: Mapping[str, Sequence[int]]) -> str:
