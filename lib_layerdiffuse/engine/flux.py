@@ -32,7 +32,7 @@ from ..progress import ProgressCallback
 from ..vae.frontends import decoder_for, default_device_and_dtype, encoder_for
 from ..weights import WeightStore
 from .family import UnsupportedModelError, check_method_family, family_of_transformer
-from .generate import fit_rgba, format_infotext
+from .generate import fit_rgba, format_infotext, positive_int
 from .outputs import LayerResult, decode_outputs
 
 DEFAULT_STEPS = 50  # the release's demos
@@ -53,13 +53,6 @@ class _FluxRequest:
     batch: int
     init_image: Optional[np.ndarray]
     strength: float
-
-
-def _whole(name: str, value: Any, default: int) -> int:
-    value = default if value is None else value
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
-    return int(value)
 
 
 class FluxLayerDiffuse:
@@ -109,7 +102,8 @@ class FluxLayerDiffuse:
         if init is not None:
             width = width or init.shape[1] // SIZE_MULTIPLE * SIZE_MULTIPLE
             height = height or init.shape[0] // SIZE_MULTIPLE * SIZE_MULTIPLE
-        width, height = _whole("width", width, DEFAULT_SIZE), _whole("height", height, DEFAULT_SIZE)
+        width = positive_int("width", DEFAULT_SIZE if width is None else width)
+        height = positive_int("height", DEFAULT_SIZE if height is None else height)
         if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE:
             fit = f"{width // SIZE_MULTIPLE * SIZE_MULTIPLE or SIZE_MULTIPLE}x{height // SIZE_MULTIPLE * SIZE_MULTIPLE or SIZE_MULTIPLE}"
             raise ValueError(f"Flux sizes must be multiples of {SIZE_MULTIPLE} (the VAE's 8 times the 2x2 "
@@ -117,10 +111,10 @@ class FluxLayerDiffuse:
         strength = float(strength)
         if not 0.0 < strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
-        return _FluxRequest(settings, prompt, _whole("steps", steps, DEFAULT_STEPS),
+        return _FluxRequest(settings, prompt, positive_int("steps", DEFAULT_STEPS if steps is None else steps),
                             float(cfg if cfg is not None else DEFAULT_GUIDANCE),
                             int(seed) if seed is not None else random.randrange(2**32),
-                            width, height, _whole("batch", batch, 1), init, strength)
+                            width, height, positive_int("batch", 1 if batch is None else batch), init, strength)
 
     def generate(self, prompt: str, method: Union[Method, str, None] = None, *, negative_prompt: str = "",
                  steps: Optional[int] = None, cfg: Optional[float] = None, seed: Optional[int] = None,

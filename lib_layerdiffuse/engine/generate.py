@@ -61,7 +61,7 @@ class _Request:
     strength: float
 
 
-def _positive_int(name: str, value: Any) -> int:
+def positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
     return int(value)
@@ -167,12 +167,12 @@ class LayerDiffuse:
         if init is not None and (width is None or height is None):
             width = width or init.shape[1] // 8 * 8
             height = height or init.shape[0] // 8 * 8
-        width = _positive_int("width", width if width is not None else self.default_size())
-        height = _positive_int("height", height if height is not None else self.default_size())
+        width = positive_int("width", width if width is not None else self.default_size())
+        height = positive_int("height", height if height is not None else self.default_size())
         if width % 8 or height % 8:
             raise ValueError(f"width and height must be multiples of 8, got {width}x{height}")
         frames = spec.frame_count
-        batch = _positive_int("batch", batch if batch is not None else frames)
+        batch = positive_int("batch", batch if batch is not None else frames)
         if batch % frames:
             raise ValueError(f"{method.value} generates {frames} images together "
                              f"({', '.join(spec.frames)}); the batch must be a multiple of {frames}, "
@@ -184,7 +184,7 @@ class LayerDiffuse:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
         return _Request(
             settings=settings, prompt=prompt, negative_prompt=negative_prompt or "",
-            steps=_positive_int("steps", steps if steps is not None else DEFAULT_STEPS),
+            steps=positive_int("steps", steps if steps is not None else DEFAULT_STEPS),
             cfg=float(cfg if cfg is not None else DEFAULT_CFG),
             seed=int(seed) if seed is not None else random.randrange(2**32),
             width=width, height=height, batch=batch,

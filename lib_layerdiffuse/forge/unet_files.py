@@ -46,13 +46,18 @@ def _one_cached(key: tuple, build):
         return _cache[key]
 
 
+def _slots(tensors) -> list:
+    """A patch's tensors in Forge's PATCH_SLOTS positional slots (the rest None)."""
+    return list(tensors) + [None] * (PATCH_SLOTS - len(tensors))
+
+
 def forge_patches(name: str) -> tuple[dict[str, tuple], str]:
     """`({model_key: (patch_type, [16 slots])}, content-unique name)` for an SDXL file."""
     store = weight_store()
 
     def build():
         parsed = parse_frozen_patches(store.load(name))
-        patches = {k: (t, list(tensors) + [None] * (PATCH_SLOTS - len(tensors))) for k, (t, tensors) in parsed.items()}
+        patches = {k: (t, _slots(tensors)) for k, (t, tensors) in parsed.items()}
         return patches, f"{store.path(name)}#sha256={store.entry(name).sha256}"
 
     return _one_cached(("patches", name, str(store.folder)), build)
@@ -79,7 +84,7 @@ def forge_flux_patches(name: str, hidden: int, mlp_hidden: int) -> tuple[dict[tu
             if target.swap_halves:
                 up = torch.cat(up.chunk(2, 0)[::-1])
             offset = None if target.rows is None else (0, *target.rows)
-            patches[(f"diffusion_model.{target.name}", offset)] = (kind, [up, down] + [None] * (PATCH_SLOTS - 2))
+            patches[(f"diffusion_model.{target.name}", offset)] = (kind, _slots([up, down]))
         digest = store.hashes.get(store.path(name)) or store.recorded.get(name) or ""
         return patches, f"{source}#sha256={digest}"
 
