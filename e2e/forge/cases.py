@@ -24,6 +24,7 @@ SD15_FG_TO_BG = "(SD1.5) From Foreground to Background (need batch size 2)"
 SD15_BG_TO_FG = "(SD1.5) From Background to Foreground (need batch size 2)"
 SD15_JOINT = "(SD1.5) Generate Everything Together (need batch size 3)"
 SDXL_ATTN = "(SDXL) Only Generate Transparent Image (Attention Injection)"
+FLUX_FG = "(Flux) Only Generate Transparent Image"
 BASE = {"prompt": "a glass cup", "negative_prompt": "", "steps": 2, "cfg_scale": 7, "seed": 1234,
         "sampler_name": "Euler", "scheduler": "Automatic", "width": 512, "height": 512, "batch_size": 1,
         "save_images": True, "send_images": True}
@@ -319,3 +320,32 @@ def sdxl_matrix() -> list[Case]:
              transparent=2),
         Case("SD1.5 method on SDXL (refused)", _payload(scripts=[True, SD15_ATTN]), refused="SD1.5", layer=False),
     ]
+
+
+def flux_matrix() -> list[Case]:
+    """The FLUX.1-dev cases (random GGUF transformer, fp8 T5), plain call first. 128x128: every
+    size costs nearly the same on a CPU, where reading the 12B weights dominates. Scheduler
+    Simple, as Forge's Flux preset sets it: with "Automatic", Euler on Forge's Flux takes its
+    sigmas from the predictor's 10000 pseudo-timesteps and starts at sigma 10000 (NaN latents
+    even without LayerDiffuse)."""
+    size = dict(width=128, height=128, cfg_scale=1, distilled_cfg_scale=3.5, scheduler="Simple")
+    return [
+        Case("Flux plain txt2img (LayerDiffuse off)", _payload(**size), layer=False),
+        Case("Flux fg-only, batch 1", _payload(**size, scripts=layer_args(FLUX_FG)), transparent=1,
+             extra=_weight_recorded("layerdiffusion_method: (Flux) Only Generate Transparent Image")),
+        Case("Flux fg-only, batch 2", _payload(**size, batch_size=2, scripts=layer_args(FLUX_FG)), transparent=2),
+        Case("Flux RGBA img2img, fg-only",
+             _payload(**size, init_images=[flat_image(rgba=True)], denoising_strength=0.7, scripts=layer_args(FLUX_FG)),
+             endpoint="img2img", transparent=1),
+        Case("SD1.5 method on Flux (refused)", _payload(**size, scripts=[True, SD15_ATTN]), refused="SD1.5",
+             layer=False),
+        Case("Flux fg-only, scheduler Automatic (NaN, named)",
+             _payload(**{**size, "scheduler": "Automatic"}, scripts=layer_args(FLUX_FG)), extra=_names_scheduler),
+    ]
+
+
+def _names_scheduler(r: Result) -> list[str]:
+    """Forge's own Flux sampling gives NaN here; LayerDiffuse must say what to change."""
+    if any("set the scheduler to Simple" in n for n in r.notes):
+        return []
+    return [f"no note naming the scheduler in the log (notes: {r.notes[:2]})"]

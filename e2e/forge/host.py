@@ -23,7 +23,8 @@ import requests
 PROJECT = Path(__file__).resolve().parents[2]
 EXTENSION_NAME = "layerdiffuse-under-test"
 # renamed whenever the writer changes: the cache keeps files
-CHECKPOINT_NAMES = {"sd15": "rig-random-sd15-v2.safetensors", "sdxl": "rig-random-sdxl-v2.safetensors"}
+CHECKPOINT_NAMES = {"sd15": "rig-random-sd15-v2.safetensors", "sdxl": "rig-random-sdxl-v2.safetensors",
+                    "flux": "rig-random-flux1-dev-Q4_0.gguf"}  # flux_files.TRANSFORMER
 # pip takes the machine's CPU build for an exact version; Forge's own default is a CUDA index
 TORCH_SPEC = os.environ.get("FORGE_RIG_TORCH", "torch==2.14.1 torchvision==0.29.1")
 RIG_FLAGS = ("--skip-prepare-environment", "--skip-python-version-check", "--skip-torch-cuda-test",

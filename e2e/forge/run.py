@@ -27,7 +27,8 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from cases import Case, Result, matrix, run_case, sdxl_matrix  # noqa: E402
+import flux_files  # noqa: E402
+from cases import Case, Result, flux_matrix, matrix, run_case, sdxl_matrix  # noqa: E402
 from host import CHECKPOINT_NAMES, Forge, Server, log  # noqa: E402
 
 LOCAL_SEGMENTER = "BiRefNet-rig.onnx"
@@ -77,7 +78,14 @@ def prepare(forge: Forge, cache: Path, family: str) -> None:
 
     forge.prepare_venv()
     forge.prepare_repositories()
-    checkpoint, files = write_weights(cache, family)
+    if family == "flux":
+        log("random FLUX.1-dev files (written once, about 12 GB)")
+        checkpoint, modules, files = flux_files.write_all(cache, forge.root)
+        forge.place(modules["vae"], "VAE")
+        forge.place(modules["t5"], "text_encoder")
+        forge.place(modules["clip_l"], "text_encoder")
+    else:
+        checkpoint, files = write_weights(cache, family)
     forge.place(checkpoint, "Stable-diffusion")
     for path in files:
         forge.place(path, "layer_model")
@@ -148,9 +156,10 @@ def main(argv=None) -> int:
     parser.add_argument("--screenshot", help="save a screenshot of the txt2img tab here")
     parser.add_argument("--json", help="write the results here as JSON")
     parser.add_argument("--skip-prepare", action="store_true", help="only copy the extension in again")
-    parser.add_argument("--family", choices=("sd15", "sdxl"), default="sd15",
+    parser.add_argument("--family", choices=("sd15", "sdxl", "flux"), default="sd15",
                         help="checkpoint family: sd15 runs the whole matrix; sdxl (about 17 GB of RAM, run it "
-                             "alone) runs the SDXL attention-injection cases")
+                             "alone) runs the SDXL attention-injection cases; flux (a Q4_0 GGUF transformer and "
+                             "an fp8 T5, about 12 GB on disk and 17 GB of RAM, run it alone) the Flux cases")
     args = parser.parse_args(argv)
     if not args.forge_dir:
         parser.error("give --forge-dir or set FORGE_DIR to a Forge checkout")
@@ -175,10 +184,11 @@ def main(argv=None) -> int:
         log(f"Forge {forge.version()} ({forge.commit()}) up in {started:.0f} s")
         listing = local_model_listed(server.url)
         log(f"cutout dropdowns list local:{LOCAL_SEGMENTER}: {'yes' if not listing else listing}")
+        modules = [flux_files.MODULES[m] for m in ("vae", "clip_l", "t5")] if args.family == "flux" else []
         requests.post(f"{server.url}/sdapi/v1/options", timeout=600, json={
-            "sd_model_checkpoint": CHECKPOINT_NAMES[args.family], "live_previews_enable": False,
-            "samples_format": "png"}).raise_for_status()
-        cases: list[Case] = matrix() if args.family == "sd15" else sdxl_matrix()
+            "sd_model_checkpoint": CHECKPOINT_NAMES[args.family], "forge_additional_modules": modules,
+            "live_previews_enable": False, "samples_format": "png"}).raise_for_status()
+        cases: list[Case] = {"sd15": matrix, "sdxl": sdxl_matrix, "flux": flux_matrix}[args.family]()
         outputs = forge.outputs(server.url)
         # the first call of a fresh Forge moves models and warms caches: not part of the baseline
         warm = time.monotonic()
@@ -200,8 +210,9 @@ def main(argv=None) -> int:
     finally:
         server.stop()
     baseline = results[0].seconds if results and not results[0].case.layer else 0.0
+    size = "128x128" if args.family == "flux" else "512x512"
     print(f"\nForge {forge.version()} ({forge.commit()}), generation {forge.generation}, "
-          f"{time.strftime('%Y-%m-%d')}; Euler, 2 steps, 512x512 unless stated; random weights\n")
+          f"{time.strftime('%Y-%m-%d')}; Euler, 2 steps, {size} unless stated; random weights\n")
     print(table(results, baseline))
     if args.json:
         Path(args.json).write_text(json.dumps([{

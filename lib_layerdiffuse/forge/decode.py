@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
+from ..methods import Family
 from ..vae.conventions import convention_of
 from ..vae.frontends import decoder_for
 from .job import Job
@@ -59,6 +60,12 @@ def transparent_indices(job: Job, batch: int) -> list[int]:
     return [i for i in range(batch) if i % spec.frame_count in spec.transparent]
 
 
+# Forge's Flux predictor has 10000 pseudo-timesteps and sigma(t) = t: a scheduler that reads the
+# model's sigma range (Euler's "Automatic") starts at sigma 10000 (seen in real Forge, dfdcbab6)
+_NAN_HINTS = {Family.FLUX: "on Flux, set the scheduler to Simple as Forge's Flux preset does; with "
+                           "\"Automatic\" Forge starts Flux at sigma 10000"}
+
+
 @torch.no_grad()
 def decode_batch(p: Any, job: Job, images: torch.Tensor) -> None:
     """Fill `job.outputs` with (RGBA, preview) arrays for this batch's transparent images."""
@@ -74,8 +81,9 @@ def decode_batch(p: Any, job: Job, images: torch.Tensor) -> None:
                     f"not match the latents ({raw.shape[-1] * 8}x{raw.shape[-2] * 8})")
         return
     if not bool(torch.isfinite(raw).all()):
-        job.note(p, "transparent decoding skipped: sampling produced NaN or infinite latents (a model or "
-                    "prompt encoding that overflows, e.g. in fp16: try --no-half or another checkpoint)")
+        job.note(p, "transparent decoding skipped: sampling produced NaN or infinite latents (" + _NAN_HINTS.get(
+            job.family, "a model or prompt encoding that overflows, e.g. in fp16: try --no-half or another "
+                        "checkpoint") + ")")
         return
     if not convention_of(job.family).clip_pixel:
         pixels = host.decode_unclipped(p, raw).cpu()  # Forge's own decode came clipped
