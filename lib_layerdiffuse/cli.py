@@ -221,6 +221,43 @@ def _add_generate(sub, common: argparse.ArgumentParser) -> None:
     gen.set_defaults(func=cmd_generate)
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import load_job, run_job
+    from .engine import check_method_family, locate_model
+
+    job = load_job(args.job)
+    family = locate_model(job.model, args.offline).family
+    methods = {Method.parse(it.settings.get("method") or Method.default(family), family=family) for it in job.items}
+    for method in methods:
+        check_method_family(method, family)
+    store = WeightStore(args.models_dir, allow_download=not args.offline, progress=not args.quiet)
+    for name in sorted({n for m in methods for n in m.weight_files}):
+        store.ensure(name)
+    print(f"{len(job.items)} items in {args.job}; outputs and manifest in {args.out}", file=sys.stderr)
+    summary = run_job(job, args.out, lambda model: _load_engine(
+        argparse.Namespace(**{**vars(args), "model": model}), sorted(methods, key=str)[0], store),
+        progress=not args.quiet)
+    print(summary.line(), file=sys.stderr)
+    return 0
+
+
+def _add_batch(sub, common: argparse.ArgumentParser) -> None:
+    batch = sub.add_parser("batch", parents=[common], help="run a job file of many generations (resumable)",
+                           description="Run every item of a job file (TOML, or YAML with PyYAML): a model, "
+                                       "defaults, a matrix of prompts x seeds x methods x sizes and single "
+                                       "items. Each output is written atomically and recorded in "
+                                       "OUT/manifest.jsonl with its settings, seed, SHA-256 and alpha checks; "
+                                       "a rerun skips what is done and intact. See the README's \"Batch "
+                                       "production\".")
+    batch.add_argument("job", help="the job file")
+    batch.add_argument("--out", default="batch-out", help="output folder (default: ./batch-out)")
+    batch.add_argument("--passes", type=int, default=8, choices=(1, 2, 4, 8),
+                       help="transparent decoder passes (8 = the reference's quality)")
+    _add_device_flags(batch)
+    batch.add_argument("--offline", action="store_true", help="never download weight files or the model")
+    batch.set_defaults(func=cmd_batch)
+
+
 def _cutout_model(args: argparse.Namespace) -> str:
     """--cutout-model, or the default: isnet-general-use when it is downloaded or can be
     downloaded now, else the weight-free cutout (with a note saying why)."""
@@ -460,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--download", action="store_true", help="download TransparentVAE.pth first if it is missing")
     convert.set_defaults(func=cmd_convert)
     _add_generate(sub, common)
+    _add_batch(sub, common)
     _add_cutout(sub, common)
     _add_app(sub, common)
     return parser

@@ -1,0 +1,116 @@
+"""Running a job: the items not yet done, grouped by method and size, each generated, checked,
+written atomically and recorded in the manifest before the next one starts."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..images import read_image_file, save_png
+from .jobfile import IMAGES, SEED_RANGE, Item, Job
+from .manifest import Manifest, write_atomic
+from .qa import check_alpha, trim
+
+ENGINE_ARGS = {"prompt": None, "negative_prompt": "negative_prompt", "steps": "steps", "cfg": "cfg",
+               "width": "width", "height": "height", "sampler": "sampler", "weight": "weight", "stop_at": "stop_at",
+               "strength": "strength", "fg_prompt": "fg_prompt", "bg_prompt": "bg_prompt",
+               "blend_prompt": "blend_prompt", "fg": "fg", "bg": "bg", "blend": "blend", "init": "init_image"}
+
+
+@dataclass
+class BatchSummary:
+    made: list[str] = field(default_factory=list)  # keys generated in this run
+    skipped: list[str] = field(default_factory=list)  # keys already done and intact
+    flagged: list[str] = field(default_factory=list)  # keys whose images failed the alpha checks
+    retries: int = 0
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        return (f"{len(self.made)} made, {len(self.skipped)} already done, {len(self.flagged)} flagged by the "
+                f"alpha checks, {self.retries} retries, {self.seconds:.1f} s")
+
+
+def run_job(job: Job, out: "str | Path", engine_for: Callable[[str], Any], progress: bool = True) -> BatchSummary:
+    """Make every item of `job` that `out`'s manifest does not list as done. `engine_for(model)`
+    gives the generation engine (a `LayerDiffuse`), asked for once and only when there is work."""
+    start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(out)
+    manifest.remove_partial_files()
+    summary = BatchSummary()
+    todo = []
+    for item in job.items:
+        if manifest.done(item.key):
+            summary.skipped.append(item.key)
+        else:
+            todo.append(item)
+    todo.sort(key=lambda it: tuple(str(g) for g in it.group))  # stable: job order inside a group
+    engine = engine_for(job.model) if todo else None
+    bar = tqdm(total=len(todo), desc="batch", unit="item", disable=not progress)
+    try:
+        for item in todo:
+            method, width, height = item.group
+            bar.set_description(f"{method or 'default method'} {width or 'default'}x{height or 'default'}")
+            record = _make(job, item, engine, out)
+            manifest.append(record)
+            summary.made.append(item.key)
+            summary.retries += record["attempts"] - 1
+            if any(f["qa"]["flags"] for f in record["files"] if f.get("qa")):
+                summary.flagged.append(item.key)
+            bar.update(1)
+    finally:
+        bar.close()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _make(job: Job, item: Item, engine, out: Path) -> dict:
+    """Generate one item (again with the next seed while its alpha fails the checks and retries
+    remain), write its files and return its manifest record."""
+    started = time.perf_counter()
+    seed = item.settings["seed"]
+    for attempt in range(1, job.retry + 2):
+        result = _generate(engine, item, seed)
+        reports = {im.index: check_alpha(np.asarray(im.image)[..., 3], job.checks)
+                   for im in result.images if im.transparent and im.image.mode == "RGBA"}
+        if all(r.passed for r in reports.values()) or attempt == job.retry + 1:
+            break
+        seed = (seed + 1) % SEED_RANGE
+    files = []
+    for im in result.images:
+        image = im.image
+        if job.trim is not None and im.transparent:
+            image = trim(image, job.trim)
+        name = f"{item.key}-{im.index:02d}-{im.frame}.png"
+        digest = write_atomic(out / name, lambda path, image=image: save_png(image, path, result.infotext,
+                                                                            result.settings))
+        entry = {"name": name, "frame": im.frame, "transparent": im.transparent, "sha256": digest,
+                 "size": list(image.size)}
+        if im.index in reports:
+            entry["qa"] = reports[im.index].to_dict()
+        files.append(entry)
+    return {"key": item.key, "status": "done", "model": job.model, "settings": item.settings, "seed": seed,
+            "attempts": attempt, "method": result.method.value, "files": files, "infotext": result.infotext,
+            "seconds": round(time.perf_counter() - started, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _generate(engine, item: Item, seed: int):
+    settings = item.settings
+    kwargs: dict[str, Any] = {}
+    for key, arg in ENGINE_ARGS.items():
+        if arg is None or key not in settings:
+            continue
+        value = settings[key]
+        if key in IMAGES:
+            value = read_image_file(value, key)
+        if key in ("width", "height") and not value:
+            continue  # 0: the engine's default size
+        kwargs[arg] = value
+    return engine.generate(settings.get("prompt", ""), settings.get("method") or None, seed=seed, **kwargs)
+

@@ -1,0 +1,265 @@
+"""Batch production: job files (validation errors with line and field, matrix expansion, seeds per
+item), the resumable manifest (a stopped run loses at most the item in flight, changed files are
+made again), alpha checks on images of known alpha, and a real run on a tiny SDXL pipeline."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lib_layerdiffuse.batch import JobError, Manifest, check_alpha, load_job, run_job, trim
+from lib_layerdiffuse.engine.outputs import LayerImage, LayerResult
+from lib_layerdiffuse.methods import Method
+
+
+def job_file(tmp_path, text: str, name: str = "job.toml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+# ---- job files -----------------------------------------------------------------------------
+
+def test_matrix_and_items_expand_with_defaults_and_stable_seeds(tmp_path):
+    Image.new("RGBA", (8, 8)).save(tmp_path / "fg.png")
+    path = job_file(tmp_path, """
+        model = "some/model"
+        method = "FG_ONLY_ATTN"
+        [defaults]
+        steps = 4
+        size = "128x96"
+        [matrix]
+        prompts = ["a cup", "an apple"]
+        seeds = [1, 2]
+        sizes = ["64x64", "128x128"]
+        [[items]]
+        prompt = "a dog"
+        fg = "fg.png"
+        method = "FG_TO_BLEND"
+        """)
+    job = load_job(path)
+    assert len(job.items) == 2 * 2 * 2 + 1
+    first = job.items[0].settings
+    assert first == {"method": "FG_ONLY_ATTN", "steps": 4, "width": 64, "height": 64, "prompt": "a cup", "seed": 1}
+    dog = job.items[-1].settings
+    assert dog["width"] == 128 and dog["height"] == 96 and dog["fg"] == str((tmp_path / "fg.png").resolve())
+    assert dog["method"] == "FG_TO_BLEND"
+    # an item without a seed gets one from its settings: the same in any job that holds it
+    alone = load_job(job_file(tmp_path, """
+        model = "some/model"
+        [[items]]
+        prompt = "a dog"
+        fg = "fg.png"
+        method = "FG_TO_BLEND"
+        size = "128x96"
+        steps = 4
+        """, "other.toml"))
+    assert alone.items[0].settings["seed"] == dog["seed"] and alone.items[0].key == job.items[-1].key
+    assert len({it.key for it in job.items}) == len(job.items)
+
+
+@pytest.mark.parametrize("body, message", [
+    ('model = "m"\n[defaults]\nsteps = "ten"\n[matrix]\nprompts = ["x"]\n', "line 3, defaults.steps: must be an integer"),
+    ('model = "m"\n[[items]]\nprompt = "x"\n\n[[items]]\nprompt = "y"\nsteep = 3\n',
+     "line 7, items[1].steep: unknown setting"),
+    ('model = "m"\n[[items]]\nprompt = "x"\nnegative = "y"\n', "unknown setting; settings are"),
+    ('model = "m"\n[[items]]\nprompt = "x"\nnegativeprompt = "y"\n', "did you mean `negative_prompt`"),
+    ('model = "m"\n[[items]]\nprompt = "x"\nsteep = 3\n', "did you mean `steps`"),
+    ('model = "m"\n[[items]]\nprompt = "x"\nsize = "big"\n', "line 4, items[0].size: a size is WIDTHxHEIGHT"),
+    ('model = "m"\n[[items]]\nprompt = "x"\nwidth = 100\n', "must be a multiple of 8 from 64"),
+    ('model = "m"\n[[items]]\nprompt = "x"\nfg = "nowhere.png"\n', "line 4, items[0].fg: no such image file"),
+    ('model = "m"\n[[items]]\nseed = 3\n', "line 2, items[0]: no prompt"),
+    ('[[items]]\nprompt = "x"\n', "`model` must name the model"),
+    ('model = "m"\n', "no items"),
+    ('model = "m"\nmodle = "x"\n', "line 2, modle: unknown field"),
+    ('model = "m"\n[matrix]\nprompt = ["x"]\n', "line 3, matrix.prompt: unknown matrix axis"),
+    ('model = "m"\n[matrix]\nprompts = ["x"]\n[qa]\nretry = 99\n', "line 5, qa.retry: must be 0 .. 10"),
+    ('model = "m"\n[matrix]\nprompts = ["x"]\n[qa]\nchecks = ["pink"]\n', "unknown check 'pink'"),
+    ('model = "m"\n[matrix]\nprompts = ["x", "x"]\n', "two items have the same settings"),
+    ('model = "m"\n[[items]\n', "not valid TOML"),
+])
+def test_bad_job_files_name_the_line_and_field(tmp_path, body, message):
+    with pytest.raises(JobError) as info:
+        load_job(job_file(tmp_path, body))
+    assert message in str(info.value) and str(tmp_path / "job.toml") in str(info.value)
+
+
+def test_yaml_job_files_report_lines_too(tmp_path):
+    path = job_file(tmp_path, """
+        model: m
+        matrix:
+          prompts: [a cup]
+          seeds: [1, 2]
+        items:
+          - prompt: a dog
+          - prompt: a cat
+            steps: -1
+        """, "job.yaml")
+    with pytest.raises(JobError, match=r"line 8, items\[1\]\.steps: must be at least 1"):
+        load_job(path)
+    path.write_text(path.read_text().replace("steps: -1", "steps: 3"))
+    assert [it.settings.get("steps") for it in load_job(path).items] == [None, None, None, 3]
+
+
+# ---- alpha checks ------------------------------------------------------------------------------
+
+def _alpha(fill=None):
+    alpha = np.zeros((64, 64), np.uint8)
+    if fill is not None:
+        fill(alpha)
+    return alpha
+
+
+def test_alpha_checks_flag_each_failure_and_pass_a_clean_subject():
+    def disc(a):
+        y, x = np.mgrid[:64, :64]
+        a[(x - 32) ** 2 + (y - 32) ** 2 < 15 ** 2] = 255
+    def cut(a):
+        a[20:64, 10:50] = 255
+    def speckle(a):
+        rng = np.random.default_rng(0)
+        a[rng.random((64, 64)) < 0.08] = 255
+
+    assert check_alpha(_alpha(disc)).passed
+    assert check_alpha(_alpha()).flags == ("empty",)
+    assert check_alpha(np.full((64, 64), 255, np.uint8)).flags == ("opaque",)
+    assert check_alpha(_alpha(cut)).flags == ("cut",)
+    assert check_alpha(_alpha(speckle)).flags == ("noise",)
+    assert check_alpha(_alpha(cut), checks=("empty", "opaque")).passed
+    report = check_alpha(_alpha(disc))
+    assert report.bbox == (18, 18, 47, 47) and 0.15 < report.coverage < 0.2
+
+
+def test_trim_keeps_the_subject_plus_padding_inside_the_image():
+    rgba = np.zeros((50, 60, 4), np.uint8)
+    rgba[10:20, 30:55] = 255
+    out = trim(Image.fromarray(rgba, "RGBA"), 8)
+    assert out.size == (60 - 22, 20 + 8 - 2)  # right side stops at the image edge
+    assert np.array_equal(np.asarray(out)[8:18, 8:33], rgba[10:20, 30:55])
+    empty = Image.fromarray(np.zeros((5, 5, 4), np.uint8), "RGBA")
+    assert trim(empty, 2).size == (5, 5)
+
+
+# ---- running, resuming -------------------------------------------------------------------------
+
+class FakeEngine:
+    """Makes a disc whose radius follows the seed (seed % 3 == 0: an empty alpha)."""
+
+    def __init__(self, fail_at=None):
+        self.calls, self.fail_at = [], fail_at
+
+    def generate(self, prompt, method=None, *, seed, width=64, height=64, **kwargs):
+        self.calls.append((prompt, seed))
+        if self.fail_at is not None and len(self.calls) == self.fail_at:
+            raise KeyboardInterrupt
+        y, x = np.mgrid[:height, :width]
+        rgba = np.zeros((height, width, 4), np.uint8)
+        rgba[..., 0] = 200
+        rgba[..., 3] = 0 if seed % 3 == 0 else 255 * ((x - 32) ** 2 + (y - 32) ** 2 < (5 + seed % 7) ** 2)
+        image = Image.fromarray(rgba, "RGBA")
+        return LayerResult([LayerImage(image, "fg", True, image.convert("RGB"))], Method.FG_ONLY_ATTN, seed,
+                           f"{prompt}\nSeed: {seed}", {"Seed": seed})
+
+
+def _job(tmp_path, qa=""):
+    return load_job(job_file(tmp_path, f"""
+        model = "m"
+        [matrix]
+        prompts = ["a", "b", "c"]
+        seeds = [1, 4]
+        {qa}
+        """))
+
+
+def test_a_stopped_run_loses_only_the_item_in_flight_and_a_rerun_finishes(tmp_path):
+    job, out = _job(tmp_path), tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_job(job, out, lambda model: FakeEngine(fail_at=4), progress=False)
+    assert len(Manifest(out).records) == 3
+    (out / "leftover.png.part").write_bytes(b"half")
+    engine = FakeEngine()
+    summary = run_job(job, out, lambda model: engine, progress=False)
+    assert len(summary.made) == 3 and len(summary.skipped) == 3 and len(engine.calls) == 3
+    assert not list(out.glob("*.part"))
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["key"] for r in records) == sorted(it.key for it in job.items)
+    for record in records:
+        [entry] = record["files"]
+        assert (out / entry["name"]).is_file() and len(entry["sha256"]) == 64
+    # nothing left to do: no engine is even made
+    summary = run_job(job, out, lambda model: pytest.fail("engine made"), progress=False)
+    assert len(summary.skipped) == 6 and not summary.made
+
+
+def test_changed_or_missing_outputs_and_a_cut_off_manifest_line_are_made_again(tmp_path):
+    job, out = _job(tmp_path), tmp_path / "out"
+    run_job(job, out, lambda model: FakeEngine(), progress=False)
+    records = Manifest(out).records
+    first, second = (records[it.key]["files"][0]["name"] for it in job.items[:2])
+    before = (out / first).read_bytes()
+    (out / first).write_bytes(before[:-10])
+    (out / second).unlink()
+    with open(out / "manifest.jsonl", "a") as f:
+        f.write('{"key": "cut off')
+    engine = FakeEngine()
+    summary = run_job(job, out, lambda model: engine, progress=False)
+    assert sorted(summary.made) == sorted(it.key for it in job.items[:2])
+    assert (out / first).read_bytes() == before  # identical settings, identical file
+    manifest = Manifest(out)
+    assert manifest.unreadable == 1 and all(manifest.done(it.key) for it in job.items)
+
+
+def test_alpha_failures_retry_with_the_next_seed_and_are_recorded(tmp_path):
+    job, out = _job(tmp_path, "[qa]\nretry = 1\ntrim = 2"), tmp_path / "out"
+    engine = FakeEngine()
+    summary = run_job(job, out, lambda model: engine, progress=False)
+    # seed 1 passes; seed 4 is fine too; no item starts on a multiple of 3, so force one
+    assert summary.retries == 0 and not summary.flagged
+    job = load_job(job_file(tmp_path, 'model = "m"\n[[items]]\nprompt = "z"\nseed = 3\n[qa]\nretry = 1\ntrim = 2\n'))
+    summary = run_job(job, tmp_path / "out2", lambda model: engine, progress=False)
+    record = Manifest(tmp_path / "out2").records[job.items[0].key]
+    assert summary.retries == 1 and record["seed"] == 4 and record["attempts"] == 2
+    assert record["files"][0]["qa"]["flags"] == [] and record["files"][0]["size"] == [2 * 9 + 2 * 2 - 1] * 2
+    job = load_job(job_file(tmp_path, 'model = "m"\n[[items]]\nprompt = "z"\nseed = 3\n'))
+    summary = run_job(job, tmp_path / "out3", lambda model: engine, progress=False)
+    assert summary.flagged == [job.items[0].key]
+    assert Manifest(tmp_path / "out3").records[job.items[0].key]["files"][0]["qa"]["flags"] == ["empty"]
+
+
+def test_batch_command_runs_a_job_on_a_tiny_pipeline(tmp_path, capsys, monkeypatch):
+    from lib_layerdiffuse.cli import main
+    from lib_layerdiffuse.testing.layer_files import write_unet_files
+    from lib_layerdiffuse.testing.pipelines import tiny_pipeline
+    from lib_layerdiffuse.testing.unet_specs import TINY
+    from lib_layerdiffuse.weights import catalog as catalog_module
+
+    model, weights = tmp_path / "model", tmp_path / "weights"
+    tiny_pipeline("sdxl").save_pretrained(model)
+    for name, entry in write_unet_files(weights, TINY["sdxl"]).items():
+        monkeypatch.setitem(catalog_module.CATALOG, name, entry)
+    path = job_file(tmp_path, f"""
+        model = "{model}"
+        [defaults]
+        steps = 2
+        size = "64x64"
+        [matrix]
+        prompts = ["an apple"]
+        seeds = [3, 4]
+        methods = ["FG_ONLY_ATTN", "FG_ONLY_CONV"]
+        """)
+    out = tmp_path / "out"
+    args = ["batch", str(path), "--out", str(out), "--models-dir", str(weights), "--passes", "1", "--offline", "-q"]
+    assert main(args) == 0, capsys.readouterr().err
+    records = Manifest(out).records
+    assert len(records) == 4
+    for record in records.values():
+        with Image.open(out / record["files"][0]["name"]) as image:
+            assert image.mode == "RGBA" and image.size == (64, 64)
+            assert f"Seed: {record['seed']}" in image.text["parameters"]
+    assert "4 made, 0 already done" in capsys.readouterr().err
+    assert main(args) == 0
+    assert "0 made, 4 already done" in capsys.readouterr().err
