@@ -238,6 +238,16 @@ def cmd_batch(args: argparse.Namespace) -> int:
         argparse.Namespace(**{**vars(args), "model": model}), sorted(methods, key=str)[0], store),
         progress=not args.quiet)
     print(summary.line(), file=sys.stderr)
+    if args.sprite_sheet:
+        from .batch.exports import export_sprite_sheet
+
+        for path in export_sprite_sheet(args.out, args.sprite_sheet):
+            print(path)
+    if args.psd:
+        from .batch.exports import export_psds
+
+        for path in export_psds(args.out):
+            print(path)
     return 0
 
 
@@ -255,6 +265,10 @@ def _add_batch(sub, common: argparse.ArgumentParser) -> None:
                        help="transparent decoder passes (8 = the reference's quality)")
     _add_device_flags(batch)
     batch.add_argument("--offline", action="store_true", help="never download weight files or the model")
+    batch.add_argument("--sprite-sheet", metavar="NAME", help="afterwards, pack every transparent output into "
+                                                              "OUT/NAME.png with a TexturePacker JSON hash map")
+    batch.add_argument("--psd", action="store_true", help="afterwards, write a layered PSD per item of a layer "
+                                                          "method (needs psd-tools)")
     batch.set_defaults(func=cmd_batch)
 
 

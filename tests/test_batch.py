@@ -261,5 +261,61 @@ def test_batch_command_runs_a_job_on_a_tiny_pipeline(tmp_path, capsys, monkeypat
             assert image.mode == "RGBA" and image.size == (64, 64)
             assert f"Seed: {record['seed']}" in image.text["parameters"]
     assert "4 made, 0 already done" in capsys.readouterr().err
-    assert main(args) == 0
+    assert main(args + ["--sprite-sheet", "sheet"]) == 0
+    assert len(json.loads((out / "sheet.json").read_text())["frames"]) == 4
     assert "0 made, 4 already done" in capsys.readouterr().err
+
+
+# ---- exports -----------------------------------------------------------------------------------
+
+def test_packing_never_overlaps_and_respects_the_width():
+    from lib_layerdiffuse.batch.exports import pack
+
+    rng = np.random.default_rng(1)
+    sizes = [tuple(int(v) for v in rng.integers(5, 60, 2)) for _ in range(40)]
+    positions, width, height = pack(sizes, padding=2, max_width=150)
+    assert width <= 150
+    boxes = [(x, y, x + w + 2, y + h + 2) for (x, y), (w, h) in zip(positions, sizes)]
+    for i, a in enumerate(boxes):
+        assert a[2] - 2 <= width and a[3] - 2 <= height
+        for b in boxes[i + 1:]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+
+
+def test_sprite_sheet_and_psd_read_back_with_every_frame_and_layer(tmp_path):
+    from psd_tools import PSDImage
+
+    from lib_layerdiffuse.batch.exports import export_psds, export_sprite_sheet
+    from lib_layerdiffuse.batch.manifest import write_atomic
+
+    out = tmp_path / "out"
+    run_job(_job(tmp_path), out, lambda model: FakeEngine(), progress=False)
+    # one item of a layer method: a transparent foreground, a background and the blend
+    rng = np.random.default_rng(0)
+    layers = {"fg": rng.integers(0, 256, (48, 40, 4), dtype=np.uint8),
+              "bg": rng.integers(0, 256, (48, 40, 4), dtype=np.uint8),
+              "blend": rng.integers(0, 256, (48, 40, 4), dtype=np.uint8)}
+    layers["bg"][..., 3] = layers["blend"][..., 3] = 255
+    files = []
+    for i, (frame, pixels) in enumerate(layers.items()):
+        name = f"layered-{i:02d}-{frame}.png"
+        sha = write_atomic(out / name, lambda p, px=pixels: Image.fromarray(px, "RGBA").save(p, format="PNG"))
+        files.append({"name": name, "frame": frame, "transparent": frame == "fg", "sha256": sha})
+    Manifest(out).append({"key": "layered", "status": "done", "files": files})
+
+    png, frame_map = export_sprite_sheet(out, "sheet")
+    mapping = json.loads(frame_map.read_text())
+    assert mapping["meta"]["image"] == "sheet.png" and len(mapping["frames"]) == 7  # 6 discs + the layered fg
+    with Image.open(png) as sheet:
+        sheet = np.asarray(sheet.convert("RGBA"))
+        assert (sheet.shape[1], sheet.shape[0]) == (mapping["meta"]["size"]["w"], mapping["meta"]["size"]["h"])
+        for name, entry in mapping["frames"].items():
+            f = entry["frame"]
+            with Image.open(out / name) as image:
+                assert np.array_equal(sheet[f["y"]:f["y"] + f["h"], f["x"]:f["x"] + f["w"]],
+                                      np.asarray(image.convert("RGBA")))
+    [psd_path] = export_psds(out)
+    psd = PSDImage.open(psd_path)
+    assert [(layer.name, layer.visible) for layer in psd] == [("bg", True), ("blend", False), ("fg", True)]
+    for layer in psd:
+        assert np.array_equal(np.asarray(layer.topil().convert("RGBA")), layers[layer.name])
