@@ -236,7 +236,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     print(f"{len(job.items)} items in {args.job}; outputs and manifest in {args.out}", file=sys.stderr)
     summary = run_job(job, args.out, lambda model: _load_engine(
         argparse.Namespace(**{**vars(args), "model": model}), sorted(methods, key=str)[0], store),
-        progress=not args.quiet)
+        progress=not args.quiet, batch_size=args.batch_size)
     print(summary.line(), file=sys.stderr)
     if args.sprite_sheet:
         from .batch.exports import export_sprite_sheet
@@ -251,6 +251,16 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
 def _add_batch(sub, common: argparse.ArgumentParser) -> None:
     batch = sub.add_parser("batch", parents=[common], help="run a job file of many generations (resumable)",
                            description="Run every item of a job file (TOML, or YAML with PyYAML): a model, "
@@ -263,6 +273,9 @@ def _add_batch(sub, common: argparse.ArgumentParser) -> None:
     batch.add_argument("--out", default="batch-out", help="output folder (default: ./batch-out)")
     batch.add_argument("--passes", type=int, default=8, choices=(1, 2, 4, 8),
                        help="transparent decoder passes (8 = the reference's quality)")
+    batch.add_argument("--batch-size", type=_at_least_one, default=4,
+                       help="items that differ only in prompt and seed are sampled this many at a time "
+                            "(one-frame methods; default 4; 1 = one at a time)")
     _add_device_flags(batch)
     batch.add_argument("--offline", action="store_true", help="never download weight files or the model")
     batch.add_argument("--sprite-sheet", metavar="NAME", help="afterwards, pack every transparent output into "

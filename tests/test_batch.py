@@ -251,9 +251,16 @@ def test_batch_command_runs_a_job_on_a_tiny_pipeline(tmp_path, capsys, monkeypat
         seeds = [3, 4]
         methods = ["FG_ONLY_ATTN", "FG_ONLY_CONV"]
         """)
+    from lib_layerdiffuse.engine import LayerDiffuse
+
+    together = []
+    each = LayerDiffuse.generate_each
+    monkeypatch.setattr(LayerDiffuse, "generate_each",
+                        lambda self, items, *a, **k: together.append(len(items)) or each(self, items, *a, **k))
     out = tmp_path / "out"
     args = ["batch", str(path), "--out", str(out), "--models-dir", str(weights), "--passes", "1", "--offline", "-q"]
     assert main(args) == 0, capsys.readouterr().err
+    assert together == [2, 2]  # per method, both seeds in one batch
     records = Manifest(out).records
     assert len(records) == 4
     for record in records.values():
@@ -263,6 +270,16 @@ def test_batch_command_runs_a_job_on_a_tiny_pipeline(tmp_path, capsys, monkeypat
     assert "4 made, 0 already done" in capsys.readouterr().err
     assert main(args + ["--sprite-sheet", "sheet"]) == 0
     assert len(json.loads((out / "sheet.json").read_text())["frames"]) == 4
+    # sampled two at a time above; one at a time gives each item the same image
+    single = tmp_path / "single"
+    assert main(args[:3] + [str(single)] + args[4:] + ["--batch-size", "1"]) == 0
+    for key, record in records.items():
+        [entry] = record["files"]
+        [alone] = Manifest(single).records[key]["files"]
+        with Image.open(out / entry["name"]) as a, Image.open(single / alone["name"]) as b:
+            assert np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int)).max() <= 2
+    with pytest.raises(SystemExit):
+        main(args + ["--batch-size", "0"])
     assert "0 made, 4 already done" in capsys.readouterr().err
 
 

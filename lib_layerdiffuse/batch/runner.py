@@ -3,15 +3,17 @@ written atomically and recorded in the manifest before the next one starts."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..images import read_image_file, save_png
+from ..methods import Method
 from .jobfile import IMAGES, SEED_RANGE, Item, Job
 from .manifest import Manifest, write_atomic
 from .qa import check_alpha, trim
@@ -35,9 +37,12 @@ class BatchSummary:
                 f"alpha checks, {self.retries} retries, {self.seconds:.1f} s")
 
 
-def run_job(job: Job, out: "str | Path", engine_for: Callable[[str], Any], progress: bool = True) -> BatchSummary:
+def run_job(job: Job, out: "str | Path", engine_for: Callable[[str], Any], progress: bool = True,
+            batch_size: int = 4) -> BatchSummary:
     """Make every item of `job` that `out`'s manifest does not list as done. `engine_for(model)`
-    gives the generation engine (a `LayerDiffuse`), asked for once and only when there is work."""
+    gives the generation engine (a `LayerDiffuse`), asked for once and only when there is work.
+    Items that differ only in prompt and seed are sampled `batch_size` at a time when the engine
+    can (`generate_each`: one-frame methods, no init image); each still gets its own seed's image."""
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,29 +59,62 @@ def run_job(job: Job, out: "str | Path", engine_for: Callable[[str], Any], progr
     engine = engine_for(job.model) if todo else None
     bar = tqdm(total=len(todo), desc="batch", unit="item", disable=not progress)
     try:
-        for item in todo:
-            method, width, height = item.group
+        for chunk in _chunks(todo, batch_size if _batches(engine) else 1):
+            method, width, height = chunk[0].group
             bar.set_description(f"{method or 'default method'} {width or 'default'}x{height or 'default'}")
-            record = _make(job, item, engine, out)
-            manifest.append(record)
-            summary.made.append(item.key)
-            summary.retries += record["attempts"] - 1
-            if any(f["qa"]["flags"] for f in record["files"] if f.get("qa")):
-                summary.flagged.append(item.key)
-            bar.update(1)
+            firsts = _generate_together(engine, chunk)
+            for item, first in zip(chunk, firsts):
+                record = _make(job, item, engine, out, first)
+                manifest.append(record)
+                summary.made.append(item.key)
+                summary.retries += record["attempts"] - 1
+                if any(f["qa"]["flags"] for f in record["files"] if f.get("qa")):
+                    summary.flagged.append(item.key)
+                bar.update(1)
     finally:
         bar.close()
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _make(job: Job, item: Item, engine, out: Path) -> dict:
+def _batches(engine) -> bool:
+    return callable(getattr(engine, "generate_each", None)) and getattr(engine, "family", None) is not None
+
+
+def _shared(item: Item) -> str:
+    """What items must agree on to be sampled together: everything but prompt and seed."""
+    return json.dumps({k: v for k, v in item.settings.items() if k not in ("prompt", "seed")}, sort_keys=True)
+
+
+def _chunks(items: list[Item], size: int) -> list[list[Item]]:
+    groups: dict[str, list[Item]] = {}
+    for item in items:
+        groups.setdefault(_shared(item), []).append(item)
+    return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
+
+
+def _generate_together(engine, chunk: list[Item]) -> list[Optional[Any]]:
+    """First attempts of a chunk sampled as one batch, or [None] * n where it cannot be."""
+    if len(chunk) < 2 or "init" in chunk[0].settings:
+        return [None] * len(chunk)
+    settings = chunk[0].settings
+    method = Method.parse(settings.get("method") or Method.default(engine.family), family=engine.family)
+    if method.spec.frame_count != 1:
+        return [None] * len(chunk)
+    kwargs = _engine_kwargs(settings)
+    kwargs.pop("init_image", None)
+    return engine.generate_each([(it.settings.get("prompt", ""), it.settings["seed"]) for it in chunk], method,
+                                **kwargs)
+
+
+def _make(job: Job, item: Item, engine, out: Path, first=None) -> dict:
     """Generate one item (again with the next seed while its alpha fails the checks and retries
-    remain), write its files and return its manifest record."""
+    remain; `first` is its first attempt when that was made in a batch), write its files and
+    return its manifest record."""
     started = time.perf_counter()
     seed = item.settings["seed"]
     for attempt in range(1, job.retry + 2):
-        result = _generate(engine, item, seed)
+        result = first if attempt == 1 and first is not None else _generate(engine, item, seed)
         reports = {im.index: check_alpha(np.asarray(im.image)[..., 3], job.checks)
                    for im in result.images if im.transparent and im.image.mode == "RGBA"}
         if all(r.passed for r in reports.values()) or attempt == job.retry + 1:
@@ -102,6 +140,12 @@ def _make(job: Job, item: Item, engine, out: Path) -> dict:
 
 def _generate(engine, item: Item, seed: int):
     settings = item.settings
+    return engine.generate(settings.get("prompt", ""), settings.get("method") or None, seed=seed,
+                           **_engine_kwargs(settings))
+
+
+def _engine_kwargs(settings: dict) -> dict[str, Any]:
+    """An item's settings as `generate` keywords (condition images read from their files)."""
     kwargs: dict[str, Any] = {}
     for key, arg in ENGINE_ARGS.items():
         if arg is None or key not in settings:
@@ -112,5 +156,5 @@ def _generate(engine, item: Item, seed: int):
         if key in ("width", "height") and not value:
             continue  # 0: the engine's default size
         kwargs[arg] = value
-    return engine.generate(settings.get("prompt", ""), settings.get("method") or None, seed=seed, **kwargs)
+    return kwargs
 

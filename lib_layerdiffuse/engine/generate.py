@@ -15,12 +15,13 @@ files) is checked before sampling starts.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -59,6 +60,7 @@ class _Request:
     sampler: Optional[str]
     init_image: Optional[np.ndarray]
     strength: float
+    each: Optional[list[tuple[str, int]]] = None  # one (prompt, seed) per image: `generate_each`
 
 
 def positive_int(name: str, value: Any) -> int:
@@ -213,6 +215,50 @@ class LayerDiffuse:
                      blend_prompt=blend_prompt)
         req = self._request(prompt, method, negative_prompt, steps, cfg, seed, width, height, batch,
                             sampler, init_image, strength, layer)
+        images, settings, calls = self._run(req, on_progress)
+        return LayerResult(images, req.settings.method, req.seed,
+                           format_infotext(req.prompt, req.negative_prompt, settings), settings, unet_calls=calls)
+
+    def generate_each(self, items: Sequence[tuple[str, int]], method: Union[Method, str, None] = None, *,
+                      on_progress: Optional[ProgressCallback] = None, **shared: Any) -> list[LayerResult]:
+        """One image per (prompt, seed) of `items`, sampled together as one batch; each comes out
+        as `generate(prompt, method, seed=seed, **shared)` would make it alone (every image has
+        its own noise generator). For the one-frame methods without an init image; `shared`
+        takes `generate`'s other keywords except `batch`."""
+        if not items:
+            raise ValueError("generate_each needs at least one (prompt, seed)")
+        if "batch" in shared or "init_image" in shared and shared["init_image"] is not None:
+            raise ValueError("generate_each makes one image per item from text; batch and init_image do not apply")
+        allowed = set(inspect.signature(self.generate).parameters) - {"prompt", "method", "seed", "batch",
+                                                                      "on_progress", "init_image"}
+        unknown = sorted(set(shared) - allowed)
+        if unknown:
+            raise TypeError(f"generate_each got unknown settings: {', '.join(unknown)}")
+        layer = dict(weight=shared.get("weight", 1.0), stop_at=shared.get("stop_at", 1.0),
+                     fg_image=shared.get("fg"), bg_image=shared.get("bg"), blend_image=shared.get("blend"),
+                     resize_mode=shared.get("resize_mode", ResizeMode.CROP_AND_RESIZE),
+                     fg_prompt=shared.get("fg_prompt", ""), bg_prompt=shared.get("bg_prompt", ""),
+                     blend_prompt=shared.get("blend_prompt", ""))
+        method = Method.parse(method or Method.default(self.family), family=self.family)
+        if method.spec.frame_count != 1:
+            raise ValueError(f"{method.value} makes {method.spec.frame_count} frames together; generate_each "
+                             "is for one-frame methods (use generate with a batch)")
+        first_prompt, first_seed = items[0]
+        req = self._request(first_prompt, method, shared.get("negative_prompt", ""), shared.get("steps"),
+                            shared.get("cfg"), first_seed, shared.get("width"), shared.get("height"), len(items),
+                            shared.get("sampler"), None, shared.get("strength", 0.7), layer)
+        req.each = [(str(p), int(s)) for p, s in items]
+        images, settings, calls = self._run(req, on_progress)
+        results = []
+        for image, (prompt, seed) in zip(images, req.each):
+            own = {**settings, "Seed": seed}
+            image.index = 0
+            results.append(LayerResult([image], req.settings.method, seed,
+                                       format_infotext(prompt, req.negative_prompt, own), own, unet_calls=calls))
+        return results
+
+    def _run(self, req: _Request, on_progress: Optional[ProgressCallback]):
+        """Sample and decode `req`: (images, settings, (UNet calls with / after LayerDiffuse))."""
         method = req.settings.method
         spec = method.spec
         pipe = self.pipe
@@ -252,15 +298,17 @@ class LayerDiffuse:
             latents = run_pipe(**call).images
         images = decode_outputs(pipe.vae, latents, method, decoder, self.decoder_passes, self.progress,
                                 on_progress)
-        settings = self._settings(req, run_pipe)
-        return LayerResult(images, method, req.seed, format_infotext(req.prompt, req.negative_prompt, settings),
-                           settings, unet_calls=(hook.calls_active, hook.calls_stopped))
+        return images, self._settings(req, run_pipe), (hook.calls_active, hook.calls_stopped)
 
     def _pipeline_call(self, req: _Request):
         call: dict[str, Any] = dict(
             prompt=req.prompt, negative_prompt=req.negative_prompt or None,
             num_inference_steps=req.steps, guidance_scale=req.cfg, num_images_per_prompt=req.batch,
             generator=torch.Generator("cpu").manual_seed(req.seed), output_type="latent")
+        if req.each is not None:  # one prompt and one noise generator per image
+            call.update(prompt=[p for p, _ in req.each], num_images_per_prompt=1,
+                        negative_prompt=[req.negative_prompt] * len(req.each) if req.negative_prompt else None,
+                        generator=[torch.Generator("cpu").manual_seed(seed) for _, seed in req.each])
         if req.init_image is None:
             call.update(width=req.width, height=req.height)
             return self.pipe, call
