@@ -226,6 +226,18 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from .engine import check_method_family, locate_model
 
     job = load_job(args.job)
+    if args.forge_url:
+        from .batch.forge_api import ForgeEngine
+
+        missing = [it.key for it in job.items if not it.settings.get("method")]
+        if missing:
+            raise ValueError(f"{args.job}: {len(missing)} items have no method; through Forge every item needs one "
+                             "(method = ... at the top of the job file or in the item)")
+        print(f"{len(job.items)} items in {args.job} through Forge at {args.forge_url}; outputs and manifest in "
+              f"{args.out}", file=sys.stderr)
+        summary = run_job(job, args.out, lambda model: ForgeEngine(args.forge_url, model), progress=not args.quiet)
+        print(summary.line(), file=sys.stderr)
+        return _batch_exports(args)
     family = locate_model(job.model, args.offline).family
     methods = {Method.parse(it.settings.get("method") or Method.default(family), family=family) for it in job.items}
     for method in methods:
@@ -238,6 +250,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
         argparse.Namespace(**{**vars(args), "model": model}), sorted(methods, key=str)[0], store),
         progress=not args.quiet, batch_size=args.batch_size)
     print(summary.line(), file=sys.stderr)
+    return _batch_exports(args)
+
+
+def _batch_exports(args: argparse.Namespace) -> int:
     if args.sprite_sheet:
         from .batch.exports import export_sprite_sheet
 
@@ -278,6 +294,10 @@ def _add_batch(sub, common: argparse.ArgumentParser) -> None:
                             "(one-frame methods; default 4; 1 = one at a time)")
     _add_device_flags(batch)
     batch.add_argument("--offline", action="store_true", help="never download weight files or the model")
+    batch.add_argument("--forge-url", metavar="URL", help="run the items through a running Forge's API (started "
+                                                          "with --api), e.g. http://127.0.0.1:7860; the job's "
+                                                          "model is Forge's checkpoint name, or \"forge\" for "
+                                                          "the loaded one")
     batch.add_argument("--sprite-sheet", metavar="NAME", help="afterwards, pack every transparent output into "
                                                               "OUT/NAME.png with a TexturePacker JSON hash map")
     batch.add_argument("--psd", action="store_true", help="afterwards, write a layered PSD per item of a layer "

@@ -336,3 +336,101 @@ def test_sprite_sheet_and_psd_read_back_with_every_frame_and_layer(tmp_path):
     assert [(layer.name, layer.visible) for layer in psd] == [("bg", True), ("blend", False), ("fg", True)]
     for layer in psd:
         assert np.array_equal(np.asarray(layer.topil().convert("RGBA")), layers[layer.name])
+
+
+# ---- through Forge's API -----------------------------------------------------------------------
+
+class _FakeForgeAPI:
+    """Forge's txt2img endpoint as the LayerDiffuse extension answers it: RGBA for the
+    transparent frame, the infotext with the layerdiffusion_* keys (or an error)."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.payloads = []
+        api = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                api.payloads.append((self.path, payload))
+                body = json.dumps(api.answer(payload)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def answer(self, payload):
+        import base64
+        import io
+
+        layer = payload["alwayson_scripts"]["LayerDiffuse"]["args"][0]
+        if "SDXL" in layer["method"]:
+            return {"images": [], "info": json.dumps({"infotexts": [
+                'x\nSteps: 2, layerdiffusion_error: "(SDXL) ... needs an SDXL model, but the model is SD1.5", '
+                'Version: f2']})}
+        rgba = np.zeros((64, 64, 4), np.uint8)
+        rgba[20:44, 20:44] = (200, 50, 50, 255)
+        buffer = io.BytesIO()
+        Image.fromarray(rgba, "RGBA").save(buffer, format="PNG")
+        main = base64.b64encode(buffer.getvalue()).decode()
+        buffer = io.BytesIO()
+        Image.fromarray(rgba[..., :3], "RGB").save(buffer, format="PNG")
+        original = base64.b64encode(buffer.getvalue()).decode()  # real Forge: the opaque decode as an extra
+        text = f"{payload['prompt']}\nSteps: 2, Seed: {payload['seed']}, layerdiffusion_method: {layer['method']}"
+        return {"images": [main, original], "info": json.dumps({"infotexts": [text]})}
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_batch_through_forges_api_keeps_the_same_manifest(tmp_path, capsys):
+    from lib_layerdiffuse.cli import main
+
+    Image.new("RGBA", (16, 16), (0, 0, 0, 0)).save(tmp_path / "fg.png")
+    path = job_file(tmp_path, """
+        model = "forge"
+        method = "FG_ONLY_ATTN_SD15"
+        [defaults]
+        steps = 2
+        size = "64x64"
+        [matrix]
+        prompts = ["a cup", "a lamp"]
+        """)
+    forge = _FakeForgeAPI()
+    try:
+        out = tmp_path / "out"
+        assert main(["batch", str(path), "--out", str(out), "--forge-url", forge.url, "-q"]) == 0, \
+            capsys.readouterr().err
+        assert len(forge.payloads) == 2
+        endpoint, payload = forge.payloads[0]
+        assert endpoint == "/sdapi/v1/txt2img" and "override_settings" not in payload
+        assert payload["batch_size"] == 1 and payload["width"] == 64 and payload["steps"] == 2
+        assert payload["alwayson_scripts"]["LayerDiffuse"]["args"][0]["method"].startswith("(SD1.5) Only Generate")
+        records = Manifest(out).records
+        assert len(records) == 2
+        for record in records.values():
+            assert record["files"][0]["qa"]["flags"] == [] and record["method"].startswith("(SD1.5)")
+            assert f"Seed: {record['seed']}" in record["infotext"]
+        assert main(["batch", str(path), "--out", str(out), "--forge-url", forge.url, "-q"]) == 0
+        assert len(forge.payloads) == 2  # resumed: nothing sent again
+        bad = job_file(tmp_path, 'model = "forge"\nmethod = "FG_ONLY_ATTN"\n[[items]]\nprompt = "x"\n', "bad.toml")
+        assert main(["batch", str(bad), "--out", str(tmp_path / "o2"), "--forge-url", forge.url, "-q"]) != 0
+        assert "needs an SDXL model, but the model is SD1.5" in capsys.readouterr().err
+        assert not Manifest(tmp_path / "o2").records
+        nomethod = job_file(tmp_path, 'model = "forge"\n[[items]]\nprompt = "x"\n', "nomethod.toml")
+        assert main(["batch", str(nomethod), "--out", str(tmp_path / "o3"), "--forge-url", forge.url, "-q"]) == 2
+        assert "items have no method" in capsys.readouterr().err
+    finally:
+        forge.close()
