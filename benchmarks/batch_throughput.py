@@ -1,5 +1,5 @@
-"""Batch throughput: images per minute for one job run one item at a time against items sampled
-together (`--batch-size`), on the same engine in the same run.
+"""Batch throughput: images per minute for one job run one item at a time, with items sampled
+together (`--batch-size`), and on a local Ray cluster with two workers, in the same run.
 
 The engine is the tiny SD1.5 or SDXL test pipeline with tiny weight files in the official
 layouts (the real ones cannot be downloaded here); what batching saves is per-call overhead and
@@ -14,6 +14,7 @@ device's parallelism. Each mode writes its own output folder and manifest, as a 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 import time
@@ -23,12 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lib_layerdiffuse.batch import load_job, run_job  # noqa: E402
-from lib_layerdiffuse.engine import LayerDiffuse  # noqa: E402
 from lib_layerdiffuse.methods import Method  # noqa: E402
 from lib_layerdiffuse.testing.layer_files import write_unet_files  # noqa: E402
-from lib_layerdiffuse.testing.pipelines import tiny_pipeline  # noqa: E402
+from lib_layerdiffuse.testing.batch import tiny_engine  # noqa: E402
 from lib_layerdiffuse.testing.unet_specs import TINY  # noqa: E402
-from lib_layerdiffuse.weights import WeightStore  # noqa: E402
 
 METHODS = {"sdxl": Method.FG_ONLY_CONV, "sd15": Method.FG_ONLY_ATTN_SD15}
 
@@ -40,12 +39,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch-sizes", default="1,4")
+    parser.add_argument("--ray-workers", type=int, default=2, help="also run on a local Ray cluster with this "
+                                                                   "many workers (0: not)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        store = WeightStore(tmp / "w", allow_download=False, progress=False,
-                            catalog=write_unet_files(tmp / "w", TINY[args.family]))
-        engine = LayerDiffuse(tiny_pipeline(args.family), store=store, progress=False, decoder_passes=1)
+        catalog = write_unet_files(tmp / "w", TINY[args.family])
+        engine_for = functools.partial(tiny_engine, args.family, str(tmp / "w"), catalog)
+        engine = engine_for("tiny")
         prompts = ", ".join(f'"item {i}"' for i in range(args.items))
         job_path = tmp / "job.toml"
         job_path.write_text(f'model = "tiny"\nmethod = "{METHODS[args.family].name}"\n[defaults]\n'
@@ -60,13 +61,32 @@ def main() -> None:
             summary = run_job(job, tmp / f"b{size}", lambda model: engine, progress=False, batch_size=size)
             seconds = time.perf_counter() - start
             assert len(summary.made) == args.items
-            rates[size] = args.items / seconds * 60
+            rates[f"grouped, batch {size}" if size > 1 else "one at a time"] = args.items / seconds * 60
+        if args.ray_workers:
+            import ray
+
+            from lib_layerdiffuse.batch.ray_runner import run_job_on_ray
+
+            ray.init(num_cpus=args.ray_workers, include_dashboard=False, log_to_driver=False)
+            try:
+                # the first run starts the workers and loads their models: timed separately
+                start = time.perf_counter()
+                run_job_on_ray(job, tmp / "ray-warm", engine_for, workers=args.ray_workers, progress=False,
+                               batch_size=sizes[-1])
+                startup = time.perf_counter() - start
+                start = time.perf_counter()
+                run_job_on_ray(job, tmp / "ray", engine_for, workers=args.ray_workers, progress=False,
+                               batch_size=sizes[-1])
+                seconds = time.perf_counter() - start
+            finally:
+                ray.shutdown()
+            rates[f"Ray, {args.ray_workers} workers, batch {sizes[-1]} (first run {startup:.0f} s)"] = \
+                args.items / seconds * 60
     print(f"\n{args.family} tiny pipeline, {args.items} items, {args.size}x{args.size}, {args.steps} steps, "
           f"{METHODS[args.family].value}\n")
-    print("| mode | images / min | ratio to one at a time |\n|---|---|---|")
-    base = rates[sizes[0]]
-    for size, rate in rates.items():
-        label = "one at a time" if size == 1 else f"grouped, batch {size}"
+    print("| mode | images / min | ratio to the first |\n|---|---|---|")
+    base = next(iter(rates.values()))
+    for label, rate in rates.items():
         print(f"| {label} | {rate:.1f} | {rate / base:.2f} |")
 
 

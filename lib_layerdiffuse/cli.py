@@ -246,11 +246,33 @@ def cmd_batch(args: argparse.Namespace) -> int:
     for name in sorted({n for m in methods for n in m.weight_files}):
         store.ensure(name)
     print(f"{len(job.items)} items in {args.job}; outputs and manifest in {args.out}", file=sys.stderr)
-    summary = run_job(job, args.out, lambda model: _load_engine(
-        argparse.Namespace(**{**vars(args), "model": model}), sorted(methods, key=str)[0], store),
-        progress=not args.quiet, batch_size=args.batch_size)
+    first = sorted(methods, key=str)[0]
+    if args.ray:
+        import functools
+
+        from .batch.ray_runner import run_job_on_ray
+
+        options = {k: v for k, v in vars(args).items() if k != "func"}
+        summary = run_job_on_ray(job, args.out, functools.partial(ray_engine, options, first.name),
+                                 address=None if args.ray == "local" else args.ray, workers=args.workers,
+                                 batch_size=args.batch_size, progress=not args.quiet)
+    else:
+        summary = run_job(job, args.out, lambda model: _load_engine(
+            argparse.Namespace(**{**vars(args), "model": model}), first, store),
+            progress=not args.quiet, batch_size=args.batch_size)
     print(summary.line(), file=sys.stderr)
     return _batch_exports(args)
+
+
+def ray_engine(options: dict, method: str, model: str):
+    """The engine on a Ray worker: its own weight store (downloading what the node lacks unless
+    --offline) and the model, loaded once per worker."""
+    args = argparse.Namespace(**{**options, "model": model, "quiet": True})
+    parsed = Method.parse(method)
+    store = WeightStore(args.models_dir, allow_download=not args.offline, progress=False)
+    for name in parsed.weight_files:
+        store.ensure(name)
+    return _load_engine(args, parsed, store)
 
 
 def _batch_exports(args: argparse.Namespace) -> int:
@@ -298,6 +320,11 @@ def _add_batch(sub, common: argparse.ArgumentParser) -> None:
                                                           "with --api), e.g. http://127.0.0.1:7860; the job's "
                                                           "model is Forge's checkpoint name, or \"forge\" for "
                                                           "the loaded one")
+    batch.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster: its address (ray://host:10001), "
+                                                        "\"auto\" (the cluster this machine belongs to) or "
+                                                        "\"local\" (start one here); needs `pip install ray`")
+    batch.add_argument("--workers", type=_at_least_one, help="Ray workers, each holding a loaded model (default: "
+                                                             "one per GPU of the cluster, or 2 without GPUs)")
     batch.add_argument("--sprite-sheet", metavar="NAME", help="afterwards, pack every transparent output into "
                                                               "OUT/NAME.png with a TexturePacker JSON hash map")
     batch.add_argument("--psd", action="store_true", help="afterwards, write a layered PSD per item of a layer "

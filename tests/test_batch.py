@@ -280,6 +280,16 @@ def test_batch_command_runs_a_job_on_a_tiny_pipeline(tmp_path, capsys, monkeypat
             assert np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int)).max() <= 2
     with pytest.raises(SystemExit):
         main(args + ["--batch-size", "0"])
+    # what each Ray worker builds from the command's options (the Ray runner itself is tested below)
+    from lib_layerdiffuse.cli import build_parser, ray_engine
+
+    options = {k: v for k, v in vars(build_parser().parse_args(args)).items() if k != "func"}
+    engine = ray_engine(options, "FG_ONLY_CONV", str(model))
+    assert engine.decoder_passes == 1
+    result = engine.generate("an apple", "FG_ONLY_CONV", seed=3, steps=2, width=64, height=64)
+    with Image.open(out / records[next(k for k, r in records.items() if r["seed"] == 3
+                                       and "Conv" in r["method"])]["files"][0]["name"]) as made:
+        assert np.abs(np.asarray(made).astype(int) - np.asarray(result.images[0].image).astype(int)).max() <= 2
     assert "0 made, 4 already done" in capsys.readouterr().err
 
 
@@ -434,3 +444,62 @@ def test_batch_through_forges_api_keeps_the_same_manifest(tmp_path, capsys):
         assert "items have no method" in capsys.readouterr().err
     finally:
         forge.close()
+
+
+# ---- on a Ray cluster --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_run_survives_a_killed_worker_and_loses_nothing(tmp_path, local_ray):
+    import functools
+
+    from lib_layerdiffuse.batch.ray_runner import run_job_on_ray
+    from lib_layerdiffuse.testing.batch import disc_engine
+
+    job = load_job(job_file(tmp_path, """
+        model = "m"
+        [matrix]
+        prompts = ["a", "b", "c", "d"]
+        seeds = [1, 4]
+        """))
+    out, marker = tmp_path / "out", tmp_path / "died"
+    engine_for = functools.partial(disc_engine, die_on="b", marker=str(marker))
+    summary = run_job_on_ray(job, out, engine_for, workers=2, batch_size=2, progress=False)
+    assert marker.exists()  # a worker process really ended in the middle of the job
+    assert sorted(summary.made) == sorted(it.key for it in job.items)
+    manifest = Manifest(out)
+    assert all(manifest.done(it.key) for it in job.items) and len(manifest.records) == 8
+    pids = {r["infotext"].rsplit("pid ", 1)[1] for r in manifest.records.values()}
+    assert len(pids) >= 2 and marker.read_text() not in pids  # the dead worker's items were made elsewhere
+    # the images are those a local run makes (the PNG text differs: it names the process), and a
+    # rerun on Ray has nothing to do
+    local = tmp_path / "local"
+    run_job(job, local, disc_engine, progress=False)
+    for key, record in manifest.records.items():
+        [entry], [alone] = record["files"], Manifest(local).records[key]["files"]
+        with Image.open(out / entry["name"]) as a, Image.open(local / alone["name"]) as b:
+            assert np.array_equal(np.asarray(a), np.asarray(b))
+    again = run_job_on_ray(job, out, engine_for, workers=2, progress=False)
+    assert not again.made and len(again.skipped) == 8
+
+
+@pytest.mark.slow
+def test_ray_run_stops_with_the_reason_when_a_chunk_keeps_killing_workers(tmp_path, local_ray):
+    import functools
+
+    from lib_layerdiffuse.batch.ray_runner import run_job_on_ray
+    from lib_layerdiffuse.testing.batch import disc_engine
+
+    job = load_job(job_file(tmp_path, 'model = "m"\n[matrix]\nprompts = ["a", "b"]\n'))
+    engine_for = functools.partial(disc_engine, die_on="b")  # no marker: every worker that meets "b" dies
+    with pytest.raises(RuntimeError, match=r"a Ray worker died 2 times on the items"):
+        run_job_on_ray(job, tmp_path / "out", engine_for, workers=2, batch_size=1, retries=1, progress=False)
+    records = Manifest(tmp_path / "out").records
+    assert [r["settings"]["prompt"] for r in records.values()] == ["a"]  # what finished is kept

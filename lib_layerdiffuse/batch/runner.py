@@ -32,6 +32,13 @@ class BatchSummary:
     retries: int = 0
     seconds: float = 0.0
 
+    def count(self, record: dict) -> None:
+        """Add a finished item's manifest record."""
+        self.made.append(record["key"])
+        self.retries += record["attempts"] - 1
+        if any(f["qa"]["flags"] for f in record["files"] if f.get("qa")):
+            self.flagged.append(record["key"])
+
     def line(self) -> str:
         return (f"{len(self.made)} made, {len(self.skipped)} already done, {len(self.flagged)} flagged by the "
                 f"alpha checks, {self.retries} retries, {self.seconds:.1f} s")
@@ -47,14 +54,8 @@ def run_job(job: Job, out: "str | Path", engine_for: Callable[[str], Any], progr
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(out)
-    manifest.remove_partial_files()
     summary = BatchSummary()
-    todo = []
-    for item in job.items:
-        if manifest.done(item.key):
-            summary.skipped.append(item.key)
-        else:
-            todo.append(item)
+    todo = pending(job, manifest, summary)
     todo.sort(key=lambda it: tuple(str(g) for g in it.group))  # stable: job order inside a group
     engine = engine_for(job.model) if todo else None
     bar = tqdm(total=len(todo), desc="batch", unit="item", disable=not progress)
@@ -66,15 +67,25 @@ def run_job(job: Job, out: "str | Path", engine_for: Callable[[str], Any], progr
             for item, first in zip(chunk, firsts):
                 record = _make(job, item, engine, out, first)
                 manifest.append(record)
-                summary.made.append(item.key)
-                summary.retries += record["attempts"] - 1
-                if any(f["qa"]["flags"] for f in record["files"] if f.get("qa")):
-                    summary.flagged.append(item.key)
+                summary.count(record)
                 bar.update(1)
     finally:
         bar.close()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def pending(job: Job, manifest: Manifest, summary: BatchSummary) -> list[Item]:
+    """The items of `job` not done and intact in `manifest` (the others are counted as skipped);
+    temporary files of a stopped run are removed first."""
+    manifest.remove_partial_files()
+    todo = []
+    for item in job.items:
+        if manifest.done(item.key):
+            summary.skipped.append(item.key)
+        else:
+            todo.append(item)
+    return todo
 
 
 def _batches(engine) -> bool:
