@@ -253,6 +253,24 @@ def test_generate_writes_pngs_with_alpha_and_parameters_and_reports_progress(tin
     assert ("Sampling", 2, 2) in stages and stages[-1] == ("Decoding", 2, 2)
 
 
+def test_batch_runs_a_prompt_list_or_a_job_on_the_apps_model(tiny, tmp_path):
+    backend = backend_for(tiny, "sdxl", tmp_path)
+    out = backend.batch(prompts="an apple\n\na cup\n", method=Method.FG_ONLY_CONV.value, seeds=2)
+    assert len(out.shown) == 4 and out.files[0].endswith("manifest.jsonl")
+    assert sorted(c.split(" · ")[:2] for _, c in out.shown) == [["a cup", "seed 1"], ["a cup", "seed 2"],
+                                                                ["an apple", "seed 1"], ["an apple", "seed 2"]]
+    for path in out.files[1:]:
+        with Image.open(path) as img:
+            assert img.mode == "RGBA"
+    assert out.infotext.startswith("4 made, 0 already done")
+    job = 'model = "app"\nmethod = "FG_ONLY_CONV"\n[defaults]\nsteps = 2\nsize = "64x64"\n[[items]]\nprompt = "x"\n'
+    assert len(backend.batch(job_text=job).shown) == 1
+    with pytest.raises(ValueError, match="this app runs tiny; the job asks for other/model"):
+        backend.batch(job_text=job.replace('"app"', '"other/model"'))
+    with pytest.raises(ValueError, match="write prompts"):
+        backend.batch(prompts="  \n")
+
+
 def test_a_flux_model_offers_the_flux_method_and_generates(tiny, tmp_path):
     backend = backend_for(tiny, "flux", tmp_path)
     assert backend.methods() == [Method.FLUX_FG_ONLY] and backend.default_size() == 1024

@@ -135,6 +135,21 @@ def test_generate_and_download_a_png_with_real_alpha(page, tiny_app):
     assert "Seed: 11" in page.input_value("#ld-info textarea")
 
 
+def test_batch_tab_runs_a_job_and_lists_every_image(page, tiny_app):
+    url, _ = tiny_app
+    page.goto(url)
+    page.get_by_role("tab", name="Batch").click()
+    job = ('model = "app"\nmethod = "FG_ONLY_CONV"\n[defaults]\nsteps = 2\nsize = "64x64"\n'
+           '[matrix]\nprompts = ["an apple", "a cup"]\n')
+    page.locator("#ld-batch-job .cm-content").fill(job)
+    page.click("#ld-batch-run")
+    page.wait_for_selector("#ld-batch-gallery img", timeout=WAIT_MS)
+    assert page.locator("#ld-batch-files a").count() == 3  # the manifest and two PNGs
+    assert page.input_value("#ld-batch-info textarea").startswith("2 made, 0 already done")
+    img = download(page, page.locator("#ld-batch-files a").nth(1))
+    assert img.mode == "RGBA" and img.size == (64, 64)
+
+
 def test_a_method_shows_its_inputs_and_errors_are_shown(page, tiny_app, tmp_path):
     url, _ = tiny_app
     page.goto(url)

@@ -8,6 +8,7 @@ time, and a lock keeps the model from loading twice.
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -185,6 +186,49 @@ class Backend:
         shown = [(str(p), f"{im.frame} · {'transparent' if im.transparent else 'opaque'}")
                  for p, im in zip(paths, result.images)]
         return Outputs(shown, [str(p) for p in paths], result.infotext)
+
+    def batch(self, job_text: str = "", prompts: str = "", method: Any = None, seeds: int = 1,
+              batch_size: int = 4) -> Outputs:
+        """Run a job (TOML text, as `batch` reads it) or a prompt list (one per line, each with
+        seeds 1..`seeds` and `method`) on this app's model into a new folder with its manifest."""
+        from ..batch import load_job, run_job
+
+        folder = self._folder() / self._stem("batch")
+        folder.mkdir(parents=True)
+        if job_text.strip():
+            text = job_text
+        else:
+            lines = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
+            if not lines:
+                raise ValueError("write prompts (one per line) or a job file")
+            chosen = Method.parse(method, family=self.family) if method else self.default_method()
+            text = (f"model = {json.dumps(self.model)}\nmethod = {json.dumps(chosen.name)}\n[matrix]\n"
+                    f"prompts = {json.dumps(lines)}\nseeds = {json.dumps(list(range(1, int(seeds) + 1)))}\n")
+        path = folder / "job.toml"
+        path.write_text(text, encoding="utf-8")
+        job = load_job(path)
+        if job.model not in (self.model, "app"):
+            raise ValueError(f"this app runs {self.model}; the job asks for {job.model}. Set model = \"app\" to use "
+                             "the app's model, or run the job with `python -m lib_layerdiffuse batch`")
+        self._require_model()
+        for name in sorted({n for it in job.items
+                            for n in Method.parse(it.settings.get("method") or self.default_method(),
+                                                  family=self.family).weight_files}):
+            self.store.ensure(name)
+        engine = self.engine()
+        engine.decoder_passes = self.passes
+        summary = run_job(job, folder, lambda model: engine, progress=True, batch_size=batch_size)
+        shown, files = [], [str(folder / "manifest.jsonl")]
+        notes = []
+        for record in (json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()):
+            for entry in record["files"]:
+                flags = (entry.get("qa") or {}).get("flags") or []
+                shown.append((str(folder / entry["name"]), f"{record['settings'].get('prompt', '')} · seed "
+                              f"{record['seed']}" + (f" · {', '.join(flags)}" if flags else "")))
+                files.append(str(folder / entry["name"]))
+                if flags:
+                    notes.append(f"{entry['name']}: the alpha check says {', '.join(flags)}")
+        return Outputs(shown, files, f"{summary.line()}\nFolder: {folder}", notes)
 
     def cut_out(self, image: Any, settings, on_progress: Progress = _no_progress) -> Outputs:
         """Cut out one image with `settings` (a CutoutSettings); writes the chosen output."""

@@ -273,6 +273,51 @@ def _cutout_tab(gr, backend: Backend) -> None:
     run.click(cut, inputs=[image, *controls], outputs=outputs, concurrency_limit=1, preprocess=False)
 
 
+JOB_EXAMPLE = """model = "app"            # the app's model
+method = "FG_ONLY_ATTN"
+
+[defaults]
+steps = 25
+
+[matrix]
+prompts = ["a glass teapot", "a red apple"]
+seeds = [1, 2]
+
+[qa]
+retry = 1
+"""
+
+
+def _batch_tab(gr, backend: Backend) -> None:
+    with gr.Row():
+        with gr.Column(scale=5):
+            gr.Markdown("Make many transparent images at once: prompts one per line (each with seeds 1..N), or a "
+                        "job file as `python -m lib_layerdiffuse batch` reads it (matrix, single items, alpha "
+                        "checks; condition images by absolute path). Each run gets its own folder with "
+                        "`manifest.jsonl`; see the README's \"Batch production\".")
+            prompts = gr.Textbox(label="Prompts (one per line)", lines=5, elem_id="ld-batch-prompts")
+            with gr.Row():
+                method = gr.Dropdown(label="Method", choices=[m.value for m in backend.methods()],
+                                     value=None, elem_id="ld-batch-method")
+                seeds = gr.Number(label="Seeds per prompt", value=1, minimum=1, maximum=64, precision=0,
+                                  elem_id="ld-batch-seeds")
+            job = gr.Code(label="Or a job file (TOML; used instead of the prompts when filled)", language=None,
+                          value="", lines=12, elem_id="ld-batch-job")
+            gr.Markdown(f"Example:\n```toml\n{JOB_EXAMPLE}```")
+        with gr.Column(scale=6):
+            run = gr.Button("Run batch", variant="primary", elem_id="ld-batch-run")
+            outputs = _results(gr, "ld-batch", "Summary")
+
+    def run_batch(prompts_text, method_value, seeds_value, job_text, progress=gr.Progress(track_tqdm=True)):
+        try:
+            out = backend.batch(job_text or "", prompts_text or "", method_value, int(seeds_value or 1))
+        except Exception as exc:
+            raise _user_error(gr, exc) from exc
+        return _shown(out)
+
+    run.click(run_batch, inputs=[prompts, method, seeds, job], outputs=outputs, concurrency_limit=1)
+
+
 def _replace_tab(gr, backend: Backend, status) -> tuple[Callable, list]:
     """Build the tab; returns the page-load handler that sets the button by the model check, and
     its outputs."""
@@ -361,6 +406,8 @@ def build_page(backend: Backend):
                 _cutout_tab(gr, backend)
             with gr.Tab("Replace background", id="replace"):
                 on_replace_load, replace_outputs = _replace_tab(gr, backend, status)
+            with gr.Tab("Batch", id="batch"):
+                _batch_tab(gr, backend)
 
         def load():
             return (*on_load(), *on_replace_load())
