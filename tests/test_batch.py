@@ -503,3 +503,33 @@ def test_ray_run_stops_with_the_reason_when_a_chunk_keeps_killing_workers(tmp_pa
         run_job_on_ray(job, tmp_path / "out", engine_for, workers=2, batch_size=1, retries=1, progress=False)
     records = Manifest(tmp_path / "out").records
     assert [r["settings"]["prompt"] for r in records.values()] == ["a"]  # what finished is kept
+
+
+def test_a_batch_too_large_for_the_device_is_split_and_gives_the_same_images(tmp_path):
+    from lib_layerdiffuse.methods import Family
+
+    class Batching(FakeEngine):
+        family = Family.SDXL
+
+        def __init__(self):
+            super().__init__()
+            self.batches = []
+
+        def generate_each(self, items, method, **kwargs):
+            self.batches.append(len(items))
+            if len(items) > 2:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return [self.generate(p, method, seed=s, **kwargs) for p, s in items]
+
+    job = load_job(job_file(tmp_path, 'model = "m"\nmethod = "FG_ONLY_CONV"\n[matrix]\n'
+                                      'prompts = ["a", "b", "c", "d", "e"]\nseeds = [1]\n'))
+    engine = Batching()
+    summary = run_job(job, tmp_path / "out", lambda model: engine, progress=False, batch_size=4)
+    assert engine.batches == [4, 2, 2] and len(summary.made) == 5  # "e" alone needs no batch
+    run_job(job, tmp_path / "one", lambda model: FakeEngine(), progress=False, batch_size=1)
+    for key, record in Manifest(tmp_path / "out").records.items():
+        assert record["files"][0]["sha256"] == Manifest(tmp_path / "one").records[key]["files"][0]["sha256"]
+    other = Batching()
+    other.generate_each = lambda items, method, **kwargs: (_ for _ in ()).throw(ValueError("bad prompt"))
+    with pytest.raises(ValueError, match="bad prompt"):  # only running out of memory is retried smaller
+        run_job(job, tmp_path / "bad", lambda model: other, progress=False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -59,20 +61,48 @@ def run_job(job: Job, out: "str | Path", engine_for: Callable[[str], Any], progr
     todo.sort(key=lambda it: tuple(str(g) for g in it.group))  # stable: job order inside a group
     engine = engine_for(job.model) if todo else None
     bar = tqdm(total=len(todo), desc="batch", unit="item", disable=not progress)
-    try:
-        for chunk in _chunks(todo, batch_size if _batches(engine) else 1):
-            method, width, height = chunk[0].group
-            bar.set_description(f"{method or 'default method'} {width or 'default'}x{height or 'default'}")
-            firsts = _generate_together(engine, chunk)
-            for item, first in zip(chunk, firsts):
-                record = _make(job, item, engine, out, first)
-                manifest.append(record)
-                summary.count(record)
-                bar.update(1)
-    finally:
-        bar.close()
+    chunks = deque(_chunks(todo, batch_size if _batches(engine) else 1))
+
+    def finish(item: Item, made: tuple) -> None:
+        manifest.append(_write(job, item, out, *made))
+        summary.count(manifest.records[item.key])
+        bar.update(1)
+
+    # PNG encoding, hashing and the manifest run on one writer thread, in order, while the next
+    # chunk samples; everything handed to it is written before run_job returns or raises
+    writes: list[Future] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="layerdiffuse-batch-writer") as writer:
+        try:
+            while chunks:
+                chunk = chunks.popleft()
+                method, width, height = chunk[0].group
+                bar.set_description(f"{method or 'default method'} {width or 'default'}x{height or 'default'}")
+                try:
+                    firsts = _generate_together(engine, chunk)
+                except Exception as exc:
+                    if not _out_of_memory(exc) or len(chunk) == 1:
+                        raise
+                    half = len(chunk) // 2  # too large for the device: the same items in two smaller batches
+                    chunks.extendleft([chunk[half:], chunk[:half]])
+                    continue
+                for item, first in zip(chunk, firsts):
+                    made = _attempt(job, item, engine, first)
+                    for done in writes:
+                        if done.done():
+                            done.result()  # a failed write stops the run here
+                    writes.append(writer.submit(finish, item, made))
+        finally:
+            writer.shutdown(wait=True)
+            bar.close()
+    for done in writes:
+        done.result()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text
 
 
 def pending(job: Job, manifest: Manifest, summary: BatchSummary) -> list[Item]:
@@ -119,9 +149,14 @@ def _generate_together(engine, chunk: list[Item]) -> list[Optional[Any]]:
 
 
 def _make(job: Job, item: Item, engine, out: Path, first=None) -> dict:
-    """Generate one item (again with the next seed while its alpha fails the checks and retries
-    remain; `first` is its first attempt when that was made in a batch), write its files and
-    return its manifest record."""
+    """Generate one item and write it: its manifest record."""
+    return _write(job, item, out, *_attempt(job, item, engine, first))
+
+
+def _attempt(job: Job, item: Item, engine, first=None) -> tuple:
+    """Generate one item, again with the next seed while its alpha fails the checks and retries
+    remain (`first`: its first attempt when that was made in a batch). Returns (result, alpha
+    reports by image index, seed, attempts, seconds)."""
     started = time.perf_counter()
     seed = item.settings["seed"]
     for attempt in range(1, job.retry + 2):
@@ -131,6 +166,12 @@ def _make(job: Job, item: Item, engine, out: Path, first=None) -> dict:
         if all(r.passed for r in reports.values()) or attempt == job.retry + 1:
             break
         seed = (seed + 1) % SEED_RANGE
+    return result, reports, seed, attempt, time.perf_counter() - started
+
+
+def _write(job: Job, item: Item, out: Path, result, reports: dict, seed: int, attempt: int, seconds: float) -> dict:
+    """Write an item's images atomically (trimmed on request); its manifest record."""
+    started = time.perf_counter()
     files = []
     for im in result.images:
         image = im.image
@@ -144,9 +185,10 @@ def _make(job: Job, item: Item, engine, out: Path, first=None) -> dict:
         if im.index in reports:
             entry["qa"] = reports[im.index].to_dict()
         files.append(entry)
+    seconds += time.perf_counter() - started
     return {"key": item.key, "status": "done", "model": job.model, "settings": item.settings, "seed": seed,
             "attempts": attempt, "method": result.method.value, "files": files, "infotext": result.infotext,
-            "seconds": round(time.perf_counter() - started, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "seconds": round(seconds, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def _generate(engine, item: Item, seed: int):
