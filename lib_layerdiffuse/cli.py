@@ -311,9 +311,10 @@ def _add_batch(sub, common: argparse.ArgumentParser) -> None:
     batch.add_argument("--out", default="batch-out", help="output folder (default: ./batch-out)")
     batch.add_argument("--passes", type=int, default=8, choices=(1, 2, 4, 8),
                        help="transparent decoder passes (8 = the reference's quality)")
-    batch.add_argument("--batch-size", type=_at_least_one, default=4,
+    batch.add_argument("--batch-size", type=_at_least_one,
                        help="items that differ only in prompt and seed are sampled this many at a time "
-                            "(one-frame methods; default 4; 1 = one at a time)")
+                            "(one-frame methods; default 8 on CUDA, halved while a batch does not fit in "
+                            "memory, 4 elsewhere; 1 = one at a time)")
     _add_device_flags(batch)
     batch.add_argument("--offline", action="store_true", help="never download weight files or the model")
     batch.add_argument("--forge-url", metavar="URL", help="run the items through a running Forge's API (started "

@@ -522,10 +522,11 @@ def test_a_batch_too_large_for_the_device_is_split_and_gives_the_same_images(tmp
             return [self.generate(p, method, seed=s, **kwargs) for p, s in items]
 
     job = load_job(job_file(tmp_path, 'model = "m"\nmethod = "FG_ONLY_CONV"\n[matrix]\n'
-                                      'prompts = ["a", "b", "c", "d", "e"]\nseeds = [1]\n'))
+                                      'prompts = ["a", "b", "c", "d", "e", "f", "g"]\nseeds = [1]\n'))
     engine = Batching()
     summary = run_job(job, tmp_path / "out", lambda model: engine, progress=False, batch_size=4)
-    assert engine.batches == [4, 2, 2] and len(summary.made) == 5  # "e" alone needs no batch
+    # 4 did not fit: halved, and the rest of the run keeps to 2 ("g" alone needs no batch)
+    assert engine.batches == [4, 2, 2, 2] and len(summary.made) == 7
     run_job(job, tmp_path / "one", lambda model: FakeEngine(), progress=False, batch_size=1)
     for key, record in Manifest(tmp_path / "out").records.items():
         assert record["files"][0]["sha256"] == Manifest(tmp_path / "one").records[key]["files"][0]["sha256"]

@@ -23,6 +23,9 @@ from .manifest import Manifest, write_atomic
 from .runner import BatchSummary, _batches, _chunks, _generate_together, _make, pending
 
 
+RAY_BATCH = 4  # items per chunk sent to a worker unless --batch-size says otherwise
+
+
 class _Worker:
     """Holds one engine; makes chunks of items into its own temporary folder and hands back
     each record with the bytes of its files."""
@@ -42,7 +45,8 @@ class _Worker:
 
 
 def run_job_on_ray(job: Job, out: "str | Path", engine_for: Callable[[str], Any], address: Optional[str] = "auto",
-                   workers: Optional[int] = None, gpus_per_worker: Optional[float] = None, batch_size: int = 4,
+                   workers: Optional[int] = None, gpus_per_worker: Optional[float] = None,
+                   batch_size: Optional[int] = None,
                    retries: int = 2, progress: bool = True) -> BatchSummary:
     """Run `job` on the Ray cluster at `address` ("auto": the running one; None: start a local
     one). `engine_for(model)` runs on the workers, so it must be picklable (a module-level
@@ -67,7 +71,7 @@ def run_job_on_ray(job: Job, out: "str | Path", engine_for: Callable[[str], Any]
         count = workers or max(gpus, 1 if gpus else 2)
         per_worker = gpus_per_worker if gpus_per_worker is not None else (1 if gpus else 0)
         actor = ray.remote(num_gpus=per_worker, num_cpus=0 if per_worker else 1)(_Worker)
-        queue = deque(_chunks(todo, batch_size))
+        queue = deque(_chunks(todo, batch_size or RAY_BATCH))
         deaths: dict[int, int] = {}
         idle = [actor.remote(engine_for, job.model) for _ in range(min(count, len(queue)))]
         running: dict[Any, tuple[Any, list[Item]]] = {}

@@ -47,11 +47,13 @@ class BatchSummary:
 
 
 def run_job(job: Job, out: "str | Path", engine_for: Callable[[str], Any], progress: bool = True,
-            batch_size: int = 4) -> BatchSummary:
+            batch_size: Optional[int] = None) -> BatchSummary:
     """Make every item of `job` that `out`'s manifest does not list as done. `engine_for(model)`
     gives the generation engine (a `LayerDiffuse`), asked for once and only when there is work.
     Items that differ only in prompt and seed are sampled `batch_size` at a time when the engine
-    can (`generate_each`: one-frame methods, no init image); each still gets its own seed's image."""
+    can (`generate_each`: one-frame methods, no init image); each still gets its own seed's image.
+    `batch_size` defaults to `default_batch_size()`; a batch that runs out of device memory is
+    halved (and the smaller size kept for the rest of the run) until it fits."""
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,6 +62,7 @@ def run_job(job: Job, out: "str | Path", engine_for: Callable[[str], Any], progr
     todo = pending(job, manifest, summary)
     todo.sort(key=lambda it: tuple(str(g) for g in it.group))  # stable: job order inside a group
     engine = engine_for(job.model) if todo else None
+    batch_size = batch_size or default_batch_size()
     bar = tqdm(total=len(todo), desc="batch", unit="item", disable=not progress)
     chunks = deque(_chunks(todo, batch_size if _batches(engine) else 1))
 
@@ -73,8 +76,12 @@ def run_job(job: Job, out: "str | Path", engine_for: Callable[[str], Any], progr
     writes: list[Future] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="layerdiffuse-batch-writer") as writer:
         try:
+            fits = batch_size  # lowered when a batch runs out of device memory, for the rest of the run
             while chunks:
                 chunk = chunks.popleft()
+                if len(chunk) > fits:
+                    chunks.extendleft(reversed([chunk[i:i + fits] for i in range(0, len(chunk), fits)]))
+                    continue
                 method, width, height = chunk[0].group
                 bar.set_description(f"{method or 'default method'} {width or 'default'}x{height or 'default'}")
                 try:
@@ -82,8 +89,8 @@ def run_job(job: Job, out: "str | Path", engine_for: Callable[[str], Any], progr
                 except Exception as exc:
                     if not _out_of_memory(exc) or len(chunk) == 1:
                         raise
-                    half = len(chunk) // 2  # too large for the device: the same items in two smaller batches
-                    chunks.extendleft([chunk[half:], chunk[:half]])
+                    fits = len(chunk) // 2  # too large for the device: the same items in smaller batches
+                    chunks.appendleft(chunk)
                     continue
                 for item, first in zip(chunk, firsts):
                     made = _attempt(job, item, engine, first)
@@ -98,6 +105,14 @@ def run_job(job: Job, out: "str | Path", engine_for: Callable[[str], Any], progr
         done.result()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def default_batch_size() -> int:
+    """8 on a CUDA device (halved on running out of memory until a batch fits), else 4 (measured
+    1.9 to 2.0 times one at a time on a 2-core CPU; larger batches gain little there)."""
+    import torch
+
+    return 8 if torch.cuda.is_available() else 4
 
 
 def _out_of_memory(exc: BaseException) -> bool:
