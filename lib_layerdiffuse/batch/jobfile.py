@@ -30,7 +30,7 @@ import hashlib
 import itertools
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -73,7 +73,6 @@ class Job:
     retry: int = 0
     trim: Optional[int] = None
     checks: tuple[str, ...] = ("empty", "opaque", "cut", "noise")
-    raw: dict = field(default_factory=dict, repr=False)
 
 
 def load_job(path: "str | Path") -> Job:
@@ -206,7 +205,7 @@ class _Validator:
         if len(set(keys)) != len(keys):
             twice = next(k for k in keys if keys.count(k) > 1)
             raise self.error((), f"two items have the same settings (item {twice}); give them different seeds")
-        return Job(self.path, model.strip(), done, raw=data, **qa)
+        return Job(self.path, model.strip(), done, **qa)
 
     def table(self, data: dict, name: str) -> dict:
         value = data.get(name, {})
