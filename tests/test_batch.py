@@ -12,8 +12,7 @@ import pytest
 from PIL import Image
 
 from lib_layerdiffuse.batch import JobError, Manifest, check_alpha, load_job, run_job, trim
-from lib_layerdiffuse.engine.outputs import LayerImage, LayerResult
-from lib_layerdiffuse.methods import Method
+from lib_layerdiffuse.testing.batch import DiscEngine
 
 
 def job_file(tmp_path, text: str, name: str = "job.toml"):
@@ -146,23 +145,17 @@ def test_trim_keeps_the_subject_plus_padding_inside_the_image():
 
 # ---- running, resuming -------------------------------------------------------------------------
 
-class FakeEngine:
-    """Makes a disc whose radius follows the seed (seed % 3 == 0: an empty alpha)."""
+class FakeEngine(DiscEngine):
+    """The library's disc engine that can also be interrupted (Ctrl+C) on its `fail_at`-th call."""
 
     def __init__(self, fail_at=None):
-        self.calls, self.fail_at = [], fail_at
+        super().__init__()
+        self.fail_at = fail_at
 
-    def generate(self, prompt, method=None, *, seed, width=64, height=64, **kwargs):
-        self.calls.append((prompt, seed))
-        if self.fail_at is not None and len(self.calls) == self.fail_at:
+    def generate(self, prompt, method=None, *, seed, **kwargs):
+        if self.fail_at is not None and len(self.calls) + 1 == self.fail_at:
             raise KeyboardInterrupt
-        y, x = np.mgrid[:height, :width]
-        rgba = np.zeros((height, width, 4), np.uint8)
-        rgba[..., 0] = 200
-        rgba[..., 3] = 0 if seed % 3 == 0 else 255 * ((x - 32) ** 2 + (y - 32) ** 2 < (5 + seed % 7) ** 2)
-        image = Image.fromarray(rgba, "RGBA")
-        return LayerResult([LayerImage(image, "fg", True, image.convert("RGB"))], Method.FG_ONLY_ATTN, seed,
-                           f"{prompt}\nSeed: {seed}", {"Seed": seed})
+        return super().generate(prompt, method, seed=seed, **kwargs)
 
 
 def _job(tmp_path, qa=""):

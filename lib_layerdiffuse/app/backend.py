@@ -211,10 +211,9 @@ class Backend:
             raise ValueError(f"this app runs {self.model}; the job asks for {job.model}. Set model = \"app\" to use "
                              "the app's model, or run the job with `python -m lib_layerdiffuse batch`")
         self._require_model()
-        for name in sorted({n for it in job.items
-                            for n in Method.parse(it.settings.get("method") or self.default_method(),
-                                                  family=self.family).weight_files}):
-            self.store.ensure(name)
+        for method in {Method.parse(it.settings.get("method") or self.default_method(), family=self.family)
+                       for it in job.items}:
+            self._fetch_weights(method, _no_progress)
         engine = self.engine()
         engine.decoder_passes = self.passes
         summary = run_job(job, folder, lambda model: engine, progress=True, batch_size=batch_size)

@@ -19,8 +19,8 @@ from typing import Any, Callable, Optional
 from tqdm.auto import tqdm
 
 from .jobfile import Item, Job
-from .manifest import Manifest, write_atomic
-from .runner import BatchSummary, _batches, _chunks, _generate_together, _make, pending
+from .manifest import write_atomic
+from .runner import BatchSummary, _batches, _chunks, _generate_together, _make, open_run
 
 
 RAY_BATCH = 4  # items per chunk sent to a worker unless --batch-size says otherwise
@@ -55,11 +55,7 @@ def run_job_on_ray(job: Job, out: "str | Path", engine_for: Callable[[str], Any]
     import ray
 
     start = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(out)
-    summary = BatchSummary()
-    todo = pending(job, manifest, summary)
+    out, manifest, summary, todo = open_run(job, out)
     if not todo:
         summary.seconds = time.perf_counter() - start
         return summary

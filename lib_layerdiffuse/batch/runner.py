@@ -20,7 +20,7 @@ from .jobfile import IMAGES, SEED_RANGE, Item, Job
 from .manifest import Manifest, write_atomic
 from .qa import check_alpha, trim
 
-ENGINE_ARGS = {"prompt": None, "negative_prompt": "negative_prompt", "steps": "steps", "cfg": "cfg",
+ENGINE_ARGS = {"negative_prompt": "negative_prompt", "steps": "steps", "cfg": "cfg",
                "width": "width", "height": "height", "sampler": "sampler", "weight": "weight", "stop_at": "stop_at",
                "strength": "strength", "fg_prompt": "fg_prompt", "bg_prompt": "bg_prompt",
                "blend_prompt": "blend_prompt", "fg": "fg", "bg": "bg", "blend": "blend", "init": "init_image"}
@@ -55,11 +55,7 @@ def run_job(job: Job, out: "str | Path", engine_for: Callable[[str], Any], progr
     `batch_size` defaults to `default_batch_size()`; a batch that runs out of device memory is
     halved (and the smaller size kept for the rest of the run) until it fits."""
     start = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(out)
-    summary = BatchSummary()
-    todo = pending(job, manifest, summary)
+    out, manifest, summary, todo = open_run(job, out)
     todo.sort(key=lambda it: tuple(str(g) for g in it.group))  # stable: job order inside a group
     engine = engine_for(job.model) if todo else None
     batch_size = batch_size or default_batch_size()
@@ -120,17 +116,22 @@ def _out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text
 
 
-def pending(job: Job, manifest: Manifest, summary: BatchSummary) -> list[Item]:
-    """The items of `job` not done and intact in `manifest` (the others are counted as skipped);
-    temporary files of a stopped run are removed first."""
+def open_run(job: Job, out: "str | Path") -> tuple[Path, Manifest, BatchSummary, list[Item]]:
+    """The output folder (made if needed), its manifest, a summary counting the items already done
+    and intact as skipped, and the items still to make; temporary files of a stopped run are
+    removed first."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(out)
     manifest.remove_partial_files()
+    summary = BatchSummary()
     todo = []
     for item in job.items:
         if manifest.done(item.key):
             summary.skipped.append(item.key)
         else:
             todo.append(item)
-    return todo
+    return out, manifest, summary, todo
 
 
 def _batches(engine) -> bool:
@@ -216,7 +217,7 @@ def _engine_kwargs(settings: dict) -> dict[str, Any]:
     """An item's settings as `generate` keywords (condition images read from their files)."""
     kwargs: dict[str, Any] = {}
     for key, arg in ENGINE_ARGS.items():
-        if arg is None or key not in settings:
+        if key not in settings:
             continue
         value = settings[key]
         if key in IMAGES:

@@ -63,6 +63,12 @@ class _Request:
     each: Optional[list[tuple[str, int]]] = None  # one (prompt, seed) per image: `generate_each`
 
 
+def _layer_settings(weight, stop_at, fg, bg, blend, resize_mode, fg_prompt, bg_prompt, blend_prompt) -> dict:
+    """`generate`'s LayerDiffuse keywords as `LayerDiffuseParams` fields."""
+    return dict(weight=weight, stop_at=stop_at, fg_image=fg, bg_image=bg, blend_image=blend,
+                resize_mode=resize_mode, fg_prompt=fg_prompt, bg_prompt=bg_prompt, blend_prompt=blend_prompt)
+
+
 def positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
@@ -210,9 +216,7 @@ class LayerDiffuse:
         transparent encoder for the methods that have one. `on_progress(stage, done, total)`
         is called after every sampling step and every decoded image.
         """
-        layer = dict(weight=weight, stop_at=stop_at, fg_image=fg, bg_image=bg, blend_image=blend,
-                     resize_mode=resize_mode, fg_prompt=fg_prompt, bg_prompt=bg_prompt,
-                     blend_prompt=blend_prompt)
+        layer = _layer_settings(weight, stop_at, fg, bg, blend, resize_mode, fg_prompt, bg_prompt, blend_prompt)
         req = self._request(prompt, method, negative_prompt, steps, cfg, seed, width, height, batch,
                             sampler, init_image, strength, layer)
         images, settings, calls = self._run(req, on_progress)
@@ -229,24 +233,23 @@ class LayerDiffuse:
             raise ValueError("generate_each needs at least one (prompt, seed)")
         if "batch" in shared or "init_image" in shared and shared["init_image"] is not None:
             raise ValueError("generate_each makes one image per item from text; batch and init_image do not apply")
-        allowed = set(inspect.signature(self.generate).parameters) - {"prompt", "method", "seed", "batch",
-                                                                      "on_progress", "init_image"}
+        signature = inspect.signature(self.generate)
+        allowed = set(signature.parameters) - {"prompt", "method", "seed", "batch", "on_progress", "init_image"}
         unknown = sorted(set(shared) - allowed)
         if unknown:
             raise TypeError(f"generate_each got unknown settings: {', '.join(unknown)}")
-        layer = dict(weight=shared.get("weight", 1.0), stop_at=shared.get("stop_at", 1.0),
-                     fg_image=shared.get("fg"), bg_image=shared.get("bg"), blend_image=shared.get("blend"),
-                     resize_mode=shared.get("resize_mode", ResizeMode.CROP_AND_RESIZE),
-                     fg_prompt=shared.get("fg_prompt", ""), bg_prompt=shared.get("bg_prompt", ""),
-                     blend_prompt=shared.get("blend_prompt", ""))
+        bound = signature.bind(items[0][0], **shared)
+        bound.apply_defaults()  # generate's own defaults, kept in one place
+        a = bound.arguments
+        layer = _layer_settings(a["weight"], a["stop_at"], a["fg"], a["bg"], a["blend"], a["resize_mode"],
+                                a["fg_prompt"], a["bg_prompt"], a["blend_prompt"])
         method = Method.parse(method or Method.default(self.family), family=self.family)
         if method.spec.frame_count != 1:
             raise ValueError(f"{method.value} makes {method.spec.frame_count} frames together; generate_each "
                              "is for one-frame methods (use generate with a batch)")
         first_prompt, first_seed = items[0]
-        req = self._request(first_prompt, method, shared.get("negative_prompt", ""), shared.get("steps"),
-                            shared.get("cfg"), first_seed, shared.get("width"), shared.get("height"), len(items),
-                            shared.get("sampler"), None, shared.get("strength", 0.7), layer)
+        req = self._request(first_prompt, method, a["negative_prompt"], a["steps"], a["cfg"], first_seed,
+                            a["width"], a["height"], len(items), a["sampler"], None, a["strength"], layer)
         req.each = [(str(p), int(s)) for p, s in items]
         images, settings, calls = self._run(req, on_progress)
         results = []
