@@ -89,7 +89,10 @@ def load_job(path: "str | Path") -> Job:
 def _parse(path: Path, text: str) -> tuple[dict, Callable[[tuple], Optional[int]]]:
     if path.suffix.lower() in (".yaml", ".yml"):
         return _parse_yaml(path, text)
-    import tomllib
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: the same parser from PyPI
+        import tomli as tomllib
 
     try:
         data = tomllib.loads(text)
