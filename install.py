@@ -18,6 +18,7 @@ REQUIREMENTS = {
     "safetensors": "safetensors>=0.4",
     "requests": "requests>=2.28",
     "tqdm": "tqdm>=4.60",
+    "tomli": "tomli>=1.1; python_version < '3.11'",
 }
 HOST_PINNED = ("torch", "numpy", "Pillow", "gradio", "transformers")
 
@@ -44,9 +45,22 @@ def _installed(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
 
 
+def applies(requirement: str) -> bool:
+    """Whether a requirement's environment marker (`; python_version < '3.11'`) holds here, so
+    that Forge does not run pip at every start for a package this Python never needs."""
+    marker = requirement.partition(";")[2].strip()
+    if not marker:
+        return True
+    try:
+        from packaging.markers import Marker
+    except ImportError:  # pip's own copy, present wherever pip is
+        from pip._vendor.packaging.markers import Marker
+    return Marker(marker).evaluate()
+
+
 def missing(is_installed=_installed) -> list[str]:
-    """Requirements whose package is not installed at all."""
-    out = [req for name, req in REQUIREMENTS.items() if not is_installed(name)]
+    """Requirements of this Python whose package is not installed at all."""
+    out = [req for name, req in REQUIREMENTS.items() if applies(req) and not is_installed(name)]
     out += [req for names, req in CUTOUT_REQUIREMENTS.items() if not any(is_installed(n) for n in names)]
     return out
 

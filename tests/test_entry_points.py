@@ -132,6 +132,16 @@ def test_install_py_mirrors_pyproject_without_host_pinned_packages():
     assert set(by_name) - set(expected) == set(mod.HOST_PINNED) - {"gradio"}
 
 
+def test_install_py_asks_only_for_what_this_python_needs():
+    spec = importlib.util.spec_from_file_location("ld_install", ROOT / "install.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    wanted = mod.missing(lambda name: False)
+    assert ("tomli>=1.1; python_version < '3.11'" in wanted) == (sys.version_info < (3, 11))
+    assert "tqdm>=4.60" in wanted
+    assert mod.missing(lambda name: True) == []
+
+
 def test_install_py_adds_the_cutout_packages_without_their_pins(tmp_path):
     rembg = "rembg==2.0.69" if sys.version_info < (3, 11) else "rembg"
     # onnxruntime-gpu counts as onnxruntime: a second build would break the first
