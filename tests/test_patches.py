@@ -116,6 +116,43 @@ def test_lora_merge_is_fp32_math_cast_back():
     assert merged.dtype == torch.float16 and torch.equal(merged, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("strength", [1.0, 0.7])
+@pytest.mark.parametrize("kind", ["diff", "lora"])
+def test_in_place_merge_in_chunks_has_the_bits_of_the_whole_tensor_merge(monkeypatch, dtype, strength, kind):
+    """Chunk boundaries fall inside the tensor (and inside rows); the result is bit for bit
+    the one-expression fp32 merge, and the patch tensors are left as they were."""
+    from lib_layerdiffuse.patches import frozen
+
+    monkeypatch.setattr(frozen, "MERGE_CHUNK", 7)
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(5, 4, 3, 3, generator=gen).to(dtype)
+    if kind == "diff":
+        tensors = [torch.randn(5, 4, 3, 3, generator=gen).to(dtype)]
+        change = tensors[0].float()
+    else:
+        tensors = [torch.randn(5, 3, generator=gen).to(dtype), torch.randn(3, 4, 3, 3, generator=gen).to(dtype)]
+        change = (tensors[0].float() @ tensors[1].float().flatten(1)).reshape(w.shape)
+    kept = [t.clone() for t in tensors]
+    expected = (w.float() + strength * change).to(dtype)
+    weight = w.clone()
+    frozen.add_patch_(weight, kind, tensors, strength)
+    assert torch.equal(weight, expected)
+    assert all(torch.equal(a, b) for a, b in zip(tensors, kept))
+    with pytest.raises(ValueError, match="in place"):
+        frozen.add_patch_(w.clone()[:, :2], "diff", [torch.ones(5, 4, 3, 3)], 1.0)
+
+
+def test_in_place_merge_of_a_strided_weight():
+    from lib_layerdiffuse.patches.frozen import add_patch_
+
+    w = torch.randn(4, 5, 3, 3)
+    delta = torch.randn(5, 4, 3, 3)
+    weight = w.clone().permute(1, 0, 2, 3)  # not contiguous: merged as one piece
+    add_patch_(weight, "diff", [delta], 0.3)
+    assert torch.equal(weight, w.permute(1, 0, 2, 3) + 0.3 * delta)
+
+
 def test_diff_widens_conv_in_with_zero_padding():
     w = torch.randn(3, 4, 3, 3)
     delta = torch.randn(3, 12, 3, 3)

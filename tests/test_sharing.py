@@ -60,6 +60,40 @@ def test_processor_matches_the_published_algorithm(setup):
     assert state.calls == 1
 
 
+@pytest.mark.parametrize("layer_index", [0, 1], ids=["self-attention", "cross-attention"])
+@pytest.mark.parametrize("name,frames", [("layer_sd15_transparent_attn.safetensors", 1),
+                                         ("layer_sd15_fg2bg.safetensors", 2),
+                                         ("layer_sd15_joint.safetensors", 3)])
+def test_every_frame_count_matches_the_published_algorithm(name, frames, layer_index):
+    """The fast paths (one frame: cross-frame attention folded into one linear map; 2-3 frames:
+    all frames in one batched product and one attention call, the cross-frame softmax taken on
+    the frame axis) give the published result to 1e-5, with and without per-frame prompts."""
+    torch.manual_seed(frames)
+    unet = tiny_unet("sd15")
+    weights, _ = sharing_weights(unet, name, seed=frames)
+    attn = unet.get_submodule(sharing_module_names()[layer_index])
+    layer = weights.hookers.layers[layer_index]
+    images = 2
+    h = torch.randn(2 * images * frames, 64, attn.to_q.in_features) * 3
+    context = None if layer_index == 0 else torch.randn(2 * images * frames, 5, attn.to_k.in_features)
+    overwrites = [torch.randn(1, 5, attn.to_k.in_features) if f % 2 == 0 else None for f in range(frames)]
+    control_image = torch.rand(1, 3, 64, 64) * 2 - 1 if weights.uses_control else None
+    cond_mark = (torch.arange(2 * images * frames) < images * frames).float()  # 1 = negative
+    for frame_prompts in (overwrites, [None] * frames):
+        state = SharingState(frames=frames, images=images * frames, frame_contexts=frame_prompts)
+        installed = install_attention_sharing(unet, weights, state, control_image)
+        try:
+            with torch.no_grad():
+                out = attn.processor(attn, h, context)
+        finally:
+            installed.remove()
+        with torch.no_grad():
+            control = weights.kwargs_encoder(control_image)[64] if control_image is not None else None
+            expected = published_unit(attn, layer, frames, h, context, cond_mark, frame_prompts, control)
+        assert out.shape == h.shape
+        assert (out - expected).abs().max() <= 1e-5
+
+
 def test_frame_prompts_reach_the_positive_branch_only(setup):
     unet, weights, attn, h, context, overwrite, control_image, images = setup
     with_prompt, _ = run(unet, weights, attn, h, context, [overwrite, None], control_image, images)

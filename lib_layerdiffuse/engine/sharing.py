@@ -171,11 +171,32 @@ def _match_tokens(context: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return torch.cat([context, context[:, -1:].expand(-1, n - context.shape[1], -1)], dim=1)
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    b, lq, c = q.shape
-    split = lambda t: t.view(b, t.shape[1], heads, -1).transpose(1, 2)  # noqa: E731
+def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """`[..., tokens, c]` as `[..., heads, tokens, c / heads]` (a view)."""
+    return t.unflatten(-1, (heads, -1)).transpose(-3, -2)
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    out = F.scaled_dot_product_attention(_split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads))
+    return out.transpose(-3, -2).flatten(-2)
+
+
+def _cross_frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Attention of every token across the frames: `q`, `k`, `v` `[frames, b, tokens, c]`; each
+    (image, token, head) attends over the frames' copies of itself. The frame axis becomes the
+    sequence axis by a strided view, not a copy."""
+    frames, b, d, c = q.shape
+    split = lambda t: t.reshape(frames, b * d, heads, -1).permute(1, 2, 0, 3)  # noqa: E731
     out = F.scaled_dot_product_attention(split(q), split(k), split(v))
-    return out.transpose(1, 2).reshape(b, lq, c)
+    return out.permute(2, 0, 1, 3).reshape(frames, b, d, c)
+
+
+def _joined(*pairs: tuple[torch.Tensor, Optional[torch.Tensor]]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Projections applied to the same input, joined along their outputs (one product)."""
+    weight = torch.cat([w for w, _ in pairs])
+    if all(b is None for _, b in pairs):
+        return weight, None
+    return weight, torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in pairs])
 
 
 class SharingProcessor:
@@ -187,25 +208,46 @@ class SharingProcessor:
         self.state = state
         self.fallback = fallback
         self.heads = attn.heads
-        self.merged = self._merge(attn)
+        self._merge(attn)
+        self._merge_temporal()
         self._control: dict[tuple[int, int], torch.Tensor] = {}
 
     @torch.no_grad()
-    def _merge(self, attn: nn.Module) -> list[list[tuple[torch.Tensor, Optional[torch.Tensor]]]]:
+    def _merge(self, attn: nn.Module) -> None:
         """Per frame, the four projections `W + up @ down` (fp32 math), on the device and in the
-        dtype of the sharing layer (which is moved to where the UNet runs)."""
-        frames = []
-        for f in range(self.state.frames):
+        dtype of the sharing layer (which is moved to where the UNet runs); q, k and v also
+        joined for self-attention, k and v for cross-attention (one product each)."""
+        merged = {}
+        for name, proj in PROJECTIONS:
+            lin = attn.get_submodule(proj)
             per_frame = []
-            for name, proj in PROJECTIONS:
-                lin = attn.get_submodule(proj)
-                pair = getattr(self.layer, name)[f]
+            for pair in getattr(self.layer, name):
                 up = pair.up.weight
                 w = lin.weight.to(up.device).float() + up.float() @ pair.down.weight.float()
                 bias = lin.bias.to(up.device, up.dtype) if lin.bias is not None else None
                 per_frame.append((w.to(up.dtype), bias))
-            frames.append(per_frame)
-        return frames
+            merged[proj] = per_frame
+        self.q, self.k, self.v, self.out = (merged[proj] for _, proj in PROJECTIONS)
+        self.kv = [_joined(k, v) for k, v in zip(self.k, self.v)]
+        self_attention = self.q[0][0].shape[1] == self.k[0][0].shape[1]
+        self.qkv = [_joined(*p) for p in zip(self.q, self.k, self.v)] if self_attention else None
+
+    @torch.no_grad()
+    def _merge_temporal(self) -> None:
+        """The cross-frame attention's input map `i` composed (fp32 math) into the maps that
+        follow it. With one frame the softmax is over a single score, whose weight is exactly 1,
+        so the whole module is `o(v(i(n(x))))`, one linear map after the norm: q, k and the
+        attention are skipped. With more frames, q, k and v are joined into one product that
+        also applies `i`."""
+        lay = self.layer
+        follow = [lay.temporal_v] if self.state.frames == 1 else [lay.temporal_q, lay.temporal_k, lay.temporal_v]
+        weight, bias = _joined(*((t.weight.float(), t.bias.float()) for t in follow))
+        weight, bias = weight @ lay.temporal_i.weight.float(), weight @ lay.temporal_i.bias.float() + bias
+        if self.state.frames == 1:
+            out = lay.temporal_o
+            weight, bias = out.weight.float() @ weight, out.weight.float() @ bias + out.bias.float()
+        dtype = lay.temporal_i.weight.dtype
+        self.temporal = (weight.to(dtype), bias.to(dtype))
 
     def _control_features(self, f: int, tokens: int) -> torch.Tensor:
         key = (f, tokens)
@@ -227,6 +269,21 @@ class SharingProcessor:
             raise ValueError("attention masks are not supported together with SD1.5 attention sharing")
         return self.shared_attention(attn, hidden_states, encoder_hidden_states, self.state.positive_mask)
 
+    def _frame_contexts(self, ctx: torch.Tensor, b: int, n: int,
+                        positive_mask: Callable[[int, torch.device], torch.Tensor]) -> torch.Tensor:
+        """The text context of every frame `[frames, b, tokens, c]`, with the frames' own prompts
+        on the positive branch."""
+        frames = self.state.frames
+        contexts = ctx.view(b, frames, *ctx.shape[1:]).transpose(0, 1)
+        overwrites = self.state.frame_contexts
+        if not any(o is not None for o in overwrites):
+            return contexts
+        positive = positive_mask(n, ctx.device).view(b, frames).transpose(0, 1)
+        return torch.stack([
+            torch.where(positive[f][:, None, None], _match_tokens(overwrites[f], ctx), contexts[f])
+            if f < len(overwrites) and overwrites[f] is not None else contexts[f]
+            for f in range(frames)])
+
     def shared_attention(self, attn: nn.Module, h: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor],
                          positive_mask: Callable[[int, torch.device], torch.Tensor]) -> torch.Tensor:
         """The attention-sharing output for hidden states `h` `[frames*b, tokens, c]`, returned
@@ -241,31 +298,25 @@ class SharingProcessor:
         x = h.view(b, frames, d, c).transpose(0, 1)
         if self.layer.control_convs is not None:
             x = x + torch.stack([self._control_features(f, d) for f in range(frames)]).to(x.dtype)
-        if encoder_hidden_states is None:
-            contexts = x
-        else:
-            ctx = encoder_hidden_states
-            contexts = ctx.view(b, frames, *ctx.shape[1:]).transpose(0, 1)
-            overwrites = self.state.frame_contexts
-            if any(o is not None for o in overwrites):
-                positive = positive_mask(n, ctx.device).view(b, frames).transpose(0, 1)
-                contexts = torch.stack([
-                    torch.where(positive[f][:, None, None], _match_tokens(overwrites[f], ctx), contexts[f])
-                    if f < len(overwrites) and overwrites[f] is not None else contexts[f]
-                    for f in range(frames)])
+        x = x.contiguous()  # frame-major: each frame's tokens in one block for its own projections
+        contexts = None if encoder_hidden_states is None else \
+            self._frame_contexts(encoder_hidden_states, b, n, positive_mask)
         outs = []
         for f in range(frames):
-            (wq, bq), (wk, bk), (wv, bv), (wo, bo) = self.merged[f]
-            o = _attend(F.linear(x[f], wq, bq), F.linear(contexts[f], wk, bk),
-                        F.linear(contexts[f], wv, bv), self.heads)
-            outs.append(attn.to_out[1](F.linear(o, wo, bo)))
-        x = (x + torch.stack(outs)).transpose(0, 1).reshape(n, d, c)
+            if contexts is None and self.qkv is not None:
+                q, k, v = F.linear(x[f], *self.qkv[f]).chunk(3, dim=-1)
+            else:
+                q = F.linear(x[f], *self.q[f])
+                k, v = F.linear(x[f] if contexts is None else contexts[f], *self.kv[f]).chunk(2, dim=-1)
+            outs.append(F.linear(_attention(q, k, v, self.heads), *self.out[f]))
+        x = x + attn.to_out[1](torch.stack(outs))
         lay = self.layer
-        t = lay.temporal_i(lay.temporal_n(x))
-        t = t.view(b, frames, d, c).transpose(1, 2).reshape(b * d, frames, c)
-        t = _attend(lay.temporal_q(t), lay.temporal_k(t), lay.temporal_v(t), self.heads)
-        t = lay.temporal_o(t).view(b, d, frames, c).transpose(1, 2).reshape(n, d, c)
-        return x + t - h
+        if frames == 1:
+            t = F.linear(lay.temporal_n(x), *self.temporal)
+        else:
+            tq, tk, tv = F.linear(lay.temporal_n(x), *self.temporal).chunk(3, dim=-1)
+            t = lay.temporal_o(_cross_frame_attention(tq, tk, tv, self.heads))
+        return (x + t).transpose(0, 1).reshape(n, d, c) - h
 
 
 @dataclass

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..methods import Family
-from .frozen import Patches, merge_patch, patched_shape
+from .frozen import Patches, add_patch_, merge_patch, patched_shape
 from .names import ldm_to_diffusers
 
 
@@ -99,11 +99,11 @@ def apply_frozen_patches(unet: torch.nn.Module, patches: Patches, family: Union[
         for name, (_, patch_type, tensors) in tqdm(resolved.items(), desc="Applying LayerDiffuse patch",
                                                    disable=not progress, unit="tensor"):
             param = params[name]
-            merged = merge_patch(param.data, patch_type, tensors, strength)
-            if merged.shape == param.shape:
+            if patched_shape(param.shape, patch_type, tensors) == tuple(param.shape):
                 applied.backups[name] = param.data.to(backup_device, copy=True)
-                param.data.copy_(merged)
+                add_patch_(param.data, patch_type, tensors, strength)
                 continue
+            merged = merge_patch(param.data, patch_type, tensors, strength)
             module_name, attr = name.rsplit(".", 1)
             module = unet.get_submodule(module_name)
             applied.replaced[name] = param
