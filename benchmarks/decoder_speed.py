@@ -5,8 +5,10 @@ speed and memory do not depend on the values, but the alpha differences do: a ra
 is far less flip/rotation-consistent than the trained one, so the differences printed here
 overstate what fewer passes cost with the real weights). Every setting runs in its own subprocess so
 its peak memory (max RSS on CPU, max allocated on CUDA) is its own. Figures are ratios to the
-sequential 8-pass fp32 baseline measured in the same run; "max |d alpha|" compares each
-setting's alpha with that baseline's.
+baseline measured in the same run: the reference extension's loop (8 variants one after another,
+each flipped and rotated, the network in its default NCHW layout, clipped, turned back, then
+the element-wise median), fp32 on the CPU. "max |d alpha|" compares each setting's alpha with
+the baseline's. "ours, NCHW" is ours with the CPU's channels-last layout switched off.
 
     python benchmarks/decoder_speed.py                      # 512 and 1024, CPU (+ CUDA if present)
     python benchmarks/decoder_speed.py --sizes 512 --dtypes fp32
@@ -29,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib_layerdiffuse.vae import UNet1024, estimate_augmented  # noqa: E402
+from lib_layerdiffuse.vae import UNet1024, augment, estimate_augmented  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -55,8 +57,24 @@ def build_model(device: str, dtype: torch.dtype) -> UNet1024:
     return model.eval()
 
 
-def run_one(size: int, passes: int, batched: bool, dtype: str, device: str, out: str) -> dict:
+@torch.no_grad()
+def reference_loop(model: UNet1024, pixel: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+    """The reference extension's test-time augmentation, as its report describes it: one
+    variant at a time, flip along W then rotate, run, clip, rotate back, flip back; median."""
+    outputs = []
+    for flip in (False, True):
+        for k in range(4):
+            p, lt = (torch.flip(t, dims=(3,)) if flip else t for t in (pixel, latent))
+            y = model(torch.rot90(p, k, dims=(2, 3)), torch.rot90(lt, k, dims=(2, 3))).clip(0, 1)
+            y = torch.rot90(y, -k, dims=(2, 3))
+            outputs.append(torch.flip(y, dims=(3,)) if flip else y)
+    return torch.median(torch.stack(outputs), dim=0).values
+
+
+def run_one(size: int, passes: int, batched: bool, dtype: str, device: str, out: str, mode: str = "ours") -> dict:
     model = build_model(device, DTYPES[dtype])
+    if mode == "ours, NCHW":
+        augment.preferred_memory_format = lambda _device: torch.contiguous_format
     g = torch.Generator().manual_seed(1)
     pixel = torch.rand(1, 3, size, size, generator=g)
     latent = torch.randn(1, 4, size // 8, size // 8, generator=g)
@@ -69,7 +87,11 @@ def run_one(size: int, passes: int, batched: bool, dtype: str, device: str, out:
     else:
         base = _rss_bytes()
     t0 = time.perf_counter()
-    y = estimate_augmented(model, pixel, latent, passes=passes, batch_size=batch)
+    if mode == "reference":
+        y = reference_loop(model, pixel.to(device, model.conv_in.weight.dtype),
+                           latent.to(device, model.conv_in.weight.dtype))
+    else:
+        y = estimate_augmented(model, pixel, latent, passes=passes, batch_size=batch)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -86,42 +108,48 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
     ap.add_argument("--passes", type=int, nargs="+", default=[1, 2, 4, 8])
-    ap.add_argument("--one", nargs=6, metavar=("SIZE", "PASSES", "BATCHED", "DTYPE", "DEVICE", "OUT"),
+    ap.add_argument("--batched", action="store_true", help="also run the TTA variants batched on the CPU")
+    ap.add_argument("--one", nargs=7, metavar=("SIZE", "PASSES", "BATCHED", "DTYPE", "DEVICE", "OUT", "MODE"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        size, passes, batched, dtype, device, out = args.one
-        print(json.dumps(run_one(int(size), int(passes), batched == "1", dtype, device, out)))
+        size, passes, batched, dtype, device, out, mode = args.one
+        print(json.dumps(run_one(int(size), int(passes), batched == "1", dtype, device, out, mode)))
         return
 
+    settings = [("reference", "cpu", "fp32", 8, False)]
+    settings += [("ours, NCHW", "cpu", "fp32", p, False) for p in args.passes]
     devices = [("cpu", d) for d in args.dtypes]
     if torch.cuda.is_available():
         devices += [("cuda", "fp32"), ("cuda", "fp16")]
+    for device, dtype in devices:
+        for passes in args.passes:
+            batching = [False, True] if passes > 1 and (device == "cuda" or args.batched) else [False]
+            settings += [("ours", device, dtype, passes, batched) for batched in batching]
     print(f"# UNet1024 decode, 1 image, torch {torch.__version__}, {os.cpu_count()} CPU cores"
           + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"))
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             rows = []
-            for device, dtype in devices:
-                for passes in args.passes:
-                    for batched in ([False] if passes == 1 else [False, True]):
-                        out = os.path.join(tmp, f"{size}_{device}_{dtype}_{passes}_{int(batched)}.npy")
-                        cmd = [sys.executable, __file__, "--one", str(size), str(passes),
-                               "1" if batched else "0", dtype, device, out]
-                        res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
-                        rows.append((device, dtype, passes, batched, res, np.load(out)))
-                        print(f"  measured {size}px {device} {dtype} passes={passes} "
-                              f"{'batched' if batched else 'sequential'}: {res['seconds']:.1f} s", file=sys.stderr)
-            base = next(r for r in rows if r[:4] == ("cpu", "fp32", 8, False))
-            print(f"\n## {size}x{size}  (baseline: CPU fp32, 8 passes, sequential = "
-                  f"{base[4]['seconds']:.1f} s, peak +{base[4]['peak_bytes'] / 2**20:.0f} MiB)\n")
-            print("| device | dtype | passes | mode | seconds | time vs baseline | peak MiB | memory vs baseline | max abs alpha diff vs baseline |")
-            print("|---|---|---|---|---|---|---|---|---|")
-            for device, dtype, passes, batched, res, alpha in rows:
-                print(f"| {device} | {dtype} | {passes} | {'batched' if batched else 'sequential'} | "
-                      f"{res['seconds']:.2f} | {res['seconds'] / base[4]['seconds']:.2f} | "
-                      f"{res['peak_bytes'] / 2**20:.0f} | {res['peak_bytes'] / max(base[4]['peak_bytes'], 1):.2f} | "
-                      f"{np.abs(alpha - base[5]).max():.4f} |")
+            for i, (mode, device, dtype, passes, batched) in enumerate(settings):
+                out = os.path.join(tmp, f"{size}_{i}.npy")
+                cmd = [sys.executable, __file__, "--one", str(size), str(passes),
+                       "1" if batched else "0", dtype, device, out, mode]
+                res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+                rows.append((mode, device, dtype, passes, batched, res, np.load(out)))
+                print(f"  measured {size}px {mode} {device} {dtype} passes={passes} "
+                      f"{'batched' if batched else 'sequential'}: {res['seconds']:.1f} s", file=sys.stderr)
+            base = rows[0]
+            print(f"\n## {size}x{size}  (baseline: the reference loop, CPU fp32, 8 passes = "
+                  f"{base[5]['seconds']:.1f} s, peak +{base[5]['peak_bytes'] / 2**20:.0f} MiB)\n")
+            print("| code | device | dtype | passes | mode | seconds | time vs reference | speed-up | peak MiB | "
+                  "max abs alpha diff vs reference |")
+            print("|---|---|---|---|---|---|---|---|---|---|")
+            for mode, device, dtype, passes, batched, res, alpha in rows:
+                ratio = res["seconds"] / base[5]["seconds"]
+                print(f"| {mode} | {device} | {dtype} | {passes} | {'batched' if batched else 'sequential'} | "
+                      f"{res['seconds']:.2f} | {ratio:.2f} | {1 / ratio:.2f}x | {res['peak_bytes'] / 2**20:.0f} | "
+                      f"{np.abs(alpha - base[6]).max():.1e} |")
 
 
 if __name__ == "__main__":

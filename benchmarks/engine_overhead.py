@@ -43,18 +43,18 @@ PATCH_FILES = {
 }
 
 
-def random_unet(family: str, size: str, dtype: torch.dtype):
+def random_unet(family: str, size: str, dtype: torch.dtype, device: str | torch.device = "cpu"):
     """A UNet with seeded random weights, built on meta and filled in place (fast at full size)."""
     from diffusers import UNet2DConditionModel
 
     spec = (FULL if size == "full" else TINY)[family]
     with torch.device("meta"):
         unet = UNet2DConditionModel(**diffusers_unet_config(spec))
-    unet = unet.to_empty(device="cpu").to(dtype)
-    gen = torch.Generator().manual_seed(0)
+    unet = unet.to_empty(device=device).to(dtype)
+    gen = torch.Generator(device).manual_seed(0)
     with torch.no_grad():
         for p in unet.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+            p.normal_(0.0, 0.02, generator=gen)
     return unet.eval(), spec
 
 
