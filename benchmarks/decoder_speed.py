@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lib_layerdiffuse.testing.reference_decode import reference_tta  # noqa: E402
 from lib_layerdiffuse.vae import UNet1024, augment, estimate_augmented  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -41,11 +42,11 @@ def _rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def build_model(device: str, dtype: torch.dtype) -> UNet1024:
-    """Real-size decoder allocated directly in `dtype` (no fp32 copy inflating the memory
-    high-water mark), with the same seeded values whatever the dtype."""
+def build_model(device: str, dtype: torch.dtype, **config) -> UNet1024:
+    """Real-size decoder (or one of `config`'s widths) allocated directly in `dtype` (no fp32
+    copy inflating the memory high-water mark), with the same seeded values whatever the dtype."""
     with torch.device("meta"):
-        model = UNet1024()
+        model = UNet1024(**config)
     model = model.to(dtype).to_empty(device=device)
     with torch.no_grad():
         for i, (name, p) in enumerate(model.state_dict().items()):
@@ -55,20 +56,6 @@ def build_model(device: str, dtype: torch.dtype) -> UNet1024:
                 values += 1.0
             p.copy_(values)
     return model.eval()
-
-
-@torch.no_grad()
-def reference_loop(model: UNet1024, pixel: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-    """The reference extension's test-time augmentation, as its report describes it: one
-    variant at a time, flip along W then rotate, run, clip, rotate back, flip back; median."""
-    outputs = []
-    for flip in (False, True):
-        for k in range(4):
-            p, lt = (torch.flip(t, dims=(3,)) if flip else t for t in (pixel, latent))
-            y = model(torch.rot90(p, k, dims=(2, 3)), torch.rot90(lt, k, dims=(2, 3))).clip(0, 1)
-            y = torch.rot90(y, -k, dims=(2, 3))
-            outputs.append(torch.flip(y, dims=(3,)) if flip else y)
-    return torch.median(torch.stack(outputs), dim=0).values
 
 
 def run_one(size: int, passes: int, batched: bool, dtype: str, device: str, out: str, mode: str = "ours") -> dict:
@@ -88,7 +75,7 @@ def run_one(size: int, passes: int, batched: bool, dtype: str, device: str, out:
         base = _rss_bytes()
     t0 = time.perf_counter()
     if mode == "reference":
-        y = reference_loop(model, pixel.to(device, model.conv_in.weight.dtype),
+        y = reference_tta(model, pixel.to(device, model.conv_in.weight.dtype),
                            latent.to(device, model.conv_in.weight.dtype))
     else:
         y = estimate_augmented(model, pixel, latent, passes=passes, batch_size=batch)

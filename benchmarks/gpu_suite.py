@@ -38,14 +38,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from decoder_speed import reference_loop  # noqa: E402
+from decoder_speed import build_model  # noqa: E402
 from engine_overhead import PATCH_FILES, random_tensors, random_unet, unet_inputs  # noqa: E402
 from lib_layerdiffuse.engine.sharing import (AttentionSharingWeights, SharingState,  # noqa: E402
                                              install_attention_sharing)
 from lib_layerdiffuse.engine.unet_hook import UNetStepHook  # noqa: E402
 from lib_layerdiffuse.patches import apply_frozen_patches, parse_frozen_patches  # noqa: E402
-from lib_layerdiffuse.testing.layer_files import unet_file_layout  # noqa: E402
-from lib_layerdiffuse.vae import UNet1024, augment, estimate_augmented  # noqa: E402
+from lib_layerdiffuse.testing.reference_decode import reference_tta  # noqa: E402
+from lib_layerdiffuse.testing.layer_files import TINY_DECODER_CONFIG, unet_file_layout  # noqa: E402
+from lib_layerdiffuse.vae import augment, estimate_augmented  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 Row = tuple[str, str, float, str]  # part, setting, seconds, ratio text
@@ -73,28 +74,15 @@ class Clock:
         return statistics.median(times)
 
 
-def random_decoder(device: torch.device, dtype: torch.dtype, tiny: bool) -> UNet1024:
-    """A UNet1024 with seeded random weights, made on `device` in `dtype` directly."""
-    with torch.device("meta"):
-        model = UNet1024(block_out_channels=(8, 8, 8, 16, 16, 16, 16)) if tiny else UNet1024()
-    model = model.to_empty(device=device).to(dtype)
-    gen = torch.Generator(device).manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(1.0 if "norm" in name and name.endswith("weight") else 0.0,
-                      0.5 / max(p[0].numel(), 1) ** 0.5, generator=gen)
-    return model.eval()
-
-
 def bench_decoder(device: torch.device, size: int, dtypes: list[str], tiny: bool, clock: Clock) -> list[Row]:
     rows: list[Row] = []
     gen = torch.Generator().manual_seed(1)
     for name in dtypes:
         dtype = DTYPES[name]
-        model = random_decoder(device, dtype, tiny)
+        model = build_model(device, dtype, **(TINY_DECODER_CONFIG if tiny else {}))
         pixel = torch.rand(4, 3, size, size, generator=gen).to(device, dtype)
         latent = torch.randn(4, 4, size // 8, size // 8, generator=gen).to(device, dtype)
-        reference = clock(lambda: reference_loop(model, pixel[:1], latent[:1]))
+        reference = clock(lambda: reference_tta(model, pixel[:1], latent[:1]))
         rows.append(("decoder", f"{size}px {name}, reference loop, 8 passes, per image", reference, "1.00"))
         for images in (1, 4):
             for passes in (1, 2, 8):

@@ -9,6 +9,7 @@ from lib_layerdiffuse.methods import Family
 from lib_layerdiffuse.testing.layer_files import (TINY_DECODER_CONFIG, decoder_layout, offset_encoder_layout,
                                                   random_state_dict, write_unet_files)
 from lib_layerdiffuse.testing.models import tiny_vae
+from lib_layerdiffuse.testing.reference_decode import reference_tta
 from lib_layerdiffuse.testing.unet_specs import TINY
 from lib_layerdiffuse.vae import (OFFSET_SCALE, LatentTransparencyOffsetEncoder, TransparentDecoder,
                                   TransparentEncoder, UNet1024, checkerboard, decoder_for, encoder_for,
@@ -58,28 +59,13 @@ def test_fresh_networks_start_with_zeroed_injection_layers():
 
 # ---- test-time augmentation ---------------------------------------------------------------
 
-def straightforward_tta(model, pixel, latent):
-    """Independent reading of the reference: 8 variants one by one, lower median."""
-    outs = []
-    for flip in (False, True):
-        for k in range(4):
-            x, l = pixel, latent
-            if flip:
-                x, l = torch.flip(x, (3,)), torch.flip(l, (3,))
-            x, l = torch.rot90(x, k, (2, 3)), torch.rot90(l, k, (2, 3))
-            y = model(x, l).clip(0, 1)
-            y = torch.rot90(y, -k, (2, 3))
-            outs.append(torch.flip(y, (3,)) if flip else y)
-    return torch.median(torch.stack(outs), dim=0).values
-
-
 def test_eight_passes_reproduce_the_reference():
     """To 1e-5: on the CPU ours runs channels-last, the reference in PyTorch's default layout
     (the same sums in another order)."""
     model = tiny_decoder()
     pixel, latent = inputs()
     with torch.no_grad():  # the reference decodes one image at a time
-        want = torch.cat([straightforward_tta(model, pixel[i:i + 1], latent[i:i + 1]) for i in range(2)])
+        want = torch.cat([reference_tta(model, pixel[i:i + 1], latent[i:i + 1]) for i in range(2)])
     got = estimate_augmented(model, pixel, latent, passes=8, batch_size=1)
     assert (got - want).abs().max() <= 1e-5
     batched = estimate_augmented(model, pixel, latent, passes=8, batch_size=8)

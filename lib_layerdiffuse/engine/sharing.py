@@ -227,10 +227,10 @@ class SharingProcessor:
                 bias = lin.bias.to(up.device, up.dtype) if lin.bias is not None else None
                 per_frame.append((w.to(up.dtype), bias))
             merged[proj] = per_frame
-        self.q, self.k, self.v, self.out = (merged[proj] for _, proj in PROJECTIONS)
-        self.kv = [_joined(k, v) for k, v in zip(self.k, self.v)]
-        self_attention = self.q[0][0].shape[1] == self.k[0][0].shape[1]
-        self.qkv = [_joined(*p) for p in zip(self.q, self.k, self.v)] if self_attention else None
+        self.q, k, v, self.out = (merged[proj] for _, proj in PROJECTIONS)
+        self.kv = [_joined(*p) for p in zip(k, v)]
+        self_attention = self.q[0][0].shape[1] == k[0][0].shape[1]
+        self.qkv = [_joined(*p) for p in zip(self.q, k, v)] if self_attention else None
 
     @torch.no_grad()
     def _merge_temporal(self) -> None:
