@@ -9,7 +9,7 @@ from lib_layerdiffuse.methods import Family
 from lib_layerdiffuse.testing.layer_files import (TINY_DECODER_CONFIG, decoder_layout, offset_encoder_layout,
                                                   random_state_dict, write_unet_files)
 from lib_layerdiffuse.testing.models import tiny_vae
-from lib_layerdiffuse.testing.reference_decode import reference_tta
+from lib_layerdiffuse.testing.reference_decode import diffusers_forward, reference_tta
 from lib_layerdiffuse.testing.unet_specs import TINY
 from lib_layerdiffuse.vae import (OFFSET_SCALE, LatentTransparencyOffsetEncoder, TransparentDecoder,
                                   TransparentEncoder, UNet1024, checkerboard, decoder_for, encoder_for,
@@ -55,6 +55,27 @@ def test_real_size_layouts_and_parameter_counts():
 def test_fresh_networks_start_with_zeroed_injection_layers():
     assert UNet1024(**TINY_DECODER_CONFIG).latent_conv_in.weight.abs().sum() == 0
     assert LatentTransparencyOffsetEncoder().blocks[-1].weight.abs().sum() == 0
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("latent_channels", [4, 16])
+def test_the_network_computes_what_the_diffusers_blocks_compute(layout, latent_channels):
+    """UNet1024.forward runs the blocks' layers through its own code (one q/k/v product,
+    in-place residuals); several heads per attention, as in the real network."""
+    torch.manual_seed(3)
+    model = UNet1024(block_out_channels=(8, 8, 8, 8, 16, 32, 32), latent_channels=latent_channels).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    model.to(memory_format=layout)
+    assert {a.heads for block in model.down_blocks[4:] for a in block.attentions} == {2, 4}
+    g = torch.Generator().manual_seed(4)
+    pixel = torch.rand(2, 3, 64, 128, generator=g).contiguous(memory_format=layout)
+    latent = torch.randn(2, latent_channels, 8, 16, generator=g)
+    with torch.no_grad():
+        got, want = model(pixel, latent), diffusers_forward(model, pixel, latent)
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    assert want.abs().max() > 0.1
 
 
 # ---- test-time augmentation ---------------------------------------------------------------

@@ -105,29 +105,56 @@ def _inner(core: tuple[slice, slice], context: tuple[slice, slice]) -> tuple[sli
     return tuple(slice(c.start - x.start, c.stop - x.start) for c, x in zip(core, context))  # type: ignore
 
 
-def solve_alpha(image: np.ndarray, trimap: np.ndarray, prior: np.ndarray, progress: Progress = None) -> np.ndarray:
+def solve_alpha(image: np.ndarray, trimap: np.ndarray, prior: np.ndarray, progress: Progress = None,
+                pulled: Optional[np.ndarray] = None, pull: float = 0.0) -> np.ndarray:
     """Closed-form matting (Levin et al., pymatting) in the unknown band, tile by tile.
 
     `image` HxWx3 (uint8, or floats in [0,1]); `trimap` 0 / 0.5 / 1; `prior` is the alpha kept
-    where a tile has no sure foreground or no sure background to anchor the solve. Returns HxW
-    float32.
+    where a tile has no sure foreground or no sure background to anchor the solve. Where the
+    HxW bool mask `pulled` is set, a soft term draws alpha towards `prior`: the solve minimises
+    the closed-form energy plus `pull * (alpha - prior)^2` over those pixels, and a tile with
+    pulled unknown pixels is solved even without anchors. Returns HxW float32.
     """
-    from pymatting import estimate_alpha_cf
-
     unknown = trimap == 0.5
     alpha = np.where(unknown, prior, trimap).astype(np.float32, copy=False)
     jobs = list(tiles(unknown, MATTING_TILE, MATTING_MARGIN))
     for done, (core, context) in enumerate(jobs, 1):
         sub = trimap[context].astype(np.float64)
-        if (sub == 1.0).any() and (sub == 0.0).any():
-            with contextlib.redirect_stdout(io.StringIO()):  # pymatting prints solver warnings
-                solved = estimate_alpha_cf(unit_float(image[context]), sub)
+        weights = None
+        if pulled is not None and pull > 0 and (pulled[context] & (sub == 0.5)).any():
+            weights = pulled[context] * pull
+        if weights is not None or ((sub == 1.0).any() and (sub == 0.0).any()):
+            solved = _solve_tile(unit_float(image[context]), sub, prior[context], weights)
             inner = _inner(core, context)
             band = unknown[core]
             alpha[core][band] = solved[inner][band]
         if progress is not None:
             progress(done, len(jobs))
     return alpha
+
+
+def _solve_tile(image: np.ndarray, trimap: np.ndarray, prior: np.ndarray, pull: Optional[np.ndarray]) -> np.ndarray:
+    """Alpha of one crop: pymatting's closed-form solve, or with `pull` (per-pixel weights) its
+    linear system (the unknown rows of the matting Laplacian, known pixels moved to the
+    right-hand side) plus the weights on the diagonal and `pull * prior` on the right."""
+    from pymatting import cf_laplacian, cg, estimate_alpha_cf, ichol
+    from scipy.sparse import diags
+
+    with contextlib.redirect_stdout(io.StringIO()):  # pymatting prints solver warnings
+        if pull is None:
+            return estimate_alpha_cf(image, trimap)
+        unknown = (trimap == 0.5).ravel()
+        known = ~unknown
+        laplacian = cf_laplacian(image)
+        system = laplacian[unknown][:, unknown].tocsr()
+        weights = pull.ravel()[unknown]
+        system = system + diags(weights, format="csr")
+        rhs = weights * prior.ravel()[unknown].astype(np.float64)
+        if known.any():
+            rhs -= laplacian[unknown][:, known] @ (trimap.ravel()[known] == 1.0).astype(np.float64)
+        out = trimap.astype(np.float64).ravel()
+        out[unknown] = cg(system, rhs, M=ichol(system.tocsc()))
+    return np.clip(out, 0.0, 1.0).reshape(trimap.shape)
 
 
 def estimate_foreground(image: np.ndarray, alpha: np.ndarray, background=None,
