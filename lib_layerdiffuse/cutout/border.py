@@ -1,7 +1,12 @@
 """The weight-free cutout: a subject on a flat or smooth background, no model, no download.
 
 1. Background (`background.py`): a colour surface fitted robustly to the image border, then
-   refitted on every background pixel as the subject mask improves (three rounds).
+   refitted on every background pixel as the subject mask improves, until the mask settles
+   (a refit changes under `SETTLED` of it; at most `ROUNDS` refits). Each refit takes back only
+   part of a subject the first surface swallowed: a dark suit along the frame took four refits
+   in the darkened corners of a cos^4 vignette (SAD 11.2 after three, 0.95 settled) and nine on
+   a noisy JPEG whose backdrop is close to its colour. On noisy images the mask never stops
+   changing entirely: a few pixels at the noise threshold flip from refit to refit.
 2. Subject mask: distance to the surface, measured on a lightly smoothed copy (so noise and JPEG
    artefacts do not reach the thresholds), split by hysteresis: pixels above a low threshold
    (1.5 x the background's noise) belong to the subject when their region also holds pixels above
@@ -62,7 +67,8 @@ SMOOTH_SIGMA = 1.0
 SMALL = 64  # images with a side under this are not smoothed and get no gap
 REFERENCE = 384  # widths are in pixels of an image this size; larger images scale them up ...
 WIDEST = 1024  # ... up to this size: beyond it, wider bands cost memory (fully unknown matting tiles)
-ROUNDS = 3
+ROUNDS = 16
+SETTLED = 0.0005  # a refit that changes at most this fraction of the mask ends the refits
 _USE_MODEL = "choose a model such as isnet-general-use for this image"
 
 
@@ -197,7 +203,11 @@ def border_matte(image: np.ndarray, band: int = 10, progress=None) -> BorderMatt
             break
         surface, noise = fit_surface(smooth, background)
         low = max(LOW * noise, NOISE_FLOOR)
-        subject = _subject(surface.distance(smooth), low, max(3 * low, STRONG), fit.outliers)
+        refit = _subject(surface.distance(smooth), low, max(3 * low, STRONG), fit.outliers)
+        changed = np.count_nonzero(refit != subject)
+        subject = refit
+        if changed <= SETTLED * subject.size:
+            break
     if not subject.any():
         raise CutoutError("no subject found: the whole image matches its border background")
     least = surface.least_alpha(smooth)
