@@ -54,8 +54,7 @@ Row = tuple[str, str, float, str]  # part, setting, seconds, ratio text
 
 class Clock:
     """Median wall time of a call after one warm-up, synchronising the GPU around it; without
-    autograd, as a sampler runs (recording the graph cost the sharing step 1.40x instead of 1.0x
-    at 32x32 latents on the CPU)."""
+    autograd, as a sampler runs."""
 
     def __init__(self, device: torch.device, repeats: int):
         self.device, self.repeats = device, repeats
