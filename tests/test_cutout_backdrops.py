@@ -33,7 +33,7 @@ def case(name: str, backdrop: str, seed: int = 0):
 # not follow a cos^4 vignette [first pipeline]; matting left a large suit close to the backdrop's
 # colour half transparent, and went under the unmix bound on a dark outline [second pipeline];
 # three refits of the surface left a dark suit in the darkened corners of a cos^4 vignette
-# (each refit only takes back part of it: the refits now run until the mask stops changing).
+# (each refit only takes back part of it: the refits now run until the mask settles).
 @pytest.mark.parametrize("name, backdrop, seed, bound", [
     ("man_crop", "gradient", 0, 1.0),  # [8.1] the jacket touches the frame
     ("cat", "gradient", 0, 1.5),  # [8.6] fur, cut by the frame

@@ -2,7 +2,7 @@
 
 1. Background (`background.py`): a colour surface fitted robustly to the image border, then
    refitted on every background pixel as the subject mask improves, until the mask settles
-   (a refit changes under `SETTLED` of it; at most `ROUNDS` refits). Each refit takes back only
+   (a refit changes at most `SETTLED` of it; at most `ROUNDS` refits). Each refit takes back only
    part of a subject the first surface swallowed: a dark suit along the frame took four refits
    in the darkened corners of a cos^4 vignette (SAD 11.2 after three, 0.95 settled) and nine on
    a noisy JPEG whose backdrop is close to its colour. On noisy images the mask never stops
