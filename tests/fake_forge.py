@@ -7,6 +7,14 @@ early Forge, a set keyed by a filename on current Forge); both `load_frozen_patc
 signatures; object patches replace modules by dotted name; the LDM attention signature
 with `transformer_options`; latent scaling on the UNet (early) or the VAE (current); a
 processing object with the attributes the hooks read.
+
+Loading a UNet (`Memory.load_unet`, what `sampling_prepare` does) follows both hosts' order:
+the previous clone of the same model is unpatched, then object patches go in first and weight
+patches (user LoRAs, LayerDiffuse's SDXL files) after, by parameter path. Current Forge's
+`LoraLoader.refresh` restores its backups and merges with `set_attr_raw` on dotted paths and
+raises "Wrong LoRA Key" for a path it cannot reach; in online mode it hangs the patches on the
+layer (`forge_online_loras`) for `operations.get_weight_and_bias`. Early Forge's `patch_model`
+looks keys up in the state dict after the object patches and skips missing ones.
 """
 
 from __future__ import annotations
@@ -86,6 +94,99 @@ def set_attr(root: nn.Module, dotted: str, value: nn.Module) -> nn.Module:
     old = getattr(module, name)
     setattr(module, name, value)
     return old
+
+
+def attr_with_parent(root: Any, dotted: str) -> tuple[Any, str, Any]:
+    """Forge's `get_attr_with_parent`: plain getattr along the path (AttributeError if a module
+    on the way lacks the name)."""
+    parent, value = root, root
+    for name in dotted.split("."):
+        parent, value = value, getattr(value, name)
+    return parent, dotted.rsplit(".", 1)[-1], value
+
+
+def set_attr_raw(root: Any, dotted: str, value: Any) -> None:
+    """Forge's `set_attr_raw`: setattr on the module the path leads to."""
+    parent, name, _ = attr_with_parent(root, dotted)
+    setattr(parent, name, value)
+
+
+def merge_patches(entries: list, weight: torch.Tensor) -> torch.Tensor:
+    """The weight with patches merged in fp32: entries `(strength, (kind, values), strength_model)`;
+    kinds "lora" (up, down, alpha, ...) and "diff" (delta, ...), the two LayerDiffuse and kohya
+    LoRAs use."""
+    out = weight.float().clone()
+    for strength, (kind, values), strength_model in entries:
+        out = out * strength_model
+        if kind == "lora":
+            up, down, alpha = values[0].float(), values[1].float(), values[2]
+            scale = float(alpha) / down.shape[0] if alpha is not None else 1.0
+            out = out + strength * scale * (up.flatten(1) @ down.flatten(1)).reshape(out.shape)
+        elif kind == "diff":
+            diff = values[0].float()
+            if diff.shape != out.shape:  # LayerDiffuse's widened conv_in: pad the weight
+                wide = out.new_zeros(diff.shape)
+                wide[tuple(slice(0, n) for n in out.shape)] = out
+                out = wide
+            out = out + strength * diff
+        else:
+            raise ValueError(f"the fake merges lora and diff patches, not {kind!r}")
+    return out.to(weight.dtype)
+
+
+class LoraLoader:
+    """Current Forge's `backend.patcher.lora.LoraLoader`, one per model (`model.lora_loader`)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.backup: dict[str, torch.Tensor] = {}
+        self.online_backup: list = []
+        self.loaded_hash = str([])
+
+    @torch.no_grad()
+    def refresh(self, lora_patches: dict, offload_device=None, force_refresh=False):
+        hashes = str(list(lora_patches.keys()))
+        if hashes == self.loaded_hash and not force_refresh:
+            return
+        merged: dict[tuple, list] = {}
+        for (_, _, _, online_mode), patches in lora_patches.items():
+            for key, entries in patches.items():
+                merged[(key, online_mode)] = merged.get((key, online_mode), []) + entries
+        for layer in set(self.online_backup):
+            del layer.forge_online_loras
+        self.online_backup = []
+        for key, weight in self.backup.items():
+            set_attr_raw(self.model, key, weight)
+        self.backup = {}
+        for (key, online_mode), entries in merged.items():
+            try:
+                parent, child, weight = attr_with_parent(self.model, key)
+                assert isinstance(weight, nn.Parameter)
+            except (AttributeError, AssertionError):
+                raise ValueError(f"Wrong LoRA Key: {key}") from None
+            if online_mode:
+                if not hasattr(parent, "forge_online_loras"):
+                    parent.forge_online_loras = {}
+                parent.forge_online_loras[child] = entries
+                self.online_backup.append(parent)
+                continue
+            self.backup.setdefault(key, weight)
+            out = merge_patches([(e[0], e[1], e[2]) for e in entries], weight)
+            set_attr_raw(self.model, key, nn.Parameter(out, requires_grad=False))
+        self.loaded_hash = hashes
+
+
+def get_weight_and_bias(layer, weight_args=None, bias_args=None, weight_fn=None, bias_fn=None):
+    """Current Forge's `backend.operations.get_weight_and_bias`: the stored weight (through
+    `weight_fn`) with the online LoRAs of the layer merged."""
+    patches = getattr(layer, "forge_online_loras", {})
+    weight = layer.weight if weight_fn is None else weight_fn(layer.weight)
+    if "weight" in patches:
+        weight = merge_patches([(e[0], e[1], e[2]) for e in patches["weight"]], weight)
+    bias = layer.bias
+    if bias is not None and "bias" in patches:
+        bias = merge_patches([(e[0], e[1], e[2]) for e in patches["bias"]], bias)
+    return weight, bias
 
 
 class LatentScaling:
@@ -241,6 +342,9 @@ class UnetPatcherBase(ModelPatcher):
         backup = {k: set_attr(self.model, k, v) for k, v in self.object_patches.items()}
         return lambda: [set_attr(self.model, k, v) for k, v in backup.items()]
 
+    def is_clone(self, other) -> bool:
+        return getattr(other, "model", None) is self.model
+
 
 class EarlyUnetPatcher(UnetPatcherBase):
     generation = 1
@@ -263,6 +367,37 @@ class EarlyUnetPatcher(UnetPatcherBase):
 
     def load_frozen_patcher(self, state_dict, strength):
         self.add_patches(self._frozen(state_dict), float(strength), 1.0)
+
+    def patch_model(self, device_to=None, patch_weights=True):
+        """ldm_patched's order: object patches, then weights found in the state dict."""
+        self.object_patches_backup = getattr(self, "object_patches_backup", {})
+        for k, obj in self.object_patches.items():
+            self.object_patches_backup.setdefault(k, attr_with_parent(self.model, k)[2])
+            set_attr_raw(self.model, k, obj)
+        self.backup = getattr(self, "backup", {})
+        state = self.model.state_dict(keep_vars=True)
+        for key, entries in self.patches.items():
+            if key not in state:
+                print("could not patch. key doesn't exist in model:", key)
+                continue
+            weight = state[key]
+            self.backup.setdefault(key, weight)
+            set_attr_raw(self.model, key, nn.Parameter(merge_patches(entries, weight), requires_grad=False))
+        return self.model
+
+    def unpatch_model(self, device_to=None):
+        for key, weight in getattr(self, "backup", {}).items():
+            set_attr_raw(self.model, key, weight)
+        self.backup = {}
+        for key, obj in getattr(self, "object_patches_backup", {}).items():
+            set_attr_raw(self.model, key, obj)
+        self.object_patches_backup = {}
+
+    def load(self):
+        self.patch_model()
+
+    def unload(self):
+        self.unpatch_model()
 
 
 class CurrentUnetPatcher(UnetPatcherBase):
@@ -290,6 +425,31 @@ class CurrentUnetPatcher(UnetPatcherBase):
 
     def load_frozen_patcher(self, filename, state_dict, strength):
         self.add_patches(filename=filename, patches=self._frozen(state_dict), strength_patch=float(strength))
+
+    def refresh_loras(self):
+        if not hasattr(self.model, "lora_loader"):
+            self.model.lora_loader = LoraLoader(self.model)
+        self.model.lora_loader.refresh(lora_patches=self.lora_patches, offload_device=self.offload_device)
+
+    def forge_patch_model(self, target_device=None):
+        self.object_patches_backup = getattr(self, "object_patches_backup", {})
+        for k, obj in self.object_patches.items():
+            self.object_patches_backup.setdefault(k, attr_with_parent(self.model, k)[2])
+            set_attr_raw(self.model, k, obj)
+        return self.model
+
+    def forge_unpatch_model(self, target_device=None):
+        for k, obj in getattr(self, "object_patches_backup", {}).items():
+            set_attr_raw(self.model, k, obj)
+        self.object_patches_backup = {}
+
+    def load(self):
+        """`LoadedModel.model_load`: object patches, then `refresh_loras`."""
+        self.forge_patch_model()
+        self.refresh_loras()
+
+    def unload(self):
+        self.forge_unpatch_model()
 
 
 class Posterior:
@@ -339,9 +499,21 @@ class SdModel:
         self.is_sdxl, self.is_sd1 = family == "sdxl", family == "sd15"
         self.forge_objects = types.SimpleNamespace(
             unet=unet_cls(BaseModel(family, generation), "cpu", "cpu"), vae=VAE(family, generation), clip=None)
+        self.forge_objects_original = types.SimpleNamespace(**vars(self.forge_objects))
         self.forge_objects_after_applying_lora = types.SimpleNamespace(**vars(self.forge_objects))
         self.context_dim = TINY[family].context_dim if family in TINY else 32
         self.encoded_prompts: list[str] = []
+
+    def apply_loras(self, loras: list[tuple[str, dict, float]], online_mode: bool = False):
+        """What Forge's LoRA extension does when the prompt's LoRAs change: a clone of the
+        original UNet with each `(filename, patches, strength)` added."""
+        unet = self.forge_objects_original.unet.clone()
+        for filename, patches, strength in loras:
+            if unet.generation == 1:
+                unet.add_patches(patches, strength)
+            else:
+                unet.add_patches(filename=filename, patches=patches, strength_patch=strength, online_mode=online_mode)
+        self.forge_objects_after_applying_lora.unet = unet
 
     def reset_objects(self):
         """What Forge does before every sampling pass."""
@@ -421,6 +593,7 @@ class Memory:
     def __init__(self):
         self.loaded: list = []
         self.prepared: list = []
+        self.current_unets: list = []
 
     def module(self, name: str) -> types.ModuleType:
         return _module(name, get_torch_device=lambda: torch.device("cpu"), should_use_fp16=lambda device=None: False,
@@ -428,6 +601,18 @@ class Memory:
 
     def sampling_prepare(self, unet, x):
         self.prepared.append(unet)
+        self.load_unet(unet)
+
+    def load_unet(self, unet) -> None:
+        """`load_models_gpu([unet])`: nothing when this patcher is loaded already; otherwise
+        its loaded clones are unloaded (their patches undone), then it is patched."""
+        if any(u is unet for u in self.current_unets):
+            return
+        for other in [u for u in self.current_unets if unet.is_clone(u)]:
+            other.unload()
+            self.current_unets.remove(other)
+        unet.load()
+        self.current_unets.append(unet)
 
 
 def forge_modules(generation: int, memory: Memory) -> dict[str, types.ModuleType]:
@@ -448,6 +633,7 @@ def forge_modules(generation: int, memory: Memory) -> dict[str, types.ModuleType
             "backend.patcher.unet": _module("backend.patcher.unet", UnetPatcher=CurrentUnetPatcher),
             "backend.patcher.base": _module("backend.patcher.base", ModelPatcher=ModelPatcher),
             "backend.memory_management": memory.module("backend.memory_management"),
+            "backend.operations": _module("backend.operations", get_weight_and_bias=get_weight_and_bias),
             "backend.sampling": _module("backend.sampling"),
             "backend.sampling.sampling_function": _module("backend.sampling.sampling_function",
                                                           sampling_prepare=memory.sampling_prepare),

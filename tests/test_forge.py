@@ -4,6 +4,7 @@ API arguments, infotext, transparent img2img and importing the script file."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import importlib.util
@@ -20,6 +21,7 @@ import fake_forge as ff
 from lib_layerdiffuse import form
 from lib_layerdiffuse.cutout import CutoutSettings
 from lib_layerdiffuse.forge import hooks, saving, ui, unet_files
+from lib_layerdiffuse.forge.attention import SharedAttention
 from lib_layerdiffuse.forge.cutout import split_script_args
 from lib_layerdiffuse.forge.host import UnsupportedHostError, detect_host
 from lib_layerdiffuse.forge.job import ERROR_KEY, job_of
@@ -845,3 +847,120 @@ def test_cutout_api_named_values_and_bad_values(forge):
     p = processing("sdxl", forge.generation)
     hooks.process(p, *cutout_args(True, "no-such-model"))
     assert any("invalid cutout settings" in c and "no-such-model" in c for c in p.comments)
+
+
+# ---- user LoRAs together with attention sharing (Forge merges them after the object patches) ---
+
+def user_lora(model: torch.nn.Module, seed: int) -> dict:
+    """A kohya-style LoRA as Forge's loader hands it over: rank-2 `("lora", (up, down, alpha,
+    mid, dora))` patches on every attention projection and on one other weight."""
+    gen = torch.Generator().manual_seed(seed)
+    keys = [f"diffusion_model.{n}.{proj}.weight" for n in attention_modules(Family.SD15)
+            for proj in ("to_q", "to_k", "to_v", "to_out.0")]
+    keys.append(next(k for k, _ in model.named_parameters() if k.endswith("proj_in.weight")))
+    patches = {}
+    for key in keys:
+        out, inp = model.get_parameter(key).shape[:2]
+        patches[key] = ("lora", (torch.randn(out, 2, generator=gen) * 0.2, torch.randn(2, inp, generator=gen) * 0.2,
+                                 2.0, None, None))
+    return patches
+
+
+def lora_delta(patch, strength, shape):
+    up, down, alpha = patch[1][:3]
+    return (strength * alpha / down.shape[0] * (up @ down)).reshape(shape)
+
+
+def call_forge(p, forge, loras, method=None, online_mode=False):
+    """One generation as Forge runs it up to the first UNet call: the LoRA extension's clone,
+    the objects reset, our hooks, then Forge loading the UNet (object patches, then LoRAs)."""
+    p.sd_model.apply_loras(loras, online_mode=online_mode)
+    p.sd_model.reset_objects()
+    p.__dict__.pop("layerdiffuse_job", None)
+    noise = torch.randn(p.batch_size, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(0))
+    if method is not None:
+        args = args_for(method)
+        hooks.process(p, *args)
+        p.sampler = ff.Sampler()
+        hooks.before_sampling(p, *args, x=noise, noise=noise, c=None, uc=None)
+        assert job_of(p).error is None, job_of(p).error
+    unet = p.sd_model.forge_objects.unet
+    forge.memory.sampling_prepare(unet, noise)
+    return unet
+
+
+@pytest.mark.parametrize("sequence", [
+    [("A", 1.0, False), (None, 0, True), (None, 0, False)],  # plain + LoRA, then fg-only without it
+    [(None, 0, False), ("A", 1.0, True), (None, 0, False)],  # plain, then fg-only + LoRA
+    [("A", 0.5, True), ("A", 1.0, True), ("B", 1.0, True), (None, 0, True), ("B", 1.0, False)],
+], ids=["lora-then-layer", "layer-with-lora", "changing-sets"])
+def test_user_loras_reach_the_shared_attention_whatever_the_set_before(forge, sequence):
+    """Forge merges user LoRAs by parameter path after it has put the object patches in: the
+    paths must be the UNet's own while sharing is active, the merged weights must be what the
+    shared attention computes with, and a later plain call must find the UNet as it was."""
+    p = processing("sd15", forge.generation)
+    model = p.sd_model.forge_objects.unet.model
+    loras = {"A": user_lora(model, 1), "B": user_lora(model, 2)}
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    for name, strength, layer in sequence:
+        chosen = [(f"{name}.safetensors", loras[name], strength)] if name else []
+        call_forge(p, forge, chosen, Method.FG_ONLY_ATTN_SD15 if layer else None)
+        params = dict(model.named_parameters())
+        assert set(params) == set(before)  # the same paths, with and without the stand-ins
+        for key, value in before.items():
+            expected = value + lora_delta(loras[name][key], strength, value.shape) if name and key in loras[name] else value
+            torch.testing.assert_close(params[key], expected, atol=1e-6, rtol=0, msg=key)
+        for attn_name in attention_modules(Family.SD15):
+            module = model.get_submodule(f"diffusion_model.{attn_name}")
+            assert isinstance(module, SharedAttention) == layer
+            if layer:
+                assert module.original.to_q.weight is params[f"diffusion_model.{attn_name}.to_q.weight"]
+    if sequence[-1][0] is None:
+        assert all(torch.equal(v, before[k]) for k, v in model.named_parameters())
+
+
+def test_shared_attention_computes_with_the_merged_lora(forge):
+    """The sharing processor merges its own per-frame LoRAs into the projections when it first
+    runs, which is after Forge merged the user's: the output is the published algorithm's on the
+    LoRA-merged attention module."""
+    p = processing("sd15", forge.generation)
+    model = p.sd_model.forge_objects.unet.model
+    lora = user_lora(model, 3)
+    unet = call_forge(p, forge, [("A.safetensors", lora, 1.0)], Method.FG_ONLY_ATTN_SD15)
+    name = attention_modules(Family.SD15)[0]
+    module = model.get_submodule(f"diffusion_model.{name}")
+    reference = copy.deepcopy(module.original)
+    for proj in ("to_q", "to_k", "to_v", "to_out.0"):
+        key = f"diffusion_model.{name}.{proj}.weight"
+        reference.get_submodule(proj).weight.data = model.get_parameter(key).detach().clone()
+    weights, = unet.extra_modules
+    h = torch.randn(2, (SIZE // 8) ** 2, reference.to_q.in_features)
+    mark = torch.tensor([1.0, 0.0])
+    out = module(h, transformer_options={"cond_mark": mark})
+    expected = published_unit(reference, weights.hookers.layers[0], 1, h, None, mark, [None], None)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("forge", [2], indirect=True, ids=["current-forge"])  # early Forge has no online mode
+def test_online_loras_of_current_forge_reach_the_shared_attention(forge):
+    """Current Forge keeps LoRAs beside low-bit weights (online mode) and applies them in the
+    layer's forward; the sharing processor must take the weights that forward would use."""
+    p = processing("sd15", forge.generation)
+    model = p.sd_model.forge_objects.unet.model
+    lora = user_lora(model, 4)
+    unet = call_forge(p, forge, [("A.safetensors", lora, 1.0)], Method.FG_ONLY_ATTN_SD15, online_mode=True)
+    name = attention_modules(Family.SD15)[0]
+    module = model.get_submodule(f"diffusion_model.{name}")
+    reference = copy.deepcopy(module.original)
+    for proj in ("to_q", "to_k", "to_v", "to_out.0"):
+        key = f"diffusion_model.{name}.{proj}.weight"
+        weight = model.get_parameter(key).detach()
+        merged = weight + lora_delta(lora[key], 1.0, weight.shape)
+        reference.get_submodule(proj).weight.data = merged
+        assert hasattr(module.get_submodule(proj), "forge_online_loras")
+    weights, = unet.extra_modules
+    h = torch.randn(2, (SIZE // 8) ** 2, reference.to_q.in_features)
+    mark = torch.tensor([1.0, 0.0])
+    out = module(h, transformer_options={"cond_mark": mark})
+    expected = published_unit(reference, weights.hookers.layers[0], 1, h, None, mark, [None], None)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)

@@ -26,6 +26,14 @@ from ..weights.errors import WeightFormatError
 
 PROJECTIONS = (("to_q_lora", "to_q"), ("to_k_lora", "to_k"), ("to_v_lora", "to_v"), ("to_out_lora", "to_out.0"))
 
+# A linear layer's weight and bias as its forward would use them (hosts may keep weights
+# quantised, scaled or with LoRAs applied on the fly)
+WeightsOf = Callable[[nn.Module], tuple[torch.Tensor, Optional[torch.Tensor]]]
+
+
+def stored_weights(linear: nn.Module) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    return linear.weight, linear.bias
+
 
 class LoRAPair(nn.Module):
     def __init__(self, in_features: int, out_features: int, rank: int):
@@ -203,29 +211,30 @@ class SharingProcessor:
     """Diffusers attention processor for one attention module in attention-sharing mode;
     falls back to the module's own processor once "Stop At" has switched sharing off."""
 
-    def __init__(self, attn: nn.Module, layer: SharingLayer, state: SharingState, fallback):
+    def __init__(self, attn: nn.Module, layer: SharingLayer, state: SharingState, fallback,
+                 weights_of: Optional[WeightsOf] = None):
         self.layer = layer
         self.state = state
         self.fallback = fallback
         self.heads = attn.heads
-        self._merge(attn)
+        self._merge(attn, weights_of or stored_weights)
         self._merge_temporal()
         self._control: dict[tuple[int, int], torch.Tensor] = {}
 
     @torch.no_grad()
-    def _merge(self, attn: nn.Module) -> None:
+    def _merge(self, attn: nn.Module, weights_of: WeightsOf) -> None:
         """Per frame, the four projections `W + up @ down` (fp32 math), on the device and in the
         dtype of the sharing layer (which is moved to where the UNet runs); q, k and v also
-        joined for self-attention, k and v for cross-attention (one product each)."""
+        joined for self-attention, k and v for cross-attention (one product each). `W` and the
+        bias are what `weights_of` says the layer's forward uses (with a host's LoRAs)."""
         merged = {}
         for name, proj in PROJECTIONS:
-            lin = attn.get_submodule(proj)
+            weight, bias = weights_of(attn.get_submodule(proj))
             per_frame = []
             for pair in getattr(self.layer, name):
                 up = pair.up.weight
-                w = lin.weight.to(up.device).float() + up.float() @ pair.down.weight.float()
-                bias = lin.bias.to(up.device, up.dtype) if lin.bias is not None else None
-                per_frame.append((w.to(up.dtype), bias))
+                w = weight.to(up.device).float() + up.float() @ pair.down.weight.float()
+                per_frame.append((w.to(up.dtype), bias.to(up.device, up.dtype) if bias is not None else None))
             merged[proj] = per_frame
         self.q, k, v, self.out = (merged[proj] for _, proj in PROJECTIONS)
         self.kv = [_joined(*p) for p in zip(k, v)]

@@ -2,9 +2,16 @@
 
 Forge swaps modules in through `add_object_patch`; the stand-in takes the LDM attention
 signature, reads Forge's per-sample `cond_mark` (0 = positive prompt) from
-`transformer_options`, and computes the same thing as the diffusers processor. The original
-module and the sharing weights are held outside the module tree so the UNet's parameter names
-stay the same (user LoRAs still find their keys) and Forge loads the weights on its own.
+`transformer_options`, and computes the same thing as the diffusers processor.
+
+Forge applies object patches first and user LoRAs after, by parameter path
+(`...attn1.to_q.weight`): current Forge's LoRA loader restores and merges weights with
+`set_attr_raw` on that path, early Forge looks the path up in the state dict. So the stand-in
+carries the original's own projection modules under their own names: every parameter path of
+the UNet is the same while LayerDiffuse is active, and a LoRA merged into `to_q.weight` lands in
+the very module the original (and the sharing processor, built at the first call, after Forge
+has merged the LoRAs) reads. The original module and the sharing weights themselves are held
+outside the module tree, so no path is added and Forge loads the sharing weights on its own.
 """
 
 from __future__ import annotations
@@ -14,13 +21,21 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..engine.sharing import SharingLayer, SharingProcessor, SharingState
+from ..engine.sharing import SharingLayer, SharingProcessor, SharingState, WeightsOf
 
 
 class SharedAttention(nn.Module):
-    def __init__(self, original: nn.Module, layer: SharingLayer, state: SharingState):
+    def __init__(self, original: nn.Module, layer: SharingLayer, state: SharingState,
+                 weights_of: Optional[WeightsOf] = None):
         super().__init__()
+        own = [name for name, _ in original.named_parameters(recurse=False)]
+        if own:
+            raise ValueError(f"{type(original).__name__} holds parameters of its own ({', '.join(own)}) that "
+                             "attention sharing could not keep under their names; this UNet is not supported")
+        for name, child in original.named_children():
+            self.add_module(name, child)  # the same modules: one path each, shared with the original
         self._held = (original, layer)
+        self._weights_of = weights_of
         self.state = state
         self._processor: Optional[SharingProcessor] = None
         self._key: Optional[tuple] = None
@@ -38,7 +53,8 @@ class SharedAttention(nn.Module):
             probe = next(layer.parameters())
             if (probe.device, probe.dtype) != key:
                 layer.to(*key)
-            self._processor = SharingProcessor(self.original, layer, self.state, fallback=None)
+            self._processor = SharingProcessor(self.original, layer, self.state, fallback=None,
+                                               weights_of=self._weights_of)
             self._key = key
         return self._processor
 

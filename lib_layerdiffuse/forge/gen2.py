@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import importlib
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -22,6 +23,15 @@ class CurrentForge(ForgeHost):
 
     def percent_to_sigma(self, unet, percent: float) -> float:
         return float(unet.model.predictor.percent_to_sigma(percent))
+
+    def linear_weights(self, linear: torch.nn.Module) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Through Forge's own helper, which applies what its layers' forward applies: the
+        weight scale of scaled fp8 files and the LoRAs it keeps beside a low-bit weight instead
+        of merging them (online mode); GGUF weights are dequantised first."""
+        weight_fn = None
+        if getattr(linear.weight, "gguf_cls", None) is not None:
+            weight_fn = importlib.import_module("backend.operations_gguf").dequantize_tensor
+        return self.modules["operations"].get_weight_and_bias(linear, weight_fn=weight_fn)
 
     def sampling_prepare(self, unet, x: torch.Tensor) -> None:
         self.modules["sampling"].sampling_prepare(unet, x)

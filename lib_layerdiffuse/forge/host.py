@@ -54,6 +54,11 @@ class ForgeHost:
     def percent_to_sigma(self, unet, percent: float) -> float:
         raise NotImplementedError
 
+    def linear_weights(self, linear: torch.nn.Module) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The weight and bias a UNet linear layer's forward computes with (attention sharing
+        merges its own weights into them)."""
+        return linear.weight, linear.bias
+
     def sampling_prepare(self, unet, x: torch.Tensor) -> None:
         """Load `unet` (and what it brings along) for sampling, through Forge's memory manager."""
         raise NotImplementedError
@@ -130,6 +135,7 @@ def detect_host() -> ForgeHost:
             "unet": unet_v2, "memory": importlib.import_module("backend.memory_management"),
             "model_patcher": importlib.import_module("backend.patcher.base"),
             "sampling": importlib.import_module("backend.sampling.sampling_function"),
+            "operations": importlib.import_module("backend.operations"),
         })
     unet_v1 = _import("modules_forge.unet_patcher")
     ldm = _import("ldm_patched.modules.model_patcher")

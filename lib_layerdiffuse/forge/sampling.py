@@ -27,7 +27,7 @@ def patch_unet(p: Any, params: LayerDiffuseParams, host: ForgeHost, noise: torch
     unet = objects.unet.clone()
     original: Optional[Any] = None
     if spec.patch_kind is PatchKind.ATTENTION_SHARING:
-        state = _install_sharing(p, params, unet, w * 8, h * 8)
+        state = _install_sharing(p, params, host, unet, w * 8, h * 8)
         on_stop: Callable[[], None] = lambda: setattr(state, "active", False)  # noqa: E731
     else:
         if params.stop_at < 1.0:
@@ -55,7 +55,8 @@ def patch_unet(p: Any, params: LayerDiffuseParams, host: ForgeHost, noise: torch
     objects.unet = unet
 
 
-def _install_sharing(p: Any, params: LayerDiffuseParams, unet, width: int, height: int) -> SharingState:
+def _install_sharing(p: Any, params: LayerDiffuseParams, host: ForgeHost, unet, width: int,
+                     height: int) -> SharingState:
     spec = params.method.spec
     model = unet.model.diffusion_model
     names = attention_modules(Family.SD15)
@@ -67,7 +68,7 @@ def _install_sharing(p: Any, params: LayerDiffuseParams, unet, width: int, heigh
         image, = params.condition_images()
         state.control_image = control_pixels(image, width, height, params.resize_mode)
     for name, module, layer in zip(names, modules, weights.hookers.layers):
-        unet.add_object_patch("diffusion_model." + name, SharedAttention(module, layer, state))
+        unet.add_object_patch("diffusion_model." + name, SharedAttention(module, layer, state, host.linear_weights))
     # no cast: current Forge's UNet has no `dtype` to cast to, and SharedAttention moves the
     # weights to the activations' device and dtype itself
     unet.add_extra_torch_module_during_sampling(weights, cast_to_unet_dtype=False)
