@@ -38,5 +38,9 @@ class LayerDiffuseForForge(scripts.Script):
     def postprocess_image_after_composite(self, p, pp, *args):
         hooks.after_composite(p, pp, *args)
 
+    def postprocess(self, p, processed, *args):
+        hooks.postprocess(p, processed)
+
 
 script_callbacks.on_before_image_saved(saving.restore_pixels)
+script_callbacks.on_image_grid(saving.remember_grid)

@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from lib_layerdiffuse.testing.flux import FLUX_VAE, tiny_flux_transformer, tiny_flux_vae, to_bfl_state_dict
@@ -697,18 +698,79 @@ class ImageSaveParams:
     pnginfo: dict
 
 
+class ImageGridLoopParams:
+    def __init__(self, imgs, cols, rows):
+        self.imgs, self.cols, self.rows = imgs, cols, rows
+
+
+def stealth_write(params: ImageSaveParams, mode: str) -> None:
+    """Current Forge's stealth-infotext writer as it treats pixels: "Alpha" sets the alpha of
+    the image object to 255, then both modes write bits into the lowest bit of the first pixels
+    (column by column); "RGB" unpacks three values per pixel, so an RGBA image raises."""
+    bits = "".join(f"{byte:08b}" for byte in ("stealth_" + params.pnginfo["parameters"]).encode())[:96]
+    if mode == "Alpha":
+        params.image.putalpha(255)
+    pixels = params.image.load()
+    width, height = params.image.size
+    index = 0
+    for x in range(width):
+        for y in range(height):
+            if index >= len(bits):
+                return
+            if mode == "Alpha":
+                r, g, b, a = pixels[x, y]
+                pixels[x, y] = (r, g, b, (a & ~1) | int(bits[index]))
+                index += 1
+            else:
+                r, g, b = pixels[x, y]
+                pixels[x, y] = (r & ~1) | int(bits[index]), g, b
+                index += 3
+
+
 def webui_modules(opts: Any, saved: list, generation: int = 2) -> dict[str, types.ModuleType]:
     """`modules.*` of the WebUI as far as the script file and the saving code use them (early
-    Forge's resize_image has no force_RGBA; only current Forge's transparent img2img passes it)."""
+    Forge's resize_image has no force_RGBA; only current Forge's transparent img2img passes it).
+
+    `save_image` follows Forge's order: the stealth-infotext writer (current Forge, when PNG
+    info is on), then the `before_image_saved` callbacks, then the file is written: `saved`
+    records the object and a copy of what went into the file. `image_grid` calls the
+    `image_grid` callbacks, then composes like the host (current Forge RGBA on the grid colour,
+    early Forge RGB on black)."""
     class Script:
         def elem_id(self, item_id):
             return f"script_layerdiffuse_{item_id}"
 
     callbacks: list = []
+    grid_callbacks: list = []
 
-    def save_image(image, path, basename, seed=None, prompt=None, extension="png", info=None, p=None, suffix="", **kw):
-        saved.append(dict(image=image, extension=extension, info=info, suffix=suffix))
-        return f"{path}/{seed}{suffix}.{extension}", None
+    def save_image(image, path, basename, seed=None, prompt=None, extension="png", info=None, p=None, suffix="",
+                   grid=False, **kw):
+        filename = f"{path}/{basename or seed}{suffix}.{extension}"
+        params = ImageSaveParams(image, p, filename, {"parameters": info} if info is not None else {})
+        if generation == 2 and opts.enable_pnginfo and filename.endswith(".png") and "parameters" in params.pnginfo:
+            mode = opts.data.get("stealth_pnginfo_option", "Alpha")
+            if mode and mode != "None":
+                stealth_write(params, mode)
+        for callback in callbacks:
+            callback(params)
+        saved.append(dict(image=params.image, file=params.image.copy(), extension=extension, info=info,
+                          suffix=suffix, grid=grid))
+        return filename, None
+
+    def image_grid(imgs, batch_size=1, rows=None):
+        rows = rows or batch_size
+        cols = -(-len(imgs) // rows)
+        params = ImageGridLoopParams(imgs, cols, rows)
+        for callback in grid_callbacks:
+            callback(params)
+        w, h = map(max, zip(*(i.size for i in params.imgs)))
+        if generation == 2:
+            grid = Image.new("RGBA", (params.cols * w, params.rows * h), opts.grid_background_color)
+        else:
+            grid = Image.new("RGB", (params.cols * w, params.rows * h), "black")
+        for i, img in enumerate(params.imgs):
+            grid.paste(img, (i % params.cols * w + (w - img.width) // 2, i // params.cols * h + (h - img.height) // 2))
+        return grid
 
     def resize_image(resize_mode, im, width, height, upscaler_name=None, force_RGBA=False):
         return im.resize((width, height))
@@ -720,9 +782,10 @@ def webui_modules(opts: Any, saved: list, generation: int = 2) -> dict[str, type
         "modules": _module("modules"),
         "modules.scripts": _module("modules.scripts", Script=Script, AlwaysVisible=object()),
         "modules.script_callbacks": _module("modules.script_callbacks", before_image_saved=callbacks,
-                                            on_before_image_saved=callbacks.append),
+                                            on_before_image_saved=callbacks.append, image_grid=grid_callbacks,
+                                            on_image_grid=grid_callbacks.append),
         "modules.shared": _module("modules.shared", opts=opts, cmd_opts=types.SimpleNamespace()),
-        "modules.images": _module("modules.images", save_image=save_image,
+        "modules.images": _module("modules.images", save_image=save_image, image_grid=image_grid,
                                   resize_image=resize_image if generation == 2 else early_resize_image),
         "modules.processing": _module("modules.processing",
                                       create_infotext=lambda p, *a, index=0, **kw: f"{p.prompts[index]}, Seed: {p.seeds[index]}"),

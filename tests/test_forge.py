@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import hashlib
 import importlib.util
+import sys
 import types
 from pathlib import Path
 
@@ -75,10 +76,13 @@ def write_flux_files(folder):
 def forge(request, monkeypatch, weight_files):
     folder, catalog = weight_files
     memory = ff.Memory()
-    opts = types.SimpleNamespace(samples_format="png", enable_pnginfo=True,
+    opts = types.SimpleNamespace(samples_format="png", enable_pnginfo=True, grid_background_color="#ffffff",
                                  data={"stealth_pnginfo_option": "Alpha"})
     saved: list = []
     ff.install(monkeypatch, {**ff.forge_modules(request.param, memory), **ff.webui_modules(opts, saved, request.param)})
+    callbacks = sys.modules["modules.script_callbacks"]  # as the script file registers them
+    callbacks.on_before_image_saved(saving.restore_pixels)
+    callbacks.on_image_grid(saving.remember_grid)
     unet_files.use_store(WeightStore(folder, catalog=catalog, allow_download=False, progress=False))
     yield types.SimpleNamespace(generation=request.param, memory=memory, opts=opts, saved=saved,
                                 catalog=catalog, folder=folder)
@@ -110,9 +114,13 @@ class PostprocessImageArgs:
     index: int
 
 
-def run_job(p, args, hires=False):
+def run_job(p, args, hires=False, processed=None):
     """The order in which Forge calls the hooks (modules/processing.py), with a stand-in
     sampler: returns the patched UNets of every pass and the final images.
+
+    Each final image is saved as Forge saves it when `p.save_samples()`; with more than one, a
+    grid is composed (and saved); then `postprocess` gets the results (`processed`, a
+    namespace, receives them: `images` with the grid first, `extra_images`).
 
     With `hires` the batch gets a hires pass at twice the size, as Forge runs it: a new sampler,
     `process_before_every_sampling` (current Forge calls it twice, resetting its objects in
@@ -152,8 +160,25 @@ def run_job(p, args, hires=False):
             pixels = (images[i].movedim(0, -1).numpy() * 255).round().astype(np.uint8)
             pp = PostprocessImageArgs(Image.fromarray(pixels), i + n * b)
             hooks.after_composite(p, pp, *args)
+            if p.save_samples():
+                images_module().save_image(pp.image, "outputs", "", p.seeds[0], p.prompts[0],
+                                           sys.modules["modules.shared"].opts.samples_format, info="parameters", p=p)
             outputs.append(pp.image)
+    results = list(outputs)
+    if len(outputs) > 1:
+        grid = images_module().image_grid(outputs, p.batch_size)
+        if p.save_samples():
+            images_module().save_image(grid, "grids", "grid", p.seeds[0], p.prompts[0], "png", info="parameters",
+                                       p=p, grid=True)
+        results.insert(0, grid)
+    processed = processed if processed is not None else types.SimpleNamespace()
+    processed.images, processed.extra_images = results, p.extra_result_images
+    hooks.postprocess(p, processed)
     return patched, outputs
+
+
+def images_module():
+    return sys.modules["modules.images"]
 
 
 def forge_generation(p) -> int:
@@ -495,30 +520,72 @@ def test_output_origin_adds_the_opaque_image(forge):
     assert [img.mode for img in p.extra_result_images] == ["RGB", "RGB"]
 
 
-def test_stealth_infotext_cannot_wipe_the_alpha(forge):
-    p = processing("sdxl", forge.generation)
+def decoded_rgba(p) -> np.ndarray:
+    """The transparent decoder's RGBA of the last batch's first image."""
+    return job_of(p).outputs[0][0]
+
+
+@pytest.mark.parametrize("mode", ["Alpha", "RGB", "None"])
+@pytest.mark.parametrize("pnginfo", [True, False], ids=["pnginfo", "no-pnginfo"])
+def test_every_stealth_mode_saves_and_returns_the_decoders_alpha(forge, mode, pnginfo):
+    """Forge's stealth writer runs on the object that is also returned: "Alpha" overwrites the
+    alpha, "RGB" raised on RGBA (HTTP 500, nothing saved). The file and the response must have
+    the decoder's alpha, with the parameters hidden in RGB when the user chose "RGB"."""
+    forge.opts.data["stealth_pnginfo_option"] = mode
+    forge.opts.enable_pnginfo = pnginfo
+    p = processing("sdxl", forge.generation, saved=True)
     _, outputs = run_job(p, args_for(Method.FG_ONLY_ATTN))
-    image = outputs[0]
-    before = np.asarray(image).copy()
-    assert before[..., 3].min() < 250
-    params = ff.ImageSaveParams(image, p, "out.png", {"parameters": "x"})
-    image.putalpha(255)  # what Forge's stealth writer does to the same object ...
-    image.putpixel((0, 0), (1, 2, 3, 254))
-    saving.restore_pixels(params)  # ... and the before_image_saved callback that runs next
-    assert params.image is image and np.array_equal(np.asarray(image), before)
-    plain = Image.new("RGBA", (4, 4), (1, 2, 3, 255))
-    saving.restore_pixels(ff.ImageSaveParams(plain, p, "x.png", {}))
-    assert plain.getpixel((0, 0)) == (1, 2, 3, 255)
+    rgba = decoded_rgba(p)
+    saved, = forge.saved
+    for image in (saved["file"], outputs[0]):
+        assert image.mode == "RGBA" and np.array_equal(np.asarray(image)[..., 3], rgba[..., 3])
+    assert saved["image"] is outputs[0]  # the response is the object Forge saved
+    assert np.array_equal(np.asarray(saved["file"]), np.asarray(outputs[0]))
+    lowest_bits = np.asarray(outputs[0])[:32, 0, :3] & 1 != rgba[:32, 0, :3] & 1
+    written = forge.generation == 2 and pnginfo and mode == "RGB"
+    assert lowest_bits.any() == written  # the user's RGB stealth infotext is kept
+    if not written:
+        assert np.array_equal(np.asarray(outputs[0]), rgba)
 
 
-def test_non_png_format_saves_a_transparent_copy(forge):
+@pytest.mark.parametrize("mode", ["Alpha", "None"])
+def test_a_grid_of_transparent_images_is_transparent(forge, mode):
+    """Current Forge composes grids in RGBA and stealth-writes over them, early Forge composes
+    them in RGB: the saved grid and the returned one carry both images' alpha."""
+    forge.opts.data["stealth_pnginfo_option"] = mode
+    p = processing("sdxl", forge.generation, saved=True, n_iter=2)
+    processed = types.SimpleNamespace()
+    _, outputs = run_job(p, args_for(Method.FG_ONLY_ATTN), processed=processed)
+    grid_file = next(s["file"] for s in forge.saved if s["grid"])
+    expected = np.concatenate([np.asarray(o)[..., 3] for o in outputs], axis=1)
+    assert np.asarray(outputs[0])[..., 3].min() < 250
+    for grid in (grid_file, processed.images[0]):
+        assert grid.mode == "RGBA" and np.array_equal(np.asarray(grid)[..., 3], expected)
+
+
+def test_results_that_are_not_saved_still_get_their_alpha(forge):
+    forge.opts.data["stealth_pnginfo_option"] = "RGB"
+    p = processing("sdxl", forge.generation, saved=False, n_iter=2)
+    processed = types.SimpleNamespace()
+    _, outputs = run_job(p, args_for(Method.FG_ONLY_ATTN), processed=processed)
+    assert not forge.saved
+    grid = processed.images[0]
+    assert all(o.mode == "RGBA" for o in outputs) and grid.mode == "RGBA"
+    assert np.array_equal(np.asarray(grid)[..., 3], np.concatenate([np.asarray(o)[..., 3] for o in outputs], axis=1))
+
+
+@pytest.mark.parametrize("mode", ["Alpha", "RGB"])
+def test_non_png_format_saves_a_transparent_copy(forge, mode):
     forge.opts.samples_format = "jpg"
+    forge.opts.data["stealth_pnginfo_option"] = mode
     p = processing("sdxl", forge.generation, saved=True)
     run_job(p, args_for(Method.FG_ONLY_ATTN))
-    copy, = forge.saved
-    assert copy["extension"] == "png" and copy["suffix"] == saving.SUFFIX and copy["image"].mode == "RGBA"
+    copy, = [s for s in forge.saved if s["extension"] == "png"]
+    assert copy["suffix"] == saving.SUFFIX and copy["file"].mode == "RGBA"
+    assert np.array_equal(np.asarray(copy["file"])[..., 3], decoded_rgba(p)[..., 3])
     notes = saving.alpha_notes(forge.opts)
-    assert any("JPG" in n for n in notes) and any("Stealth" in n for n in notes)
+    assert any("JPG" in n for n in notes)
+    assert any("Stealth" in n for n in notes) == (mode == "Alpha" and forge.generation == 2) or forge.generation == 1
 
 
 # ---- API arguments ----------------------------------------------------------------------
@@ -622,12 +689,14 @@ def load_script(monkeypatch):
 
 
 def test_script_file_imports_and_builds_the_panel(forge, gradio, monkeypatch):
-    import sys
-
+    callbacks = sys.modules["modules.script_callbacks"]
+    callbacks.before_image_saved.clear()
+    callbacks.image_grid.clear()
     module = load_script(monkeypatch)
     script_cls = module.LayerDiffuseForForge
     assert issubclass(script_cls, sys.modules["modules.scripts"].Script)
-    assert sys.modules["modules.script_callbacks"].before_image_saved == [saving.restore_pixels]
+    assert callbacks.before_image_saved == [saving.restore_pixels]
+    assert callbacks.image_grid == [saving.remember_grid]
     script = script_cls()
     assert script.title() == "LayerDiffuse"
     assert script.show(False) is sys.modules["modules.scripts"].AlwaysVisible
@@ -847,6 +916,29 @@ def test_cutout_api_named_values_and_bad_values(forge):
     p = processing("sdxl", forge.generation)
     hooks.process(p, *cutout_args(True, "no-such-model"))
     assert any("invalid cutout settings" in c and "no-such-model" in c for c in p.comments)
+
+
+@pytest.mark.parametrize("args, key, words", [
+    (({"cutout": True, "cutout_model": 5},), "layerdiffusion_cutout_error", ["invalid cutout settings", "5"]),
+    (({"enabled": True, "method": "FG_ONLY_ATTN", "weight": "heavy"},), "layerdiffusion_error", ["weight", "heavy"]),
+    (({"enabled": True, "method": "FG_ONLY_ATTN_SD15"},), "layerdiffusion_error", ["SD1.5", "SDXL"]),
+], ids=["cutout-model-int", "weight-text", "wrong-family"])
+def test_problems_reach_api_users_through_the_infotext(forge, args, key, words):
+    """Forge's API response has no comments: the infotext is the only place API users see why."""
+    p = processing("sdxl", forge.generation)
+    hooks.process(p, *args)
+    value = str(p.extra_generation_params.get(key))
+    assert all(w in value for w in words), (key, p.extra_generation_params)
+
+
+def test_images_the_cutout_keeps_are_named_in_the_infotext(forge):
+    p = processing("sdxl", forge.generation)
+    hooks.process(p, *cutout_args(True, "weight-free"))
+    busy = synthetic_case("disc", "textured", 64).image
+    composite_image(p, busy, 0)
+    composite_image(p, busy, 1)
+    note = p.extra_generation_params["layerdiffusion_note"]
+    assert "image 1 was not cut out" in note and "image 2 was not cut out" in note
 
 
 # ---- user LoRAs together with attention sharing (Forge merges them after the object patches) ---

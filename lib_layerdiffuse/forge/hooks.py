@@ -24,7 +24,7 @@ from .host import detect_host
 from .img2img import prepare_transparent_init
 from .job import UNPINNED_KEY, Job, job_of, start_job
 from .sampling import patch_unet
-from .saving import show_transparent
+from .saving import finish_outputs, show_transparent
 from .unet_files import weight_store
 
 
@@ -151,3 +151,14 @@ def _use_transparent(p: Any, pp: Any, job: Job) -> bool:
     if job.params.output_origin:
         p.extra_result_images.append(original)
     return True
+
+
+def postprocess(p: Any, processed: Any) -> None:
+    """`postprocess`, after the whole job: results that Forge did not save (and their grids)
+    get their alpha too."""
+    if job_of(p) is None:
+        return
+    try:
+        finish_outputs([*(getattr(processed, "images", None) or []), *(getattr(processed, "extra_images", None) or [])])
+    except Exception:  # a by-product: never take the finished job down
+        traceback.print_exc()

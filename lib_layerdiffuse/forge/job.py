@@ -2,7 +2,10 @@
 
 Forge swallows exceptions raised in script hooks and carries on without the script's effect,
 so a failure would otherwise only show in the server log. `Job.fail` makes it visible where the
-user looks: the comments under the gallery (and in the API's `info`), the infotext, and the log.
+user looks: the comments under the gallery, the infotext, and the log. Forge's API response
+has no comments, so everything LayerDiffuse tells the user also goes into the infotext:
+`layerdiffusion_error` (LayerDiffuse switched off), `layerdiffusion_cutout_error` (the cutout
+switched off) and `layerdiffusion_note` (remarks on single images, such as one the cutout kept).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ log = logging.getLogger("lib_layerdiffuse.forge")
 
 ATTRIBUTE = "layerdiffuse_job"
 ERROR_KEY = "layerdiffusion_error"
+CUTOUT_ERROR_KEY = "layerdiffusion_cutout_error"
+NOTE_KEY = "layerdiffusion_note"
 UNPINNED_KEY = "layerdiffusion_unpinned"
 
 
@@ -53,34 +58,40 @@ class Job:
         """Switch the cutout off for this job (LayerDiffuse itself goes on) and say why."""
         if self.cutout_error is None:
             self.cutout_error = message
-            self.note(p, f"the cutout did not run: {message}")
+            _tell(p, f"LayerDiffuse: the cutout did not run: {message}")
+            _infotext(p, CUTOUT_ERROR_KEY, message)
 
     def fail(self, p: Any, message: str) -> None:
         """Switch LayerDiffuse off for this job and say why, once."""
         if self.error is not None:
             return
         self.error = message
-        text = f"LayerDiffuse did not run: {message}"
-        log.error(text)
-        print(f"[LayerDiffuse] {text}")
-        _comment(p, text)
-        extra = getattr(p, "extra_generation_params", None)
-        if isinstance(extra, dict):
-            extra[ERROR_KEY] = message
+        log.error(f"LayerDiffuse did not run: {message}")
+        _tell(p, f"LayerDiffuse did not run: {message}")
+        _infotext(p, ERROR_KEY, message)
 
     def note(self, p: Any, message: str) -> None:
-        """A visible remark that does not stop LayerDiffuse (shown once per job)."""
+        """A visible remark that does not stop LayerDiffuse (shown once per job); in the
+        infotext after the job's earlier remarks."""
         if message in self.notes:
             return
         self.notes.append(message)
-        print(f"[LayerDiffuse] {message}")
-        _comment(p, f"LayerDiffuse: {message}")
+        _tell(p, f"LayerDiffuse: {message}")
+        _infotext(p, NOTE_KEY, " | ".join(self.notes))
 
 
-def _comment(p: Any, text: str) -> None:
+def _tell(p: Any, text: str) -> None:
+    """The log (what the rig and server admins read) and the comments under the gallery."""
+    print(f"[LayerDiffuse] {text.removeprefix('LayerDiffuse: ')}")
     comment = getattr(p, "comment", None)
     if callable(comment):
         comment(text)
+
+
+def _infotext(p: Any, key: str, value: str) -> None:
+    extra = getattr(p, "extra_generation_params", None)
+    if isinstance(extra, dict):
+        extra[key] = value
 
 
 def job_of(p: Any) -> Optional[Job]:

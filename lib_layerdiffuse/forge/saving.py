@@ -1,42 +1,123 @@
 """Keeping the alpha channel of LayerDiffuse outputs when Forge saves and returns them.
 
-Current Forge writes "stealth infotext" into every saved PNG by default (setting
-`stealth_pnginfo_option`, "Alpha"): it sets the alpha of the very image object that also goes
-into the results to 255 and hides the parameters in its lowest bits, so both the file and the
-API response lose the transparency. Its `before_image_saved` callback runs right after that
-step; ours puts the pixels back (in place, so the results and the grid keep them too). The
-parameters stay in the PNG's text chunk. JPEG and WebP have no alpha at all: then LayerDiffuse
-also saves a PNG copy with the suffix "-transparent".
+Current Forge writes "stealth infotext" into every saved PNG (setting `stealth_pnginfo_option`,
+"Alpha" by default) before its `before_image_saved` callbacks run, on the very image object
+that also goes into the results and the grid:
+- "Alpha" sets the alpha to 255 and hides the parameters in its lowest bits;
+- "RGB" hides them in the lowest bits of R, G and B, and raises on an RGBA image (its writer
+  unpacks three values per pixel).
+So the image LayerDiffuse hands Forge carries its alpha on the side (`keep_pixels`): an RGBA
+image, or in "RGB" mode the RGB image, which the writer can mark. Our `before_image_saved`
+callback then puts the alpha in with `putalpha`, which changes the same object in place (an RGB
+image becomes RGBA): the file, the API response and the gallery all get the real alpha, and in
+"RGB" mode also the hidden parameters. Images that are not saved get their alpha when the job
+ends (`finish_outputs`). The parameters stay in the PNG's text chunk whenever Forge writes it.
+
+Grids: Forge builds them from the results (current Forge as RGBA, then stealth-writes over it;
+early Forge as RGB), so when a grid holds LayerDiffuse images the same grid is composed with
+alpha when Forge asks for it (`remember_grid`, the `image_grid` callback) and its alpha is put
+into Forge's grid object when that is saved or returned. JPEG and WebP have no alpha at all:
+then LayerDiffuse also saves a PNG copy with the suffix "-transparent".
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from collections import deque
+from typing import Any, Iterable, Optional
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageColor
 
-KEEP_ATTRIBUTE = "layerdiffuse_pixels"
+KEEP_ATTRIBUTE = "layerdiffuse_alpha"
 SUFFIX = "-transparent"
+STEALTH_OPTION = "stealth_pnginfo_option"
+# grids composed for the results of the running job: a job makes one (X/Y/Z plots several)
+_grids: "deque[Image.Image]" = deque(maxlen=4)
 
 
-def keep_pixels(image: Image.Image) -> Image.Image:
-    """Mark an RGBA output so its pixels survive Forge's save step."""
-    setattr(image, KEEP_ATTRIBUTE, image.copy())
+def keep_pixels(image: Image.Image, alpha: Image.Image) -> Image.Image:
+    """Mark `image` (RGB or RGBA) as a LayerDiffuse output whose alpha is `alpha` (mode L)."""
+    setattr(image, KEEP_ATTRIBUTE, alpha)
     return image
 
 
-def restore_pixels(params: Any) -> None:
-    """`script_callbacks.on_before_image_saved` callback: undo what the stealth-infotext
-    writer did to a marked image."""
-    image = getattr(params, "image", None)
-    kept: Optional[Image.Image] = getattr(image, KEEP_ATTRIBUTE, None)
-    if kept is None or kept.size != image.size:
-        return
-    if image.mode == kept.mode:
-        image.paste(kept)
-    else:
-        params.image = keep_pixels(kept.copy())
+def kept_alpha(image: Any) -> Optional[Image.Image]:
+    alpha = getattr(image, KEEP_ATTRIBUTE, None)
+    return alpha if alpha is not None and alpha.size == getattr(image, "size", None) else None
 
+
+def put_kept_alpha(image: Image.Image) -> bool:
+    """Give a marked image its alpha, in place; False for images that are not ours."""
+    alpha = kept_alpha(image)
+    if alpha is None:
+        return False
+    image.putalpha(alpha)
+    return True
+
+
+def restore_pixels(params: Any) -> None:
+    """`script_callbacks.on_before_image_saved` callback: our images get their alpha back after
+    the stealth-infotext writer, grids of our images theirs."""
+    image = getattr(params, "image", None)
+    if image is not None and not put_kept_alpha(image):
+        _restore_grid(image)
+
+
+def finish_outputs(images: Iterable[Any]) -> None:
+    """At the end of a job: the results that were not saved get their alpha too (and grids)."""
+    for image in images:
+        if isinstance(image, Image.Image) and not put_kept_alpha(image):
+            _restore_grid(image)
+    _grids.clear()
+
+
+# ---- grids --------------------------------------------------------------------------------
+
+def remember_grid(params: Any) -> None:
+    """`script_callbacks.on_image_grid` callback (called with the images, columns and rows
+    right before Forge composes a grid): when any image is ours, compose the same grid with
+    alpha, in Forge's layout (cells of the largest size, smaller images centred), gaps
+    transparent."""
+    images = list(getattr(params, "imgs", None) or [])
+    if not any(kept_alpha(i) is not None for i in images):
+        return
+    cols, rows = int(params.cols), int(params.rows)
+    w, h = (max(sizes) for sizes in zip(*(i.size for i in images)))
+    grid = Image.new("RGBA", (cols * w, rows * h), _grid_background())
+    for index, image in enumerate(images):
+        cell = image.convert("RGBA")
+        alpha = kept_alpha(image)
+        if alpha is not None:
+            cell.putalpha(alpha)
+        grid.paste(cell, (index % cols * w + (w - image.width) // 2, index // cols * h + (h - image.height) // 2))
+    _grids.append(grid)
+
+
+def _grid_background() -> tuple[int, int, int, int]:
+    """Forge's grid colour (current Forge's setting; early Forge's black), fully transparent:
+    its RGB keeps the composed grid identical to Forge's in every colour channel."""
+    try:
+        from modules import shared  # Forge
+
+        r, g, b = ImageColor.getrgb(str(_setting(shared.opts, "grid_background_color", "#000000")))[:3]
+    except Exception:
+        r = g = b = 0
+    return r, g, b, 0
+
+
+def _restore_grid(image: Image.Image) -> bool:
+    """Put the alpha of a remembered grid into Forge's grid object when their colours match."""
+    if image.mode not in ("RGB", "RGBA"):
+        return False
+    for grid in _grids:
+        if grid.size == image.size and np.array_equal(np.asarray(grid)[..., :3], np.asarray(image)[..., :3]):
+            image.putalpha(grid.getchannel("A"))
+            keep_pixels(image, grid.getchannel("A"))
+            return True
+    return False
+
+
+# ---- settings -----------------------------------------------------------------------------
 
 def _setting(opts: Any, name: str, default: Any) -> Any:
     data = getattr(opts, "data", None)
@@ -49,6 +130,15 @@ def image_format(opts: Any) -> str:
     return str(_setting(opts, "samples_format", "png")).lower().lstrip(".")
 
 
+def stealth_mode(opts: Any) -> Optional[str]:
+    """The stealth-infotext mode Forge will write into saved PNGs ("Alpha", "RGB"), or None
+    (off, PNG info off, or a Forge without stealth infotext)."""
+    mode = _setting(opts, STEALTH_OPTION, None)
+    if mode in (None, "None", "") or not _setting(opts, "enable_pnginfo", True):
+        return None
+    return str(mode)
+
+
 def alpha_notes(opts: Any) -> list[str]:
     """What the host's settings would do to transparent outputs, for the panel."""
     notes = []
@@ -56,22 +146,26 @@ def alpha_notes(opts: Any) -> list[str]:
     if fmt != "png":
         notes.append(f"Images are saved as {fmt.upper()}, which has no alpha channel: LayerDiffuse "
                      f"also saves each transparent result as a PNG ending in '{SUFFIX}'.")
-    stealth = _setting(opts, "stealth_pnginfo_option", None)
-    if stealth not in (None, "None", "") and _setting(opts, "enable_pnginfo", True):
-        notes.append(f"'Stealth infotext' is set to '{stealth}': Forge would overwrite the alpha of saved "
-                     "PNGs; LayerDiffuse restores it in its own outputs (the parameters stay in the PNG text).")
+    if stealth_mode(opts) == "Alpha":
+        notes.append("'Stealth infotext' is set to 'Alpha': Forge would overwrite the alpha of saved PNGs; "
+                     "LayerDiffuse restores it in its own outputs (the parameters stay in the PNG text).")
     return notes
 
 
+# ---- outputs ------------------------------------------------------------------------------
+
 def show_transparent(p: Any, image: Image.Image, index: int) -> Image.Image:
-    """Make an RGBA result the image Forge saves and returns: its pixels are kept through the
-    stealth-infotext step and, when Forge saves JPEG or WebP, a PNG copy is saved too."""
+    """The object to make Forge's result for an RGBA image: marked with its alpha, and RGB while
+    Forge's stealth writer works in "RGB" mode (which cannot take RGBA). When Forge saves JPEG
+    or WebP, a PNG copy is saved too."""
     from modules import shared  # Forge
 
-    keep_pixels(image)
+    alpha = image.getchannel("A")
+    result = image.convert("RGB") if stealth_mode(shared.opts) == "RGB" else image.copy()
+    keep_pixels(result, alpha)
     if image_format(shared.opts) != "png" and p.save_samples():
-        save_png_copy(p, image, index)
-    return image
+        save_png_copy(p, keep_pixels(result.copy(), alpha), index)
+    return result
 
 
 def save_png_copy(p: Any, image: Image.Image, index: int) -> Optional[str]:
