@@ -8,6 +8,7 @@ infotext, and tracebacks in the server log during the call.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import time
@@ -79,6 +80,9 @@ class Case:
     refused: Optional[str] = None  # text the error in the infotext must contain; a traceback is allowed
     options: dict = field(default_factory=dict)  # Forge settings for this case, restored after it
     extra: Optional[Callable[["Result"], list[str]]] = None  # more checks: failures as text
+    chain: bool = False  # the next case follows at once: no plain restoration call in between
+    same_as: Optional[str] = None  # an earlier case whose main images these must equal, bit for bit
+    differs_from: Optional[str] = None  # an earlier case whose first main image this one must not equal
 
 
 @dataclass
@@ -88,6 +92,9 @@ class ImageStats:
     alpha_values: int = 0  # distinct alpha values (0 for images without alpha)
     alpha_min: int = 255
     alpha_mean: float = 255.0
+    digest: str = ""  # of the pixels (mode, size, bytes)
+    rgb_digest: str = ""  # of the RGB channels alone
+    parameters: bool = False  # a 'parameters' PNG text chunk
 
     @property
     def real_alpha(self) -> bool:
@@ -101,11 +108,18 @@ class ImageStats:
                 f"min {self.alpha_min} mean {self.alpha_mean:.0f}")
 
 
+def _digest(*parts: Any) -> str:
+    return hashlib.sha1(b"|".join(p if isinstance(p, bytes) else str(p).encode() for p in parts)).hexdigest()[:16]
+
+
 def image_stats(image: Image.Image) -> ImageStats:
-    if image.mode != "RGBA":
-        return ImageStats(image.mode, image.size)
-    alpha = np.asarray(image)[..., 3]
-    return ImageStats("RGBA", image.size, len(np.unique(alpha)), int(alpha.min()), float(alpha.mean()))
+    stats = ImageStats(image.mode, image.size, digest=_digest(image.mode, image.size, image.tobytes()),
+                       rgb_digest=_digest(image.size, image.convert("RGB").tobytes()),
+                       parameters="parameters" in image.info)
+    if image.mode == "RGBA":
+        alpha = np.asarray(image)[..., 3]
+        stats.alpha_values, stats.alpha_min, stats.alpha_mean = len(np.unique(alpha)), int(alpha.min()), float(alpha.mean())
+    return stats
 
 
 @dataclass
@@ -121,6 +135,7 @@ class Result:
     log_errors: list[str]
     notes: list[str] = field(default_factory=list)  # what LayerDiffuse told the user in the log
     failures: list[str] = field(default_factory=list)
+    restored: str = "-"  # what the plain call after the case (or its chain) showed
 
     @property
     def cutout_refusal(self) -> Optional[str]:
@@ -143,7 +158,7 @@ def _files(folder: Path) -> set[Path]:
     return {p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")}
 
 
-def run_case(case: Case, url: str, server, outputs: Path) -> Result:
+def run_case(case: Case, url: str, server, outputs: Path, earlier: Optional[dict[str, Result]] = None) -> Result:
     for key, value in case.options.items():
         requests.post(f"{url}/sdapi/v1/options", json={key: value}, timeout=60).raise_for_status()
     before, offset = _files(outputs) if outputs.exists() else set(), server.log_size()
@@ -155,11 +170,11 @@ def run_case(case: Case, url: str, server, outputs: Path) -> Result:
     images = [_decode(b) for b in body.get("images") or []]
     info = body.get("info")
     info = json.loads(info) if isinstance(info, str) else (info or {"error": body})
-    batch = case.payload.get("batch_size", 1)
-    # current Forge: a grid first when batch > 1; main images then come before the extras
-    skip = 1 if batch > 1 and images and images[0].size[0] > case.payload.get("width", 512) * 1.5 else 0
+    total = case.payload.get("batch_size", 1) * case.payload.get("n_iter", 1)
+    # a grid first when a call makes more than one image; main images then come before the extras
+    skip = 1 if total > 1 and images and images[0].size[0] > case.payload.get("width", 512) * 1.5 else 0
     response = [image_stats(i) for i in images]
-    main = response[skip:skip + batch]
+    main = response[skip:skip + total]
     saved = []
     for path in sorted(_files(outputs) - before) if outputs.exists() else []:
         with Image.open(path) as image:
@@ -169,7 +184,7 @@ def run_case(case: Case, url: str, server, outputs: Path) -> Result:
     notes = [line.strip() for line in lines if line.startswith("[LayerDiffuse]")]
     result = Result(case, reply.status_code, seconds, response, main, saved, info,
                     log_text.count("Traceback (most recent call last)"), errors[:3], notes)
-    result.failures = expectations(result)
+    result.failures = expectations(result, earlier)
     for key in case.options:
         restore = DEFAULT_OPTIONS.get(key)
         if restore is not None:
@@ -177,14 +192,14 @@ def run_case(case: Case, url: str, server, outputs: Path) -> Result:
     return result
 
 
-DEFAULT_OPTIONS = {"samples_format": "png"}
+DEFAULT_OPTIONS = {"samples_format": "png", "stealth_pnginfo_option": "Alpha", "enable_pnginfo": True}
 
 
-def expectations(r: Result) -> list[str]:
+def expectations(r: Result, earlier: Optional[dict[str, Result]] = None) -> list[str]:
     c, out = r.case, []
     if r.http != 200:
         return [f"HTTP {r.http}: {str(r.info)[:200]}"]
-    wanted = c.images if c.images is not None else c.payload.get("batch_size", 1)
+    wanted = c.images if c.images is not None else c.payload.get("batch_size", 1) * c.payload.get("n_iter", 1)
     if len(r.main) < wanted:
         out.append(f"{len(r.main)} main images in the response, expected {wanted}")
     real = [s for s in r.main if s.real_alpha]
@@ -209,6 +224,13 @@ def expectations(r: Result) -> list[str]:
         out.append("layerdiffusion_* keys in the infotext of a call without LayerDiffuse")
     if c.extra is not None:
         out.extend(c.extra(r))
+    earlier = earlier or {}
+    if c.same_as and c.same_as in earlier:
+        if [s.digest for s in r.main] != [s.digest for s in earlier[c.same_as].main]:
+            out.append(f"the images differ from those of {c.same_as!r} (same settings)")
+    if c.differs_from and c.differs_from in earlier and r.main and earlier[c.differs_from].main:
+        if r.main[0].rgb_digest == earlier[c.differs_from].main[0].rgb_digest:
+            out.append(f"the image equals that of {c.differs_from!r}: the LoRA had no effect")
     return out
 
 
@@ -308,7 +330,84 @@ def matrix() -> list[Case]:
         Case("JPEG output format, fg-only", _payload(scripts=layer_args(SD15_ATTN)), transparent=0,
              options={"samples_format": "jpg"}, extra=_saved_jpg_and_png),
     ]
-    return cases
+    return cases + combinations()
+
+
+LORA_A, LORA_B = "rig-lora-a", "rig-lora-b"  # lora_files.write_kohya_lora, in models/Lora
+
+
+def _lora(name: str, weight: float = 1.0) -> str:
+    return f"{BASE['prompt']} <lora:{name}:{weight:g}>"
+
+
+def _saved_as_returned(parameters: bool) -> Callable[[Result], list[str]]:
+    """The saved main PNG is the returned image, bit for bit, with the decoder's alpha; its PNG
+    text has the parameters exactly when Forge writes PNG info."""
+    def check(r: Result) -> list[str]:
+        files = [(n, s) for n, s in r.saved if n.lower().endswith(".png") and not n.startswith("grid")]
+        if len(files) != 1 or not r.main:
+            return [f"expected one saved PNG and a main image, got {[n for n, _ in r.saved]}"]
+        name, stats = files[0]
+        out = []
+        if stats.digest != r.main[0].digest:
+            out.append(f"{name} differs from the returned image")
+        if stats.parameters != parameters:
+            out.append(f"{name} {'lacks' if parameters else 'has'} the parameters text")
+        return out
+    return check
+
+
+def _grid_transparent(r: Result) -> list[str]:
+    """The grid (first in the response) and the saved grid file have the images' alpha."""
+    out = []
+    grid = r.response[0] if len(r.response) > len(r.main) else None
+    if grid is None or not grid.real_alpha:
+        out.append(f"the returned grid is {grid.short() if grid else 'missing'}, without real alpha")
+    files = [s for n, s in r.saved if n.startswith("grid")]
+    if not files or not all(s.real_alpha for s in files):
+        out.append(f"the saved grid is {files[0].short() if files else 'missing'}, without real alpha")
+    return out
+
+
+def combinations() -> list[Case]:
+    """What users combine with LayerDiffuse: user LoRAs whose set changes between calls (with
+    every SD1.5 method), every stealth-infotext and PNG-info setting, batch count 2 with the
+    grid. The rig makes a plain call after every case (or chain of cases) and compares it with
+    one made before any LayerDiffuse call."""
+    fg, bg = condition_image("fg"), condition_image("bg")
+    fg_only = layer_args(SD15_ATTN)
+    return [
+        Case("LoRA A, plain", _payload(prompt=_lora(LORA_A)), layer=False, chain=True),
+        Case("fg-only, LoRA A in the call before", _payload(scripts=fg_only), transparent=1,
+             same_as="SD1.5 fg-only, batch 1"),
+        Case("fg-only + LoRA A", _payload(prompt=_lora(LORA_A), scripts=fg_only), transparent=1,
+             differs_from="SD1.5 fg-only, batch 1"),
+        Case("fg-only + LoRA A at 0.5", _payload(prompt=_lora(LORA_A, 0.5), scripts=fg_only), transparent=1,
+             chain=True, differs_from="fg-only + LoRA A"),
+        Case("fg-only + LoRA A at 1.0 (0.5 before)", _payload(prompt=_lora(LORA_A), scripts=fg_only), transparent=1,
+             chain=True, same_as="fg-only + LoRA A"),
+        Case("fg-only + LoRA B (A before)", _payload(prompt=_lora(LORA_B), scripts=fg_only), transparent=1,
+             differs_from="fg-only + LoRA A"),
+        Case("fg->bg + LoRA A, batch 2", _payload(prompt=_lora(LORA_A), batch_size=2,
+                                                  scripts=layer_args(SD15_FG_TO_BG, fg=fg))),
+        Case("bg->fg + LoRA A, batch 2", _payload(prompt=_lora(LORA_A), batch_size=2,
+                                                  scripts=layer_args(SD15_BG_TO_FG, bg=bg)), transparent=1),
+        Case("LoRA B, plain", _payload(prompt=_lora(LORA_B)), layer=False, chain=True),
+        Case("joint + LoRA A, batch 3 (B before)", _payload(prompt=_lora(LORA_A), batch_size=3,
+                                                            scripts=layer_args(SD15_JOINT)), transparent=1),
+        Case("stealth infotext RGB, fg-only", _payload(scripts=fg_only), transparent=1,
+             options={"stealth_pnginfo_option": "RGB"}, extra=_saved_as_returned(parameters=True)),
+        Case("stealth infotext None, fg-only", _payload(scripts=fg_only), transparent=1,
+             options={"stealth_pnginfo_option": "None"}, extra=_saved_as_returned(parameters=True),
+             same_as="SD1.5 fg-only, batch 1"),
+        Case("stealth infotext Alpha, fg-only", _payload(scripts=fg_only), transparent=1,
+             extra=_saved_as_returned(parameters=True), same_as="SD1.5 fg-only, batch 1"),
+        Case("PNG info off, fg-only", _payload(scripts=fg_only), transparent=1,
+             options={"enable_pnginfo": False}, extra=_saved_as_returned(parameters=False),
+             same_as="SD1.5 fg-only, batch 1"),
+        Case("batch count 2 with the grid, fg-only", _payload(n_iter=2, scripts=fg_only), transparent=2,
+             extra=_grid_transparent),
+    ]
 
 
 def sdxl_matrix() -> list[Case]:

@@ -7,7 +7,10 @@ writes a random full-size SD1.5 (or, with --family sdxl, SDXL) checkpoint and ra
 files in the official layouts (used through --layerdiffuse-allow-unpinned: they are not the
 official bytes), copies this checkout into extensions/ and runs its install.py, starts Forge
 on 127.0.0.1 with --api, runs `cases.matrix()` (or `cases.sdxl_matrix()`) and prints a
-Markdown table. Exits 1 when any expectation fails. Run it with this project's
+Markdown table. After every case (or chain of cases that must follow each other) it makes a
+plain call and compares its pixels with the same plain call made before any LayerDiffuse call:
+a host left patched, with stale weights or raising on later calls fails the case whatever the
+case itself returned. Exits 1 when any expectation fails. Run it with this project's
 Python (it needs torch, safetensors, requests and Pillow to write the weights and read the
 results); Forge runs in its own venv.
 """
@@ -28,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import flux_files  # noqa: E402
-from cases import Case, Result, flux_matrix, matrix, run_case, sdxl_matrix  # noqa: E402
+import lora_files  # noqa: E402
+from cases import BASE, LORA_A, LORA_B, Case, Result, flux_matrix, matrix, run_case, sdxl_matrix  # noqa: E402
 from host import CHECKPOINT_NAMES, Forge, Server, log  # noqa: E402
 
 LOCAL_SEGMENTER = "BiRefNet-rig.onnx"
@@ -86,6 +90,9 @@ def prepare(forge: Forge, cache: Path, family: str) -> None:
         forge.place(modules["clip_l"], "text_encoder")
     else:
         checkpoint, files = write_weights(cache, family)
+    if family == "sd15":  # the user LoRAs of the combination cases
+        for seed, name in enumerate((LORA_A, LORA_B)):
+            forge.place(lora_files.write_kohya_lora(cache / f"{name}.safetensors", seed), "Lora")
     forge.place(checkpoint, "Stable-diffusion")
     for path in files:
         forge.place(path, "layer_model")
@@ -129,9 +136,43 @@ def screenshot(url: str, target: Path) -> None:
         browser.close()
 
 
+# the plain call made before any LayerDiffuse call and after every case: small, so that checking
+# after each case costs little
+RESTORE_PAYLOAD = {**BASE, "width": 256, "height": 256, "save_images": False}
+
+
+class Restoration:
+    """The plain call's pixels before any LayerDiffuse call, and the comparison after a case."""
+
+    def __init__(self, url: str):
+        self.url = url
+        status, self.reference = self._plain()
+        if self.reference is None:
+            raise RuntimeError(f"the plain reference call failed (HTTP {status})")
+
+    def _plain(self):
+        import numpy as np
+
+        from cases import _decode
+
+        reply = requests.post(f"{self.url}/sdapi/v1/txt2img", json=RESTORE_PAYLOAD, timeout=3600)
+        if reply.status_code != 200:
+            return reply.status_code, None
+        image = _decode(reply.json()["images"][0]).convert("RGB")
+        return 200, np.asarray(image).astype(int)
+
+    def check(self) -> str:
+        """'same', or what differs."""
+        status, rgb = self._plain()
+        if rgb is None:
+            return f"plain call HTTP {status}"
+        diff = abs(rgb - self.reference)
+        return "same" if not diff.any() else f"CHANGED ({int((diff > 0).sum())} values, max {int(diff.max())})"
+
+
 def table(results: list[Result], baseline: float) -> str:
-    rows = ["| Case | HTTP | s | × plain | Response (main images) | Saved files | Expectations |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| Case | HTTP | s | × plain | Response (main images) | Saved files | Plain call after | Expectations |",
+            "|---|---|---|---|---|---|---|---|"]
     for r in results:
         per_image = r.seconds / max(1, r.case.payload.get("batch_size", 1))
         ratio = f"{per_image / baseline:.2f}" if baseline else "-"
@@ -142,7 +183,8 @@ def table(results: list[Result], baseline: float) -> str:
             verdict = f"ok (kept, with the reason: {r.cutout_refusal[:90]})"
         if r.case.refused and not r.failures:
             verdict = "ok (refused by name)"
-        rows.append(f"| {r.case.name} | {r.http} | {r.seconds:.0f} | {ratio} | {response} | {saved} | {verdict} |")
+        rows.append(f"| {r.case.name} | {r.http} | {r.seconds:.0f} | {ratio} | {response} | {saved} | {r.restored} "
+                    f"| {verdict} |")
     return "\n".join(rows)
 
 
@@ -197,11 +239,21 @@ def main(argv=None) -> int:
         log(f"warm-up call: {time.monotonic() - warm:.0f} s")
         if args.only:  # the plain call stays: it is the baseline of the ratios
             cases = [c for c in cases if c is cases[0] or any(o.lower() in c.name.lower() for o in args.only)]
+        restoration = Restoration(server.url)
+        done: dict[str, Result] = {}
         for case in cases:
             log(f"case: {case.name}")
-            result = run_case(case, server.url, server, outputs)
+            result = run_case(case, server.url, server, outputs, done)
             results.append(result)
-            log(f"  HTTP {result.http}, {result.seconds:.0f} s, {'ok' if not result.failures else result.failures}")
+            done[case.name] = result
+            if case.chain:
+                result.restored = "(chained)"
+            else:
+                result.restored = restoration.check()
+                if result.restored != "same":
+                    result.failures.append(f"the plain call after it: {result.restored}")
+            log(f"  HTTP {result.http}, {result.seconds:.0f} s, plain after: {result.restored}, "
+                f"{'ok' if not result.failures else result.failures}")
         if args.screenshot:
             try:
                 screenshot(server.url, Path(args.screenshot))
@@ -218,7 +270,7 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps([{
             "case": r.case.name, "http": r.http, "seconds": round(r.seconds, 1), "failures": r.failures,
             "main": [s.short() for s in r.main], "saved": [(n, s.short()) for n, s in r.saved],
-            "tracebacks": r.tracebacks, "notes": r.notes} for r in results], indent=1))
+            "restored": r.restored, "tracebacks": r.tracebacks, "notes": r.notes} for r in results], indent=1))
     failed = [r for r in results if r.failures]
     if listing:
         print(f"\nFAILED: {'; '.join(listing)}")
