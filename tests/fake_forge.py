@@ -97,18 +97,18 @@ def set_attr(root: nn.Module, dotted: str, value: nn.Module) -> nn.Module:
     return old
 
 
-def attr_with_parent(root: Any, dotted: str) -> tuple[Any, str, Any]:
-    """Forge's `get_attr_with_parent`: plain getattr along the path (AttributeError if a module
-    on the way lacks the name)."""
-    parent, value = root, root
-    for name in dotted.split("."):
+def get_attr_with_parent(obj: Any, attr: str) -> tuple[Any, str, Any]:
+    """Forge's `get_attr_with_parent`: plain getattr along a dotted path (AttributeError if a
+    module on the way lacks the name)."""
+    parent, value = obj, obj
+    for name in attr.split("."):
         parent, value = value, getattr(value, name)
-    return parent, dotted.rsplit(".", 1)[-1], value
+    return parent, attr.rsplit(".", 1)[-1], value
 
 
-def set_attr_raw(root: Any, dotted: str, value: Any) -> None:
-    """Forge's `set_attr_raw`: setattr on the module the path leads to."""
-    parent, name, _ = attr_with_parent(root, dotted)
+def set_attr_raw(obj: Any, attr: str, value: Any) -> None:
+    """Forge's `set_attr_raw`: setattr on the module a dotted path leads to."""
+    parent, name, _ = get_attr_with_parent(obj, attr)
     setattr(parent, name, value)
 
 
@@ -161,7 +161,7 @@ class LoraLoader:
         self.backup = {}
         for (key, online_mode), entries in merged.items():
             try:
-                parent, child, weight = attr_with_parent(self.model, key)
+                parent, child, weight = get_attr_with_parent(self.model, key)
                 assert isinstance(weight, nn.Parameter)
             except (AttributeError, AssertionError):
                 raise ValueError(f"Wrong LoRA Key: {key}") from None
@@ -373,7 +373,7 @@ class EarlyUnetPatcher(UnetPatcherBase):
         """ldm_patched's order: object patches, then weights found in the state dict."""
         self.object_patches_backup = getattr(self, "object_patches_backup", {})
         for k, obj in self.object_patches.items():
-            self.object_patches_backup.setdefault(k, attr_with_parent(self.model, k)[2])
+            self.object_patches_backup.setdefault(k, get_attr_with_parent(self.model, k)[2])
             set_attr_raw(self.model, k, obj)
         self.backup = getattr(self, "backup", {})
         state = self.model.state_dict(keep_vars=True)
@@ -435,7 +435,7 @@ class CurrentUnetPatcher(UnetPatcherBase):
     def forge_patch_model(self, target_device=None):
         self.object_patches_backup = getattr(self, "object_patches_backup", {})
         for k, obj in self.object_patches.items():
-            self.object_patches_backup.setdefault(k, attr_with_parent(self.model, k)[2])
+            self.object_patches_backup.setdefault(k, get_attr_with_parent(self.model, k)[2])
             set_attr_raw(self.model, k, obj)
         return self.model
 

@@ -97,6 +97,13 @@ SIGNATURES = {
         (ff.ModelPatcher.add_object_patch, "backend/patcher/base.py", "ModelPatcher.add_object_patch"),
         (ff.ModelPatcher.set_model_vae_regulation, "backend/patcher/base.py", "ModelPatcher.set_model_vae_regulation"),
         (ff.Memory.sampling_prepare, "backend/sampling/sampling_function.py", "sampling_prepare"),
+        (ff.CurrentUnetPatcher.refresh_loras, "backend/patcher/base.py", "ModelPatcher.refresh_loras"),
+        (ff.CurrentUnetPatcher.forge_patch_model, "backend/patcher/base.py", "ModelPatcher.forge_patch_model"),
+        (ff.CurrentUnetPatcher.forge_unpatch_model, "backend/patcher/base.py", "ModelPatcher.forge_unpatch_model"),
+        (ff.LoraLoader.refresh, "backend/patcher/lora.py", "LoraLoader.refresh"),
+        (ff.get_weight_and_bias, "backend/operations.py", "get_weight_and_bias"),
+        (ff.get_attr_with_parent, "backend/utils.py", "get_attr_with_parent"),
+        (ff.set_attr_raw, "backend/utils.py", "set_attr_raw"),
         *SAMPLERS,
     ],
     1: [
@@ -110,11 +117,15 @@ SIGNATURES = {
         (ff.EarlyUnetPatcher.add_patches, "modules_forge/unet_patcher.py", "UnetPatcher.add_patches"),
         (ff.ModelPatcher.add_object_patch, "modules_forge/unet_patcher.py", "UnetPatcher.add_object_patch"),
         (ff.Memory.sampling_prepare, "modules_forge/forge_sampler.py", "sampling_prepare"),
+        (ff.EarlyUnetPatcher.patch_model, "ldm_patched/modules/model_patcher.py", "ModelPatcher.patch_model"),
+        (ff.EarlyUnetPatcher.unpatch_model, "ldm_patched/modules/model_patcher.py", "ModelPatcher.unpatch_model"),
+        (ff.set_attr_raw, "ldm_patched/modules/utils.py", "set_attr_raw"),
         *SAMPLERS,
     ],
 }
-WEBUI = [("save_image", "modules/images.py"), ("resize_image", "modules/images.py"),
-         ("create_infotext", "modules/processing.py"), ("on_before_image_saved", "modules/script_callbacks.py")]
+WEBUI = [("save_image", "modules/images.py"), ("resize_image", "modules/images.py"), ("image_grid", "modules/images.py"),
+         ("create_infotext", "modules/processing.py"), ("on_before_image_saved", "modules/script_callbacks.py"),
+         ("on_image_grid", "modules/script_callbacks.py")]
 
 
 def test_fake_host_functions_take_what_the_real_ones_take():
@@ -144,6 +155,7 @@ def test_webui_functions_our_code_calls_exist_with_the_arguments_we_pass():
     saved: list = []
     fakes = ff.webui_modules(None, saved, generation())
     fake_of = {"save_image": fakes["modules.images"].save_image, "resize_image": fakes["modules.images"].resize_image,
+               "image_grid": fakes["modules.images"].image_grid,
                "create_infotext": fakes["modules.processing"].create_infotext}
     problems = []
     for name, relative in WEBUI:
@@ -156,6 +168,56 @@ def test_webui_functions_our_code_calls_exist_with_the_arguments_we_pass():
             want = _params(real)
             problems += [f"{name}: the fake has {n!r}, the real one has not" for n in have if n not in want]
     assert not problems, "\n".join(problems)
+
+
+def _calls(fn: ast.AST, name: str) -> list[int]:
+    """Lines where `fn` calls something named `name` (a function or a method)."""
+    return [n.lineno for n in ast.walk(fn) if isinstance(n, ast.Call)
+            and (getattr(n.func, "attr", None) == name or getattr(n.func, "id", None) == name)]
+
+
+def test_loras_are_merged_by_path_after_the_object_patches():
+    """What the fakes' `load` follows: loading a UNet puts the object patches in first and merges
+    weight patches after, by dotted parameter path (current Forge's LoRA loader with
+    set_attr_raw / get_attr_with_parent, early Forge's patch_model through the state dict)."""
+    if generation() == 2:
+        load = real_function("backend/memory_management.py", "LoadedModel.model_load")
+        assert max(_calls(load, "forge_patch_model")) < min(_calls(load, "refresh_loras"))
+        refresh = real_function("backend/patcher/lora.py", "LoraLoader.refresh")
+        assert _calls(refresh, "set_attr_raw") and _calls(refresh, "get_attr_with_parent")
+        assert "forge_online_loras" in ast.unparse(refresh)
+        weights = real_function("backend/operations.py", "get_weight_and_bias")
+        assert "forge_online_loras" in ast.unparse(weights)
+    else:
+        patch = real_function("ldm_patched/modules/model_patcher.py", "ModelPatcher.patch_model")
+        assert max(_calls(patch, "set_attr_raw")) < min(_calls(patch, "model_state_dict"))
+
+
+def test_attention_modules_hold_no_parameters_of_their_own():
+    """SharedAttention keeps the original's child modules under their names, which keeps every
+    parameter path only when the LDM attention module has no parameters of its own."""
+    where = "backend/nn/unet.py" if generation() == 2 else "ldm_patched/ldm/modules/attention.py"
+    cls = _classes(where)["CrossAttention"]
+    assert "Parameter(" not in ast.unparse(cls)
+    assigned = {n.attr for n in ast.walk(_method_node(cls, "__init__")) if isinstance(n, ast.Attribute)
+                and isinstance(n.ctx, ast.Store)}
+    assert {"to_q", "to_k", "to_v", "to_out"} <= assigned
+
+
+def test_stealth_infotext_is_written_before_the_callbacks_as_the_fake_writes_it():
+    """Current Forge's writer runs on the saved object before `before_image_saved`: "Alpha" sets
+    the alpha to 255, "RGB" unpacks three values per pixel (an RGBA image raises). Early Forge
+    has none. Grids: current Forge composes RGBA, early Forge RGB."""
+    save = real_function("modules/images.py", "save_image")
+    grid = ast.unparse(real_function("modules/images.py", "image_grid"))
+    if generation() == 1:
+        assert not (forge_root() / "modules" / "stealth_infotext.py").exists()
+        assert "Image.new('RGB'" in grid
+        return
+    assert max(_calls(save, "add_stealth_pnginfo")) < min(_calls(save, "before_image_saved_callback"))
+    writer = ast.unparse(real_function("modules/stealth_infotext.py", "add_data"))
+    assert "params.image.putalpha(255)" in writer and "r, g, b = values" in writer
+    assert "Image.new('RGBA'" in grid and "grid_background_color" in grid
 
 
 def _method_node(cls: ast.ClassDef, name: str) -> ast.FunctionDef:

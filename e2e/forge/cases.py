@@ -334,6 +334,7 @@ def matrix() -> list[Case]:
 
 
 LORA_A, LORA_B = "rig-lora-a", "rig-lora-b"  # lora_files.write_kohya_lora, in models/Lora
+OTHER_SD15 = "rig-random-sd15-other.safetensors"  # a second random SD1.5 checkpoint
 
 
 def _lora(name: str, weight: float = 1.0) -> str:
@@ -371,8 +372,8 @@ def _grid_transparent(r: Result) -> list[str]:
 
 def combinations() -> list[Case]:
     """What users combine with LayerDiffuse: user LoRAs whose set changes between calls (with
-    every SD1.5 method), every stealth-infotext and PNG-info setting, batch count 2 with the
-    grid. The rig makes a plain call after every case (or chain of cases) and compares it with
+    every SD1.5 method), a switch to another SD1.5 checkpoint and back, every stealth-infotext
+    and PNG-info setting, batch count 2 with the grid. The rig makes a plain call after every case (or chain of cases) and compares it with
     one made before any LayerDiffuse call."""
     fg, bg = condition_image("fg"), condition_image("bg")
     fg_only = layer_args(SD15_ATTN)
@@ -395,6 +396,11 @@ def combinations() -> list[Case]:
         Case("LoRA B, plain", _payload(prompt=_lora(LORA_B)), layer=False, chain=True),
         Case("joint + LoRA A, batch 3 (B before)", _payload(prompt=_lora(LORA_A), batch_size=3,
                                                             scripts=layer_args(SD15_JOINT)), transparent=1),
+        Case("fg-only + LoRA A on another SD1.5 checkpoint", _payload(
+            prompt=_lora(LORA_A), scripts=fg_only, override_settings={"sd_model_checkpoint": OTHER_SD15}),
+            transparent=1, differs_from="fg-only + LoRA A"),
+        Case("fg-only, first checkpoint again", _payload(scripts=fg_only), transparent=1,
+             same_as="SD1.5 fg-only, batch 1"),
         Case("stealth infotext RGB, fg-only", _payload(scripts=fg_only), transparent=1,
              options={"stealth_pnginfo_option": "RGB"}, extra=_saved_as_returned(parameters=True)),
         Case("stealth infotext None, fg-only", _payload(scripts=fg_only), transparent=1,

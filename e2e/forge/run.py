@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import flux_files  # noqa: E402
 import lora_files  # noqa: E402
-from cases import BASE, LORA_A, LORA_B, Case, Result, flux_matrix, matrix, run_case, sdxl_matrix  # noqa: E402
+from cases import (BASE, LORA_A, LORA_B, OTHER_SD15, Case, Result, flux_matrix, matrix, run_case,  # noqa: E402
+                   sdxl_matrix)
 from host import CHECKPOINT_NAMES, Forge, Server, log  # noqa: E402
 
 LOCAL_SEGMENTER = "BiRefNet-rig.onnx"
@@ -90,9 +91,12 @@ def prepare(forge: Forge, cache: Path, family: str) -> None:
         forge.place(modules["clip_l"], "text_encoder")
     else:
         checkpoint, files = write_weights(cache, family)
-    if family == "sd15":  # the user LoRAs of the combination cases
+    if family == "sd15":  # the user LoRAs and the second checkpoint of the combination cases
         for seed, name in enumerate((LORA_A, LORA_B)):
             forge.place(lora_files.write_kohya_lora(cache / f"{name}.safetensors", seed), "Lora")
+        from lib_layerdiffuse.testing.checkpoints import write_random_checkpoint
+
+        forge.place(write_random_checkpoint(cache / OTHER_SD15, seed=1, family="sd15"), "Stable-diffusion")
     forge.place(checkpoint, "Stable-diffusion")
     for path in files:
         forge.place(path, "layer_model")
