@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
 from torch import nn
 
 from lib_layerdiffuse.testing.flux import FLUX_VAE, tiny_flux_transformer, tiny_flux_vae, to_bfl_state_dict
@@ -772,6 +772,27 @@ def webui_modules(opts: Any, saved: list, generation: int = 2) -> dict[str, type
             grid.paste(img, (i % params.cols * w + (w - img.width) // 2, i // params.cols * h + (h - img.height) // 2))
         return grid
 
+    def draw_grid_annotations(im, width, height, hor_texts, ver_texts, margin=0):
+        """The X/Y/Z plot's labels in Forge's layout: an RGB canvas in the grid colour, labels
+        left (a 3/4-cell-wide column) and on top, `margin` between the cells (texts are boxes)."""
+        cols, rows = im.width // width, im.height // height
+        pad_left = width * 3 // 4 if any(ver_texts) else 0
+        pad_top = height // 5 if any(hor_texts) else 0
+        result = Image.new("RGB", (im.width + pad_left + margin * (cols - 1), im.height + pad_top + margin * (rows - 1)),
+                           opts.grid_background_color)
+        for row in range(rows):
+            for col in range(cols):
+                cell = im.crop((width * col, height * row, width * (col + 1), height * (row + 1)))
+                result.paste(cell, (pad_left + (width + margin) * col, pad_top + (height + margin) * row))
+        draw = ImageDraw.Draw(result)
+        for col in range(cols if pad_top else 0):
+            x = pad_left + (width + margin) * col
+            draw.rectangle((x + 2, 2, x + width // 2, pad_top - 2), fill=(0, 0, 0))
+        for row in range(rows if pad_left else 0):
+            y = pad_top + (height + margin) * row
+            draw.rectangle((2, y + 2, pad_left - 2, y + height // 3), fill=(0, 0, 0))
+        return result
+
     def resize_image(resize_mode, im, width, height, upscaler_name=None, force_RGBA=False):
         return im.resize((width, height))
 
@@ -786,6 +807,7 @@ def webui_modules(opts: Any, saved: list, generation: int = 2) -> dict[str, type
                                             on_image_grid=grid_callbacks.append),
         "modules.shared": _module("modules.shared", opts=opts, cmd_opts=types.SimpleNamespace()),
         "modules.images": _module("modules.images", save_image=save_image, image_grid=image_grid,
+                                  draw_grid_annotations=draw_grid_annotations,
                                   resize_image=resize_image if generation == 2 else early_resize_image),
         "modules.processing": _module("modules.processing",
                                       create_infotext=lambda p, *a, index=0, **kw: f"{p.prompts[index]}, Seed: {p.seeds[index]}"),

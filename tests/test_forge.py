@@ -563,6 +563,34 @@ def test_a_grid_of_transparent_images_is_transparent(forge, mode):
         assert grid.mode == "RGBA" and np.array_equal(np.asarray(grid)[..., 3], expected)
 
 
+@pytest.mark.parametrize("margin", [0, 6])
+def test_xyz_plot_grids_with_labels_are_transparent(forge, margin):
+    """The X/Y/Z plot composes the cells of separate jobs into a grid per Z value, draws labels
+    around it in RGB, composes those into one grid with a title, and saves them after: every
+    saved grid has the cells' alpha where the cells are, opaque labels."""
+    images = images_module()
+    cells = []
+    for seed in range(4):  # a 2x2 plot: one job per cell
+        p = processing("sdxl", forge.generation)
+        p.seeds = [seed]
+        _, outputs = run_job(p, args_for(Method.FG_ONLY_ATTN))
+        cells.append(outputs[0])
+    w, h = cells[0].size
+    sub = images.draw_grid_annotations(images.image_grid(cells, rows=2), w, h, ["x1", "x2"], ["y1", "y2"], margin)
+    z_grid = images.image_grid([sub], rows=1)
+    z_grid = images.draw_grid_annotations(z_grid, *sub.size, ["z"], [""])
+    for grid in (z_grid, sub):
+        images.save_image(grid, "grids", "xyz_grid", info="parameters", p=None, grid=True)
+    for saved in [s["file"] for s in forge.saved]:
+        alpha = np.asarray(saved.getchannel("A")) if saved.mode == "RGBA" else None
+        assert alpha is not None, "the saved X/Y/Z grid has no alpha"
+        left, top = (w * 3 // 4, saved.height - 2 * h - margin)  # the cells' place in the plot
+        for i, cell in enumerate(cells):
+            x, y = left + (w + margin) * (i % 2), top + (h + margin) * (i // 2)
+            assert np.array_equal(alpha[y:y + h, x:x + w], np.asarray(cell)[..., 3])
+        assert alpha[:top].min() == 255 and alpha[:, :left].min() == 255  # labels stay opaque
+
+
 def test_results_that_are_not_saved_still_get_their_alpha(forge):
     forge.opts.data["stealth_pnginfo_option"] = "RGB"
     p = processing("sdxl", forge.generation, saved=False, n_iter=2)

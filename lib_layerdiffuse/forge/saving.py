@@ -14,25 +14,25 @@ image becomes RGBA): the file, the API response and the gallery all get the real
 ends (`finish_outputs`). The parameters stay in the PNG's text chunk whenever Forge writes it.
 
 Grids: Forge builds them from the results (current Forge as RGBA, then stealth-writes over it;
-early Forge as RGB), so when a grid holds LayerDiffuse images the same grid is composed with
-alpha when Forge asks for it (`remember_grid`, the `image_grid` callback) and its alpha is put
-into Forge's grid object when that is saved or returned. JPEG and WebP have no alpha at all:
+early Forge as RGB; the X/Y/Z plot draws labels around them in RGB), so when a grid holds
+LayerDiffuse images the same grid is composed with alpha when Forge asks for it
+(`remember_grid`, the `image_grid` callback) and its alpha is put into Forge's grid object
+when that is saved or returned, found by its colours. JPEG and WebP have no alpha at all:
 then LayerDiffuse also saves a PNG copy with the suffix "-transparent".
 """
 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 import numpy as np
-from PIL import Image, ImageColor
+from PIL import Image
 
 KEEP_ATTRIBUTE = "layerdiffuse_alpha"
 SUFFIX = "-transparent"
 STEALTH_OPTION = "stealth_pnginfo_option"
-# grids composed for the results of the running job: a job makes one (X/Y/Z plots several)
-_grids: "deque[Image.Image]" = deque(maxlen=4)
 
 
 def keep_pixels(image: Image.Image, alpha: Image.Image) -> Image.Image:
@@ -73,46 +73,106 @@ def finish_outputs(images: Iterable[Any]) -> None:
 
 # ---- grids --------------------------------------------------------------------------------
 
+@dataclass
+class _Grid:
+    """A grid composed with alpha, as Forge composes it from the same images."""
+
+    image: Image.Image
+    cols: int
+    rows: int
+    cell: tuple[int, int]
+    covered: np.ndarray  # (H, W) where an image lies (the gaps' colour differs between Forges)
+
+    def alpha_for(self, rgb: np.ndarray) -> Optional[Image.Image]:
+        """The alpha for Forge's grid with colours `rgb` (H, W, 3) when it shows these cells:
+        as composed, or as the X/Y/Z plot draws it (`draw_grid_annotations`: labels left, a
+        quarter cell wider than nothing, and on top; margins between the cells); None if not."""
+        found = self._layout(rgb)
+        if found is None:
+            return None
+        left, top, margin = found
+        w, h = self.cell
+        alpha = Image.new("L", (rgb.shape[1], rgb.shape[0]), 255)  # labels and margins stay opaque
+        own = self.image.getchannel("A")
+        for row in range(self.rows):
+            for col in range(self.cols):
+                alpha.paste(own.crop((col * w, row * h, (col + 1) * w, (row + 1) * h)),
+                            (left + (w + margin) * col, top + (h + margin) * row))
+        return alpha
+
+    def _layout(self, rgb: np.ndarray) -> Optional[tuple[int, int, int]]:
+        height, width = rgb.shape[:2]
+        w, h = self.cell
+        spare_w, spare_h = width - self.cols * w, height - self.rows * h
+        if spare_w < 0 or spare_h < 0:
+            return None
+        for left in sorted({0, w * 3 // 4}):
+            room = spare_w - left
+            if room < 0 or (self.cols == 1 and room) or (self.cols > 1 and room % (self.cols - 1)):
+                continue
+            margins = [room // (self.cols - 1)] if self.cols > 1 else \
+                range(spare_h // (self.rows - 1) + 1) if self.rows > 1 else [0]
+            for margin in margins:
+                top = spare_h - margin * (self.rows - 1)
+                if top >= 0 and self._cells_match(rgb, left, top, margin):
+                    return left, top, margin
+        return None
+
+    def _cells_match(self, rgb: np.ndarray, left: int, top: int, margin: int) -> bool:
+        own = np.asarray(self.image)[..., :3]
+        w, h = self.cell
+        for row in range(self.rows):
+            for col in range(self.cols):
+                x, y = left + (w + margin) * col, top + (h + margin) * row
+                cell = np.s_[row * h:(row + 1) * h, col * w:(col + 1) * w]
+                covered = self.covered[cell]
+                if not np.array_equal(rgb[y:y + h, x:x + w][covered], own[cell][covered]):
+                    return False
+        return True
+
+
+# grids composed for the running job's results: one per job, the X/Y/Z plot one per Z value
+# and one of those (the grids are kept until the next job ends)
+_grids: "deque[_Grid]" = deque(maxlen=8)
+
+
 def remember_grid(params: Any) -> None:
     """`script_callbacks.on_image_grid` callback (called with the images, columns and rows
-    right before Forge composes a grid): when any image is ours, compose the same grid with
-    alpha, in Forge's layout (cells of the largest size, smaller images centred), gaps
-    transparent."""
+    right before Forge composes a grid): when any image is ours, or a grid of ours (the X/Y/Z
+    plot's sub-grids, which Forge saves only later), compose the same grid with alpha, in
+    Forge's layout (cells of the largest size, smaller images centred), gaps transparent."""
     images = list(getattr(params, "imgs", None) or [])
+    for image in images:
+        if kept_alpha(image) is None:
+            _restore_grid(image)
     if not any(kept_alpha(i) is not None for i in images):
         return
     cols, rows = int(params.cols), int(params.rows)
     w, h = (max(sizes) for sizes in zip(*(i.size for i in images)))
-    grid = Image.new("RGBA", (cols * w, rows * h), _grid_background())
+    grid = Image.new("RGBA", (cols * w, rows * h), (0, 0, 0, 0))
+    covered = np.zeros((rows * h, cols * w), bool)
     for index, image in enumerate(images):
         cell = image.convert("RGBA")
         alpha = kept_alpha(image)
         if alpha is not None:
             cell.putalpha(alpha)
-        grid.paste(cell, (index % cols * w + (w - image.width) // 2, index // cols * h + (h - image.height) // 2))
-    _grids.append(grid)
+        x, y = index % cols * w + (w - image.width) // 2, index // cols * h + (h - image.height) // 2
+        grid.paste(cell, (x, y))
+        covered[y:y + image.height, x:x + image.width] = True
+    _grids.append(_Grid(grid, cols, rows, (w, h), covered))
 
 
-def _grid_background() -> tuple[int, int, int, int]:
-    """Forge's grid colour (current Forge's setting; early Forge's black), fully transparent:
-    its RGB keeps the composed grid identical to Forge's in every colour channel."""
-    try:
-        from modules import shared  # Forge
-
-        r, g, b = ImageColor.getrgb(str(_setting(shared.opts, "grid_background_color", "#000000")))[:3]
-    except Exception:
-        r = g = b = 0
-    return r, g, b, 0
-
-
-def _restore_grid(image: Image.Image) -> bool:
-    """Put the alpha of a remembered grid into Forge's grid object when their colours match."""
-    if image.mode not in ("RGB", "RGBA"):
+def _restore_grid(image: Any) -> bool:
+    """Put the alpha of a remembered grid into Forge's grid object (in place, marked as ours)
+    when it shows that grid's cells."""
+    if not isinstance(image, Image.Image) or image.mode not in ("RGB", "RGBA") or not _grids:
         return False
-    for grid in _grids:
-        if grid.size == image.size and np.array_equal(np.asarray(grid)[..., :3], np.asarray(image)[..., :3]):
-            image.putalpha(grid.getchannel("A"))
-            keep_pixels(image, grid.getchannel("A"))
+    rgb = np.asarray(image.convert("RGB"))
+    for grid in reversed(_grids):
+        alpha = grid.alpha_for(rgb)
+        if alpha is not None:
+            image.putalpha(alpha)
+            keep_pixels(image, alpha)
             return True
     return False
 
