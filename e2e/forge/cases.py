@@ -136,6 +136,7 @@ class Result:
     notes: list[str] = field(default_factory=list)  # what LayerDiffuse told the user in the log
     failures: list[str] = field(default_factory=list)
     restored: str = "-"  # what the plain call after the case (or its chain) showed
+    log: str = ""  # Forge's console during the call
 
     @property
     def cutout_refusal(self) -> Optional[str]:
@@ -184,6 +185,7 @@ def run_case(case: Case, url: str, server, outputs: Path, earlier: Optional[dict
     notes = [line.strip() for line in lines if line.startswith("[LayerDiffuse]")]
     result = Result(case, reply.status_code, seconds, response, main, saved, info,
                     log_text.count("Traceback (most recent call last)"), errors[:3], notes)
+    result.log = log_text
     result.failures = expectations(result, earlier)
     for key in case.options:
         restore = DEFAULT_OPTIONS.get(key)
@@ -284,8 +286,9 @@ def _local_model_ran(r: Result) -> list[str]:
     return failures
 
 
-def matrix() -> list[Case]:
-    """The cases, plain call first (the baseline every ratio is measured against)."""
+def matrix(controlnet: Optional[str] = None) -> list[Case]:
+    """The cases, plain call first (the baseline every ratio is measured against); the
+    combination cases last."""
     fg, bg = condition_image("fg"), condition_image("bg")
     cases = [
         Case("plain txt2img (LayerDiffuse off)", _payload(), layer=False),
@@ -330,7 +333,7 @@ def matrix() -> list[Case]:
         Case("JPEG output format, fg-only", _payload(scripts=layer_args(SD15_ATTN)), transparent=0,
              options={"samples_format": "jpg"}, extra=_saved_jpg_and_png),
     ]
-    return cases + combinations()
+    return cases + combinations(controlnet)
 
 
 LORA_A, LORA_B = "rig-lora-a", "rig-lora-b"  # lora_files.write_kohya_lora, in models/Lora
@@ -370,10 +373,23 @@ def _grid_transparent(r: Result) -> list[str]:
     return out
 
 
-def combinations() -> list[Case]:
+def _controlnet_ran(r: Result) -> list[str]:
+    return [] if "Current ControlNet" in r.log else ["Forge's log does not show the ControlNet unit running"]
+
+
+def controlnet_unit(model: str) -> dict:
+    """One unit of Forge's built-in ControlNet, as its API takes it: the model by its listed
+    name ("name [short hash]"), no preprocessor, the condition image as base64."""
+    return {"enabled": True, "module": "None", "model": model, "weight": 1.0, "image": condition_image("bg"),
+            "resize_mode": "Crop and Resize", "guidance_start": 0.0, "guidance_end": 1.0,
+            "control_mode": "Balanced", "pixel_perfect": False}
+
+
+def combinations(controlnet: Optional[str] = None) -> list[Case]:
     """What users combine with LayerDiffuse: user LoRAs whose set changes between calls (with
     every SD1.5 method), a switch to another SD1.5 checkpoint and back, every stealth-infotext
-    and PNG-info setting, batch count 2 with the grid. The rig makes a plain call after every case (or chain of cases) and compares it with
+    and PNG-info setting, batch count 2 with the grid, and (given its listed name) one unit of
+    Forge's built-in ControlNet. The rig makes a plain call after every case (or chain of cases) and compares it with
     one made before any LayerDiffuse call."""
     fg, bg = condition_image("fg"), condition_image("bg")
     fg_only = layer_args(SD15_ATTN)
@@ -413,7 +429,16 @@ def combinations() -> list[Case]:
              same_as="SD1.5 fg-only, batch 1"),
         Case("batch count 2 with the grid, fg-only", _payload(n_iter=2, scripts=fg_only), transparent=2,
              extra=_grid_transparent),
-    ]
+    ] + ([] if controlnet is None else [
+        Case("fg-only + ControlNet (one unit)", _with_script(_payload(scripts=fg_only), "ControlNet",
+                                                             [controlnet_unit(controlnet)]),
+             transparent=1, differs_from="SD1.5 fg-only, batch 1", extra=_controlnet_ran),
+    ])
+
+
+def _with_script(payload: dict, title: str, args: list) -> dict:
+    payload["alwayson_scripts"] = {**payload.get("alwayson_scripts", {}), title: {"args": args}}
+    return payload
 
 
 def sdxl_matrix() -> list[Case]:

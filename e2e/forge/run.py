@@ -30,6 +30,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import controlnet_files  # noqa: E402
 import flux_files  # noqa: E402
 import lora_files  # noqa: E402
 from cases import (BASE, LORA_A, LORA_B, OTHER_SD15, Case, Result, flux_matrix, matrix, run_case,  # noqa: E402
@@ -37,6 +38,7 @@ from cases import (BASE, LORA_A, LORA_B, OTHER_SD15, Case, Result, flux_matrix, 
 from host import CHECKPOINT_NAMES, Forge, Server, log  # noqa: E402
 
 LOCAL_SEGMENTER = "BiRefNet-rig.onnx"
+CONTROLNET = "rig-controlnet-sd15.safetensors"  # controlnet_files.write_controlnet
 
 LAYER_FILES = {
     "sd15": ("layer_sd15_transparent_attn.safetensors", "layer_sd15_joint.safetensors",
@@ -97,6 +99,7 @@ def prepare(forge: Forge, cache: Path, family: str) -> None:
         from lib_layerdiffuse.testing.checkpoints import write_random_checkpoint
 
         forge.place(write_random_checkpoint(cache / OTHER_SD15, seed=1, family="sd15"), "Stable-diffusion")
+        forge.place(controlnet_files.write_controlnet(cache / CONTROLNET), "ControlNet")
     forge.place(checkpoint, "Stable-diffusion")
     for path in files:
         forge.place(path, "layer_model")
@@ -234,7 +237,10 @@ def main(argv=None) -> int:
         requests.post(f"{server.url}/sdapi/v1/options", timeout=600, json={
             "sd_model_checkpoint": CHECKPOINT_NAMES[args.family], "forge_additional_modules": modules,
             "live_previews_enable": False, "samples_format": "png"}).raise_for_status()
-        cases: list[Case] = {"sd15": matrix, "sdxl": sdxl_matrix, "flux": flux_matrix}[args.family]()
+        if args.family == "sd15":
+            cases: list[Case] = matrix(controlnet_files.listed_name(cache / CONTROLNET))
+        else:
+            cases = {"sdxl": sdxl_matrix, "flux": flux_matrix}[args.family]()
         outputs = forge.outputs(server.url)
         # the first call of a fresh Forge moves models and warms caches: not part of the baseline
         warm = time.monotonic()

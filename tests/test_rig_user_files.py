@@ -1,6 +1,8 @@
-"""The real-Forge rig's random user LoRAs (e2e/forge/lora_files.py), at a small size: kohya-ss
-key names for the diffusers modules of SD1.5 (what Forge's LoRA loader maps), every module that
-SD1.5 attention sharing replaces among them, and down/up shapes that multiply to the weights."""
+"""The real-Forge rig's random user files, at a small size: LoRAs (e2e/forge/lora_files.py) with
+kohya-ss key names for the diffusers modules of SD1.5 (what Forge's LoRA loader maps), every
+module that SD1.5 attention sharing replaces among them, and down/up shapes that multiply to
+the weights; the ControlNet (e2e/forge/controlnet_files.py) in the official v1.1 layout that
+Forge's loader recognises."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from lib_layerdiffuse.unet_blocks import attention_modules
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e" / "forge"))
 
+import controlnet_files  # noqa: E402
 import lora_files  # noqa: E402
 
 
@@ -45,3 +48,24 @@ def test_text_encoder_keys_and_a_written_file_is_kept(tmp_path):
     assert "lora_te_text_model_encoder_layers_11_self_attn_out_proj.lora_up.weight" in keys
     stamp = path.stat().st_mtime_ns
     assert lora_files.write_kohya_lora(path, 2, TINY["sd15"]).stat().st_mtime_ns == stamp
+
+
+def test_controlnet_has_the_official_layout_of_the_unet_it_belongs_to(tmp_path):
+    spec = TINY["sd15"]
+    path = controlnet_files.write_controlnet(tmp_path / "cn.safetensors", 0, spec)
+    tensors = load_file(str(path))
+    assert all(k.startswith("control_model.") for k in tensors)
+    assert "control_model.zero_convs.0.0.weight" in tensors  # what Forge looks for first
+    unet = ldm_unet_layout(spec)
+    for key, shape in unet.items():
+        if key.startswith(("input_blocks.", "middle_block.", "time_embed.")):
+            assert tuple(tensors["control_model." + key].shape) == tuple(shape), key
+    hint_in = tensors["control_model.input_hint_block.0.weight"]
+    hint_out = tensors["control_model.input_hint_block.14.weight"]
+    assert hint_in.shape[1] == 3 and hint_out.shape[0] == spec.model_channels
+    blocks = sorted({int(k.split(".")[2]) for k in tensors if ".input_blocks." in k})
+    zero = [tensors[f"control_model.zero_convs.{i}.0.weight"].shape[0] for i in blocks]
+    assert zero[0] == spec.model_channels and zero[-1] == spec.model_channels * spec.channel_mult[-1]
+    assert len(zero) == len(blocks) == 3 * len(spec.channel_mult)
+    name = controlnet_files.listed_name(path)
+    assert name.startswith("cn [") and len(name) == len("cn [12345678]")
