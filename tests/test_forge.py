@@ -975,8 +975,8 @@ def user_lora(model: torch.nn.Module, seed: int) -> dict:
     """A kohya-style LoRA as Forge's loader hands it over: rank-2 `("lora", (up, down, alpha,
     mid, dora))` patches on every attention projection and on one other weight."""
     gen = torch.Generator().manual_seed(seed)
-    keys = [f"diffusion_model.{n}.{proj}.weight" for n in attention_modules(Family.SD15)
-            for proj in ("to_q", "to_k", "to_v", "to_out.0")]
+    keys = [k for k, _ in model.named_parameters() if k.endswith((".to_q.weight", ".to_k.weight", ".to_v.weight",
+                                                                   ".to_out.0.weight"))]
     keys.append(next(k for k, _ in model.named_parameters() if k.endswith("proj_in.weight")))
     patches = {}
     for key in keys:
@@ -1037,6 +1037,30 @@ def test_user_loras_reach_the_shared_attention_whatever_the_set_before(forge, se
                 assert module.original.to_q.weight is params[f"diffusion_model.{attn_name}.to_q.weight"]
     if sequence[-1][0] is None:
         assert all(torch.equal(v, before[k]) for k, v in model.named_parameters())
+
+
+@pytest.mark.parametrize("method", [Method.FG_ONLY_ATTN, Method.FG_TO_BLEND], ids=lambda m: m.name)
+def test_sdxl_patches_merge_with_user_loras_and_leave_no_trace(forge, method):
+    """LayerDiffuse's SDXL files are weight patches next to the user's LoRA on the same keys
+    (FG_TO_BLEND also widens conv_in): loading merges both; the next call with the LoRA alone
+    has exactly the LoRA merged, and a plain call the original weights and shapes."""
+    p = processing("sdxl", forge.generation)
+    model = p.sd_model.forge_objects.unet.model
+    lora = user_lora(model, 5)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    call_forge(p, forge, [("A.safetensors", lora, 1.0)], method)
+    changed = {k for k, v in model.named_parameters() if v.shape != before[k].shape or not torch.equal(v, before[k])}
+    ours = set(accepted(p.sd_model.forge_objects.unet))
+    assert changed == set(lora) | ours
+    if method.spec.conditions:
+        assert model.get_parameter("diffusion_model.input_blocks.0.0.weight").shape[1] == 8
+    call_forge(p, forge, [("A.safetensors", lora, 1.0)])
+    for key, value in model.named_parameters():
+        expected = before[key] + lora_delta(lora[key], 1.0, value.shape) if key in lora else before[key]
+        assert value.shape == expected.shape, key
+        torch.testing.assert_close(value, expected, atol=1e-6, rtol=0, msg=key)
+    call_forge(p, forge, [])
+    assert all(v.shape == before[k].shape and torch.equal(v, before[k]) for k, v in model.named_parameters())
 
 
 def test_shared_attention_computes_with_the_merged_lora(forge):
