@@ -137,6 +137,7 @@ class Result:
     failures: list[str] = field(default_factory=list)
     restored: str = "-"  # what the plain call after the case (or its chain) showed
     log: str = ""  # Forge's console during the call
+    peak_gb: float = 0.0  # Forge's peak resident memory so far, after the case
 
     @property
     def cutout_refusal(self) -> Optional[str]:

@@ -222,6 +222,16 @@ class Server:
             time.sleep(2)
         raise RuntimeError(f"Forge's API did not come up within {START_TIMEOUT:.0f} s; see {self.log_path}")
 
+    def peak_memory_gb(self) -> float:
+        """The most resident memory the Forge process has held since it started (VmHWM)."""
+        try:
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2 ** 20
+        except (OSError, AttributeError, ValueError):
+            pass
+        return 0.0
+
     def log_size(self) -> int:
         return self.log_path.stat().st_size
 

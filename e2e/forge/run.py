@@ -262,8 +262,9 @@ def main(argv=None) -> int:
                 result.restored = restoration.check()
                 if result.restored != "same":
                     result.failures.append(f"the plain call after it: {result.restored}")
+            result.peak_gb = server.peak_memory_gb()
             log(f"  HTTP {result.http}, {result.seconds:.0f} s, plain after: {result.restored}, "
-                f"{'ok' if not result.failures else result.failures}")
+                f"Forge's peak memory {result.peak_gb:.1f} GB, {'ok' if not result.failures else result.failures}")
         if args.screenshot:
             try:
                 screenshot(server.url, Path(args.screenshot))
@@ -280,7 +281,8 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps([{
             "case": r.case.name, "http": r.http, "seconds": round(r.seconds, 1), "failures": r.failures,
             "main": [s.short() for s in r.main], "saved": [(n, s.short()) for n, s in r.saved],
-            "restored": r.restored, "tracebacks": r.tracebacks, "notes": r.notes} for r in results], indent=1))
+            "restored": r.restored, "peak_gb": round(r.peak_gb, 2), "tracebacks": r.tracebacks,
+            "notes": r.notes} for r in results], indent=1))
     failed = [r for r in results if r.failures]
     if listing:
         print(f"\nFAILED: {'; '.join(listing)}")
