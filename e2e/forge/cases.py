@@ -287,7 +287,7 @@ def _local_model_ran(r: Result) -> list[str]:
     return failures
 
 
-def matrix(controlnet: Optional[str] = None) -> list[Case]:
+def matrix(controlnet: Optional[str] = None, stealth: bool = True) -> list[Case]:
     """The cases, plain call first (the baseline every ratio is measured against); the
     combination cases last."""
     fg, bg = condition_image("fg"), condition_image("bg")
@@ -334,7 +334,7 @@ def matrix(controlnet: Optional[str] = None) -> list[Case]:
         Case("JPEG output format, fg-only", _payload(scripts=layer_args(SD15_ATTN)), transparent=0,
              options={"samples_format": "jpg"}, extra=_saved_jpg_and_png),
     ]
-    return cases + combinations(controlnet)
+    return cases + combinations(controlnet, stealth)
 
 
 LORA_A, LORA_B = "rig-lora-a", "rig-lora-b"  # lora_files.write_kohya_lora, in models/Lora
@@ -386,14 +386,24 @@ def controlnet_unit(model: str) -> dict:
             "control_mode": "Balanced", "pixel_perfect": False}
 
 
-def combinations(controlnet: Optional[str] = None) -> list[Case]:
+def combinations(controlnet: Optional[str] = None, stealth: bool = True) -> list[Case]:
     """What users combine with LayerDiffuse: user LoRAs whose set changes between calls (with
     every SD1.5 method), a switch to another SD1.5 checkpoint and back, every stealth-infotext
-    and PNG-info setting, batch count 2 with the grid, and (given its listed name) one unit of
-    Forge's built-in ControlNet. The rig makes a plain call after every case (or chain of cases) and compares it with
-    one made before any LayerDiffuse call."""
+    and PNG-info setting (`stealth`: the host has stealth infotext), batch count 2 with the grid,
+    and (given its listed name) one unit of Forge's built-in ControlNet. The rig makes a plain
+    call after every case (or chain of cases) and compares it with one made before any
+    LayerDiffuse call."""
     fg, bg = condition_image("fg"), condition_image("bg")
     fg_only = layer_args(SD15_ATTN)
+    stealth_cases = [
+        Case("stealth infotext RGB, fg-only", _payload(scripts=fg_only), transparent=1,
+             options={"stealth_pnginfo_option": "RGB"}, extra=_saved_as_returned(parameters=True)),
+        Case("stealth infotext None, fg-only", _payload(scripts=fg_only), transparent=1,
+             options={"stealth_pnginfo_option": "None"}, extra=_saved_as_returned(parameters=True),
+             same_as="SD1.5 fg-only, batch 1"),
+        Case("stealth infotext Alpha, fg-only", _payload(scripts=fg_only), transparent=1,
+             extra=_saved_as_returned(parameters=True), same_as="SD1.5 fg-only, batch 1"),
+    ]
     return [
         Case("LoRA A, plain", _payload(prompt=_lora(LORA_A)), layer=False, chain=True),
         Case("fg-only, LoRA A in the call before", _payload(scripts=fg_only), transparent=1,
@@ -418,19 +428,12 @@ def combinations(controlnet: Optional[str] = None) -> list[Case]:
             transparent=1, differs_from="fg-only + LoRA A"),
         Case("fg-only, first checkpoint again", _payload(scripts=fg_only), transparent=1,
              same_as="SD1.5 fg-only, batch 1"),
-        Case("stealth infotext RGB, fg-only", _payload(scripts=fg_only), transparent=1,
-             options={"stealth_pnginfo_option": "RGB"}, extra=_saved_as_returned(parameters=True)),
-        Case("stealth infotext None, fg-only", _payload(scripts=fg_only), transparent=1,
-             options={"stealth_pnginfo_option": "None"}, extra=_saved_as_returned(parameters=True),
-             same_as="SD1.5 fg-only, batch 1"),
-        Case("stealth infotext Alpha, fg-only", _payload(scripts=fg_only), transparent=1,
-             extra=_saved_as_returned(parameters=True), same_as="SD1.5 fg-only, batch 1"),
         Case("PNG info off, fg-only", _payload(scripts=fg_only), transparent=1,
              options={"enable_pnginfo": False}, extra=_saved_as_returned(parameters=False),
              same_as="SD1.5 fg-only, batch 1"),
         Case("batch count 2 with the grid, fg-only", _payload(n_iter=2, scripts=fg_only), transparent=2,
              extra=_grid_transparent),
-    ] + ([] if controlnet is None else [
+    ] + (stealth_cases if stealth else []) + ([] if controlnet is None else [
         Case("fg-only + ControlNet (one unit)", _with_script(_payload(scripts=fg_only), "ControlNet",
                                                              [controlnet_unit(controlnet)]),
              transparent=1, differs_from="SD1.5 fg-only, batch 1", extra=_controlnet_ran),

@@ -238,7 +238,7 @@ def main(argv=None) -> int:
             "sd_model_checkpoint": CHECKPOINT_NAMES[args.family], "forge_additional_modules": modules,
             "live_previews_enable": False, "samples_format": "png"}).raise_for_status()
         if args.family == "sd15":
-            cases: list[Case] = matrix(controlnet_files.listed_name(cache / CONTROLNET))
+            cases: list[Case] = matrix(controlnet_files.listed_name(cache / CONTROLNET), stealth=forge.generation == 2)
         else:
             cases = {"sdxl": sdxl_matrix, "flux": flux_matrix}[args.family]()
         outputs = forge.outputs(server.url)
