@@ -42,5 +42,5 @@ class LayerDiffuseForForge(scripts.Script):
         hooks.postprocess(p, processed)
 
 
-script_callbacks.on_before_image_saved(saving.restore_pixels)
+script_callbacks.on_before_image_saved(saving.restore_alpha)
 script_callbacks.on_image_grid(saving.remember_grid)

@@ -778,8 +778,8 @@ def webui_modules(opts: Any, saved: list, generation: int = 2) -> dict[str, type
         cols, rows = im.width // width, im.height // height
         pad_left = width * 3 // 4 if any(ver_texts) else 0
         pad_top = height // 5 if any(hor_texts) else 0
-        result = Image.new("RGB", (im.width + pad_left + margin * (cols - 1), im.height + pad_top + margin * (rows - 1)),
-                           opts.grid_background_color)
+        size = (im.width + pad_left + margin * (cols - 1), im.height + pad_top + margin * (rows - 1))
+        result = Image.new("RGB", size, opts.grid_background_color)
         for row in range(rows):
             for col in range(cols):
                 cell = im.crop((width * col, height * row, width * (col + 1), height * (row + 1)))

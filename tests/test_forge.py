@@ -81,7 +81,7 @@ def forge(request, monkeypatch, weight_files):
     saved: list = []
     ff.install(monkeypatch, {**ff.forge_modules(request.param, memory), **ff.webui_modules(opts, saved, request.param)})
     callbacks = sys.modules["modules.script_callbacks"]  # as the script file registers them
-    callbacks.on_before_image_saved(saving.restore_pixels)
+    callbacks.on_before_image_saved(saving.restore_alpha)
     callbacks.on_image_grid(saving.remember_grid)
     unet_files.use_store(WeightStore(folder, catalog=catalog, allow_download=False, progress=False))
     yield types.SimpleNamespace(generation=request.param, memory=memory, opts=opts, saved=saved,
@@ -723,7 +723,7 @@ def test_script_file_imports_and_builds_the_panel(forge, gradio, monkeypatch):
     module = load_script(monkeypatch)
     script_cls = module.LayerDiffuseForForge
     assert issubclass(script_cls, sys.modules["modules.scripts"].Script)
-    assert callbacks.before_image_saved == [saving.restore_pixels]
+    assert callbacks.before_image_saved == [saving.restore_alpha]
     assert callbacks.image_grid == [saving.remember_grid]
     script = script_cls()
     assert script.title() == "LayerDiffuse"
@@ -909,7 +909,7 @@ def test_cutout_runs_on_every_image_when_layerdiffuse_is_off(forge):
     before = np.asarray(out).copy()
     params = ff.ImageSaveParams(out, p, "out.png", {"parameters": "x"})
     out.putalpha(255)  # Forge's stealth infotext, then our callback
-    saving.restore_pixels(params)
+    saving.restore_alpha(params)
     assert np.array_equal(np.asarray(out), before)
 
 
@@ -1028,7 +1028,8 @@ def test_user_loras_reach_the_shared_attention_whatever_the_set_before(forge, se
         params = dict(model.named_parameters())
         assert set(params) == set(before)  # the same paths, with and without the stand-ins
         for key, value in before.items():
-            expected = value + lora_delta(loras[name][key], strength, value.shape) if name and key in loras[name] else value
+            lora = loras[name] if name else {}
+            expected = value + lora_delta(lora[key], strength, value.shape) if key in lora else value
             torch.testing.assert_close(params[key], expected, atol=1e-6, rtol=0, msg=key)
         for attn_name in attention_modules(Family.SD15):
             module = model.get_submodule(f"diffusion_model.{attn_name}")

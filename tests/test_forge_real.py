@@ -123,8 +123,8 @@ SIGNATURES = {
         *SAMPLERS,
     ],
 }
-WEBUI = [("save_image", "modules/images.py"), ("resize_image", "modules/images.py"), ("image_grid", "modules/images.py"),
-         ("create_infotext", "modules/processing.py"), ("on_before_image_saved", "modules/script_callbacks.py"),
+WEBUI = [("save_image", "modules/images.py"), ("resize_image", "modules/images.py"),
+         ("image_grid", "modules/images.py"), ("create_infotext", "modules/processing.py"), ("on_before_image_saved", "modules/script_callbacks.py"),
          ("on_image_grid", "modules/script_callbacks.py")]
 
 

@@ -118,7 +118,8 @@ def image_stats(image: Image.Image) -> ImageStats:
                        parameters="parameters" in image.info)
     if image.mode == "RGBA":
         alpha = np.asarray(image)[..., 3]
-        stats.alpha_values, stats.alpha_min, stats.alpha_mean = len(np.unique(alpha)), int(alpha.min()), float(alpha.mean())
+        stats.alpha_values, stats.alpha_min = len(np.unique(alpha)), int(alpha.min())
+        stats.alpha_mean = float(alpha.mean())
     return stats
 
 

@@ -159,6 +159,7 @@ def postprocess(p: Any, processed: Any) -> None:
     if job_of(p) is None:
         return
     try:
-        finish_outputs([*(getattr(processed, "images", None) or []), *(getattr(processed, "extra_images", None) or [])])
+        images = getattr(processed, "images", None) or []
+        finish_outputs([*images, *(getattr(processed, "extra_images", None) or [])])
     except Exception:  # a by-product: never take the finished job down
         traceback.print_exc()

@@ -58,7 +58,7 @@ class Job:
         """Switch the cutout off for this job (LayerDiffuse itself goes on) and say why."""
         if self.cutout_error is None:
             self.cutout_error = message
-            _tell(p, f"LayerDiffuse: the cutout did not run: {message}")
+            _tell(p, f"the cutout did not run: {message}", f"LayerDiffuse: the cutout did not run: {message}")
             _infotext(p, CUTOUT_ERROR_KEY, message)
 
     def fail(self, p: Any, message: str) -> None:
@@ -66,8 +66,9 @@ class Job:
         if self.error is not None:
             return
         self.error = message
-        log.error(f"LayerDiffuse did not run: {message}")
-        _tell(p, f"LayerDiffuse did not run: {message}")
+        text = f"LayerDiffuse did not run: {message}"
+        log.error(text)
+        _tell(p, text, text)
         _infotext(p, ERROR_KEY, message)
 
     def note(self, p: Any, message: str) -> None:
@@ -76,16 +77,17 @@ class Job:
         if message in self.notes:
             return
         self.notes.append(message)
-        _tell(p, f"LayerDiffuse: {message}")
+        _tell(p, message, f"LayerDiffuse: {message}")
         _infotext(p, NOTE_KEY, " | ".join(self.notes))
 
 
-def _tell(p: Any, text: str) -> None:
-    """The log (what the rig and server admins read) and the comments under the gallery."""
-    print(f"[LayerDiffuse] {text.removeprefix('LayerDiffuse: ')}")
-    comment = getattr(p, "comment", None)
-    if callable(comment):
-        comment(text)
+def _tell(p: Any, line: str, comment: str) -> None:
+    """A line in the console (what server admins and the rig read) and a comment under the
+    gallery."""
+    print(f"[LayerDiffuse] {line}")
+    add_comment = getattr(p, "comment", None)
+    if callable(add_comment):
+        add_comment(comment)
 
 
 def _infotext(p: Any, key: str, value: str) -> None:

@@ -6,7 +6,7 @@ that also goes into the results and the grid:
 - "Alpha" sets the alpha to 255 and hides the parameters in its lowest bits;
 - "RGB" hides them in the lowest bits of R, G and B, and raises on an RGBA image (its writer
   unpacks three values per pixel).
-So the image LayerDiffuse hands Forge carries its alpha on the side (`keep_pixels`): an RGBA
+So the image LayerDiffuse hands Forge carries its alpha on the side (`keep_alpha`): an RGBA
 image, or in "RGB" mode the RGB image, which the writer can mark. Our `before_image_saved`
 callback then puts the alpha in with `putalpha`, which changes the same object in place (an RGB
 image becomes RGBA): the file, the API response and the gallery all get the real alpha, and in
@@ -35,7 +35,7 @@ SUFFIX = "-transparent"
 STEALTH_OPTION = "stealth_pnginfo_option"
 
 
-def keep_pixels(image: Image.Image, alpha: Image.Image) -> Image.Image:
+def keep_alpha(image: Image.Image, alpha: Image.Image) -> Image.Image:
     """Mark `image` (RGB or RGBA) as a LayerDiffuse output whose alpha is `alpha` (mode L)."""
     setattr(image, KEEP_ATTRIBUTE, alpha)
     return image
@@ -55,7 +55,7 @@ def put_kept_alpha(image: Image.Image) -> bool:
     return True
 
 
-def restore_pixels(params: Any) -> None:
+def restore_alpha(params: Any) -> None:
     """`script_callbacks.on_before_image_saved` callback: our images get their alpha back after
     the stealth-infotext writer, grids of our images theirs."""
     image = getattr(params, "image", None)
@@ -172,7 +172,7 @@ def _restore_grid(image: Any) -> bool:
         alpha = grid.alpha_for(rgb)
         if alpha is not None:
             image.putalpha(alpha)
-            keep_pixels(image, alpha)
+            keep_alpha(image, alpha)
             return True
     return False
 
@@ -222,9 +222,9 @@ def show_transparent(p: Any, image: Image.Image, index: int) -> Image.Image:
 
     alpha = image.getchannel("A")
     result = image.convert("RGB") if stealth_mode(shared.opts) == "RGB" else image.copy()
-    keep_pixels(result, alpha)
+    keep_alpha(result, alpha)
     if image_format(shared.opts) != "png" and p.save_samples():
-        save_png_copy(p, keep_pixels(result.copy(), alpha), index)
+        save_png_copy(p, keep_alpha(result.copy(), alpha), index)
     return result
 
 
