@@ -234,9 +234,11 @@ def main(argv=None) -> int:
         listing = local_model_listed(server.url)
         log(f"cutout dropdowns list local:{LOCAL_SEGMENTER}: {'yes' if not listing else listing}")
         modules = [flux_files.MODULES[m] for m in ("vae", "clip_l", "t5")] if args.family == "flux" else []
-        requests.post(f"{server.url}/sdapi/v1/options", timeout=600, json={
-            "sd_model_checkpoint": CHECKPOINT_NAMES[args.family], "forge_additional_modules": modules,
-            "live_previews_enable": False, "samples_format": "png"}).raise_for_status()
+        options = {"sd_model_checkpoint": CHECKPOINT_NAMES[args.family], "live_previews_enable": False,
+                   "samples_format": "png"}
+        if forge.generation == 2:  # early Forge has no such setting, and its API refuses unknown ones
+            options["forge_additional_modules"] = modules
+        requests.post(f"{server.url}/sdapi/v1/options", timeout=600, json=options).raise_for_status()
         if args.family == "sd15":
             cases: list[Case] = matrix(controlnet_files.listed_name(cache / CONTROLNET), stealth=forge.generation == 2)
         else:
