@@ -1069,21 +1069,9 @@ def test_shared_attention_computes_with_the_merged_lora(forge):
     runs, which is after Forge merged the user's: the output is the published algorithm's on the
     LoRA-merged attention module."""
     p = processing("sd15", forge.generation)
-    model = p.sd_model.forge_objects.unet.model
-    lora = user_lora(model, 3)
+    lora = user_lora(p.sd_model.forge_objects.unet.model, 3)
     unet = call_forge(p, forge, [("A.safetensors", lora, 1.0)], Method.FG_ONLY_ATTN_SD15)
-    name = attention_modules(Family.SD15)[0]
-    module = model.get_submodule(f"diffusion_model.{name}")
-    reference = copy.deepcopy(module.original)
-    for proj in ("to_q", "to_k", "to_v", "to_out.0"):
-        key = f"diffusion_model.{name}.{proj}.weight"
-        reference.get_submodule(proj).weight.data = model.get_parameter(key).detach().clone()
-    weights, = unet.extra_modules
-    h = torch.randn(2, (SIZE // 8) ** 2, reference.to_q.in_features)
-    mark = torch.tensor([1.0, 0.0])
-    out = module(h, transformer_options={"cond_mark": mark})
-    expected = published_unit(reference, weights.hookers.layers[0], 1, h, None, mark, [None], None)
-    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    assert_shares_attention_with(unet, lambda key, weight: weight)
 
 
 @pytest.mark.parametrize("forge", [2], indirect=True, ids=["current-forge"])  # early Forge has no online mode
@@ -1091,18 +1079,25 @@ def test_online_loras_of_current_forge_reach_the_shared_attention(forge):
     """Current Forge keeps LoRAs beside low-bit weights (online mode) and applies them in the
     layer's forward; the sharing processor must take the weights that forward would use."""
     p = processing("sd15", forge.generation)
-    model = p.sd_model.forge_objects.unet.model
-    lora = user_lora(model, 4)
+    lora = user_lora(p.sd_model.forge_objects.unet.model, 4)
     unet = call_forge(p, forge, [("A.safetensors", lora, 1.0)], Method.FG_ONLY_ATTN_SD15, online_mode=True)
+    model = unet.model
+    name = attention_modules(Family.SD15)[0]
+    assert all(hasattr(model.get_submodule(f"diffusion_model.{name}.{proj}"), "forge_online_loras")
+               for proj in ("to_q", "to_k", "to_v", "to_out.0"))
+    assert_shares_attention_with(unet, lambda key, weight: weight + lora_delta(lora[key], 1.0, weight.shape))
+
+
+def assert_shares_attention_with(unet, effective):
+    """The first stand-in's output equals the published algorithm on a copy of the original
+    module whose projections hold `effective(key, stored weight)`."""
+    model = unet.model
     name = attention_modules(Family.SD15)[0]
     module = model.get_submodule(f"diffusion_model.{name}")
     reference = copy.deepcopy(module.original)
     for proj in ("to_q", "to_k", "to_v", "to_out.0"):
         key = f"diffusion_model.{name}.{proj}.weight"
-        weight = model.get_parameter(key).detach()
-        merged = weight + lora_delta(lora[key], 1.0, weight.shape)
-        reference.get_submodule(proj).weight.data = merged
-        assert hasattr(module.get_submodule(proj), "forge_online_loras")
+        reference.get_submodule(proj).weight.data = effective(key, model.get_parameter(key).detach().clone())
     weights, = unet.extra_modules
     h = torch.randn(2, (SIZE // 8) ** 2, reference.to_q.in_features)
     mark = torch.tensor([1.0, 0.0])
