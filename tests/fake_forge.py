@@ -117,7 +117,8 @@ def merge_patches(entries: list, weight: torch.Tensor) -> torch.Tensor:
     kinds "lora" (up, down, alpha, ...) and "diff" (delta, ...), the two LayerDiffuse and kohya
     LoRAs use."""
     out = weight.float().clone()
-    for strength, (kind, values), strength_model in entries:
+    for entry in entries:  # early Forge keeps 3 values per patch, current Forge 5
+        strength, (kind, values), strength_model = entry[:3]
         out = out * strength_model
         if kind == "lora":
             up, down, alpha = values[0].float(), values[1].float(), values[2]
@@ -172,7 +173,7 @@ class LoraLoader:
                 self.online_backup.append(parent)
                 continue
             self.backup.setdefault(key, weight)
-            out = merge_patches([(e[0], e[1], e[2]) for e in entries], weight)
+            out = merge_patches(entries, weight)
             set_attr_raw(self.model, key, nn.Parameter(out, requires_grad=False))
         self.loaded_hash = hashes
 
@@ -183,10 +184,10 @@ def get_weight_and_bias(layer, weight_args=None, bias_args=None, weight_fn=None,
     patches = getattr(layer, "forge_online_loras", {})
     weight = layer.weight if weight_fn is None else weight_fn(layer.weight)
     if "weight" in patches:
-        weight = merge_patches([(e[0], e[1], e[2]) for e in patches["weight"]], weight)
+        weight = merge_patches(patches["weight"], weight)
     bias = layer.bias
     if bias is not None and "bias" in patches:
-        bias = merge_patches([(e[0], e[1], e[2]) for e in patches["bias"]], bias)
+        bias = merge_patches(patches["bias"], bias)
     return weight, bias
 
 
@@ -309,6 +310,7 @@ class UnetPatcherBase(ModelPatcher):
         super().__init__(model, *args, **kwargs)
         self.extra_concat_condition = None
         self.extra_modules: list[nn.Module] = []
+        self.object_patches_backup: dict[str, nn.Module] = {}
 
     def clone(self):
         n = type(self)(self.model, self.load_device, self.offload_device)
@@ -343,6 +345,17 @@ class UnetPatcherBase(ModelPatcher):
         backup = {k: set_attr(self.model, k, v) for k, v in self.object_patches.items()}
         return lambda: [set_attr(self.model, k, v) for k, v in backup.items()]
 
+    def put_object_patches(self) -> None:
+        """Both hosts' loading: object patches into the shared model, the originals kept once."""
+        for k, obj in self.object_patches.items():
+            self.object_patches_backup.setdefault(k, get_attr_with_parent(self.model, k)[2])
+            set_attr_raw(self.model, k, obj)
+
+    def take_object_patches(self) -> None:
+        for k, obj in self.object_patches_backup.items():
+            set_attr_raw(self.model, k, obj)
+        self.object_patches_backup = {}
+
     def is_clone(self, other) -> bool:
         return getattr(other, "model", None) is self.model
 
@@ -353,6 +366,7 @@ class EarlyUnetPatcher(UnetPatcherBase):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.patches: dict[str, list] = {}
+        self.backup: dict[str, torch.Tensor] = {}
 
     def _copy_patches(self, n):
         n.patches = {k: v[:] for k, v in self.patches.items()}
@@ -371,11 +385,7 @@ class EarlyUnetPatcher(UnetPatcherBase):
 
     def patch_model(self, device_to=None, patch_weights=True):
         """ldm_patched's order: object patches, then weights found in the state dict."""
-        self.object_patches_backup = getattr(self, "object_patches_backup", {})
-        for k, obj in self.object_patches.items():
-            self.object_patches_backup.setdefault(k, get_attr_with_parent(self.model, k)[2])
-            set_attr_raw(self.model, k, obj)
-        self.backup = getattr(self, "backup", {})
+        self.put_object_patches()
         state = self.model.state_dict(keep_vars=True)
         for key, entries in self.patches.items():
             if key not in state:
@@ -387,12 +397,10 @@ class EarlyUnetPatcher(UnetPatcherBase):
         return self.model
 
     def unpatch_model(self, device_to=None):
-        for key, weight in getattr(self, "backup", {}).items():
+        for key, weight in self.backup.items():
             set_attr_raw(self.model, key, weight)
         self.backup = {}
-        for key, obj in getattr(self, "object_patches_backup", {}).items():
-            set_attr_raw(self.model, key, obj)
-        self.object_patches_backup = {}
+        self.take_object_patches()
 
     def load(self):
         self.patch_model()
@@ -433,16 +441,11 @@ class CurrentUnetPatcher(UnetPatcherBase):
         self.model.lora_loader.refresh(lora_patches=self.lora_patches, offload_device=self.offload_device)
 
     def forge_patch_model(self, target_device=None):
-        self.object_patches_backup = getattr(self, "object_patches_backup", {})
-        for k, obj in self.object_patches.items():
-            self.object_patches_backup.setdefault(k, get_attr_with_parent(self.model, k)[2])
-            set_attr_raw(self.model, k, obj)
+        self.put_object_patches()
         return self.model
 
     def forge_unpatch_model(self, target_device=None):
-        for k, obj in getattr(self, "object_patches_backup", {}).items():
-            set_attr_raw(self.model, k, obj)
-        self.object_patches_backup = {}
+        self.take_object_patches()
 
     def load(self):
         """`LoadedModel.model_load`: object patches, then `refresh_loras`."""

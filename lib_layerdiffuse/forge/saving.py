@@ -77,7 +77,8 @@ def finish_outputs(images: Iterable[Any]) -> None:
 class _Grid:
     """A grid composed with alpha, as Forge composes it from the same images."""
 
-    image: Image.Image
+    rgb: np.ndarray  # (H, W, 3)
+    alpha: Image.Image
     cols: int
     rows: int
     cell: tuple[int, int]
@@ -93,10 +94,9 @@ class _Grid:
         left, top, margin = found
         w, h = self.cell
         alpha = Image.new("L", (rgb.shape[1], rgb.shape[0]), 255)  # labels and margins stay opaque
-        own = self.image.getchannel("A")
         for row in range(self.rows):
             for col in range(self.cols):
-                alpha.paste(own.crop((col * w, row * h, (col + 1) * w, (row + 1) * h)),
+                alpha.paste(self.alpha.crop((col * w, row * h, (col + 1) * w, (row + 1) * h)),
                             (left + (w + margin) * col, top + (h + margin) * row))
         return alpha
 
@@ -119,14 +119,13 @@ class _Grid:
         return None
 
     def _cells_match(self, rgb: np.ndarray, left: int, top: int, margin: int) -> bool:
-        own = np.asarray(self.image)[..., :3]
         w, h = self.cell
         for row in range(self.rows):
             for col in range(self.cols):
                 x, y = left + (w + margin) * col, top + (h + margin) * row
                 cell = np.s_[row * h:(row + 1) * h, col * w:(col + 1) * w]
                 covered = self.covered[cell]
-                if not np.array_equal(rgb[y:y + h, x:x + w][covered], own[cell][covered]):
+                if not np.array_equal(rgb[y:y + h, x:x + w][covered], self.rgb[cell][covered]):
                     return False
         return True
 
@@ -159,7 +158,7 @@ def remember_grid(params: Any) -> None:
         x, y = index % cols * w + (w - image.width) // 2, index // cols * h + (h - image.height) // 2
         grid.paste(cell, (x, y))
         covered[y:y + image.height, x:x + image.width] = True
-    _grids.append(_Grid(grid, cols, rows, (w, h), covered))
+    _grids.append(_Grid(np.asarray(grid)[..., :3].copy(), grid.getchannel("A"), cols, rows, (w, h), covered))
 
 
 def _restore_grid(image: Any) -> bool:
