@@ -1,4 +1,4 @@
-"""Small stand-ins for the two Forge generations, written from the documented host behaviour
+"""Small stand-ins for the three Forge hosts (early, current, Neo), written from the documented host behaviour
 (../shared/reference/forge-api.md), for tests that cannot install Forge.
 
 What they reproduce: `clone()` copies the patch containers and deep-copies `model_options`;
@@ -136,6 +136,11 @@ def merge_patches(entries: list, weight: torch.Tensor) -> torch.Tensor:
     return out.to(weight.dtype)
 
 
+def neo_form(patches: dict) -> dict:
+    """kohya-style `(type, values)` LoRA patches as Neo's LoRA loader makes them: adapters."""
+    return {k: LoRAAdapter(set(), (*v[1][:3], None, None, None)) if v[0] == "lora" else v for k, v in patches.items()}
+
+
 class LoraLoader:
     """Current Forge's `backend.patcher.lora.LoraLoader`, one per model (`model.lora_loader`)."""
 
@@ -189,6 +194,74 @@ def get_weight_and_bias(layer, weight_args=None, bias_args=None, weight_fn=None,
     if bias is not None and "bias" in patches:
         bias = merge_patches(patches["bias"], bias)
     return weight, bias
+
+
+class LoRAAdapter:
+    """Neo's `weight_adapter.LoRAAdapter`: `weights` = (up, down, alpha, mid, dora_scale, reshape);
+    `calculate_weight` adds the LoRA into the weight it is given (a view when offset)."""
+
+    name = "lora"
+
+    def __init__(self, loaded_keys, weights):
+        self.loaded_keys, self.weights = loaded_keys, weights
+
+    def calculate_weight(self, weight, key, strength, strength_model, offset, function,
+                         intermediate_dtype=torch.float32, original_weight=None):
+        up, down, alpha = (t if not isinstance(t, torch.Tensor) else t.to(intermediate_dtype)
+                           for t in self.weights[:3])
+        scale = float(alpha) / down.shape[0] if alpha is not None else 1.0
+        weight += function(strength * scale * (up.flatten(1) @ down.flatten(1)).reshape(weight.shape)).type(weight.dtype)
+        return weight
+
+
+def neo_merge(patches: list, weight: torch.Tensor, key: str) -> torch.Tensor:
+    """Neo's `merge_lora_to_weight`, in place on `weight`: entries (strength, value,
+    strength_model, offset, function, online); values are weight adapters, `("diff", (delta,
+    {"pad_weight": bool}))` (a second value that is not such a dict raises, as in Neo) or
+    `("set", (tensor,))`; any other type raises Neo's ValueError."""
+    for strength, v, strength_model, offset, function, _online in patches:
+        function = function or (lambda a: a)
+        old = None
+        if offset is not None:
+            old, weight = weight, weight.narrow(*offset)
+        if strength_model != 1.0:
+            weight *= strength_model
+        if isinstance(v, LoRAAdapter):
+            weight = v.calculate_weight(weight, key, strength, strength_model, offset, function)
+            weight = old if old is not None else weight
+            continue
+        kind, v = ("diff", v) if len(v) == 1 else v
+        if kind == "diff":
+            diff = v[0]
+            if len(v) > 1 and v[1]["pad_weight"] and diff.shape != weight.shape:
+                wide = weight.new_zeros(diff.shape)
+                wide[tuple(slice(0, n) for n in weight.shape)] = weight
+                weight = wide
+            if strength != 0.0 and diff.shape == weight.shape:
+                weight += function(strength * diff.to(weight.dtype))
+        elif kind == "set":
+            weight.copy_(v[0])
+        else:
+            raise ValueError(f'"{key}" of type "{kind}" is not recognized...')
+        weight = old if old is not None else weight
+    return weight
+
+
+def neo_get_weight_and_bias(layer):
+    """Neo's `backend.operations.get_weight_and_bias`: the stored tensors through the layer's
+    weight functions (which merge in place)."""
+    weight = layer.weight
+    for f in getattr(layer, "weight_function", []):
+        weight = f(weight)
+    bias = layer.bias
+    for f in getattr(layer, "bias_function", []):
+        bias = f(bias)
+    return weight, bias
+
+
+class QuantizedTensor(torch.Tensor):
+    """Neo's mixed-precision weight (`backend.quant_ops.QuantizedTensor`); unused by the fakes'
+    models, present for the type check."""
 
 
 class LatentScaling:
@@ -456,6 +529,119 @@ class CurrentUnetPatcher(UnetPatcherBase):
         self.forge_unpatch_model()
 
 
+class NeoUnetPatcher(UnetPatcherBase):
+    """Forge Neo's ComfyUI-style patcher: `add_patches(patches, strength_patch, strength_model, *,
+    filename, online_mode)` keeps 6-tuples per parameter name and returns a list; clones share
+    the weight and object-patch backups; loading puts the object patches in, then merges each
+    patched parameter (`merge_lora_to_weight` on a float copy) or, in online mode, hangs the
+    merge on the layer's `weight_function`."""
+
+    generation = 3
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.patches: dict[str, list] = {}
+        self.backup: dict[str, torch.Tensor] = {}
+
+    def _copy_patches(self, n):
+        n.patches = {k: v[:] for k, v in self.patches.items()}
+        n.backup = self.backup
+        n.object_patches_backup = self.object_patches_backup
+
+    def add_patches(self, patches, strength_patch=1.0, strength_model=1.0, *, filename=None, online_mode=None):
+        keys = self.model_keys()
+        accepted = []
+        for k, v in patches.items():
+            name, offset = (k, None) if isinstance(k, str) else (k[0], k[1])
+            if name in keys:
+                accepted.append(k)
+                self.patches.setdefault(name, []).append((strength_patch, v, strength_model, offset, None, online_mode))
+        return accepted
+
+    def load_frozen_patcher(self, filename, state_dict, strength):
+        self.add_patches(filename=filename, patches=self._frozen(state_dict), strength_patch=float(strength))
+
+    def take_object_patches(self) -> None:
+        for k, obj in self.object_patches_backup.items():
+            set_attr_raw(self.model, k, obj)
+        self.object_patches_backup.clear()  # shared with the clones: cleared, not replaced
+
+    @torch.no_grad()
+    def load(self):
+        self.put_object_patches()
+        for key, entries in self.patches.items():
+            parent, child, weight = get_attr_with_parent(self.model, key)
+            if any(entry[-1] for entry in entries):
+                parent.weight_function = [lambda w, e=entries, k=key: neo_merge(e, w, k)]
+                continue
+            self.backup.setdefault(key, weight)
+            merged = neo_merge(entries, weight.detach().float().clone(), key)
+            set_attr_raw(self.model, key, nn.Parameter(merged.to(weight.dtype), requires_grad=False))
+
+    def unload(self):
+        for key, weight in self.backup.items():
+            set_attr_raw(self.model, key, weight)
+        self.backup.clear()
+        for module in self.model.modules():
+            module.__dict__.pop("weight_function", None)
+        self.take_object_patches()
+
+
+class NeoModelPatcher(ModelPatcher):
+    """Neo's `ModelPatcher` for the VAE: no VAE regulation; object patches go into the model when
+    the patcher is loaded, and the clones share their backup."""
+
+    set_model_vae_regulation = None
+
+    def __init__(self, model, *args, **kwargs):
+        super().__init__(model, *args, **kwargs)
+        self.object_patches_backup: dict[str, Any] = {}
+
+    def clone(self):
+        n = NeoModelPatcher(self.model, self.load_device, self.offload_device)
+        n.object_patches = self.object_patches.copy()
+        n.object_patches_backup = self.object_patches_backup
+        return n
+
+    def load(self):
+        """`partially_load`: undo every object patch (the backup is shared), put this one's in."""
+        for k, obj in self.object_patches_backup.items():
+            set_attr_raw(self.model, k, obj)
+        self.object_patches_backup.clear()
+        for k, obj in self.object_patches.items():
+            self.object_patches_backup.setdefault(k, getattr(self.model, k))
+            set_attr_raw(self.model, k, obj)
+
+
+class NeoFirstStage(nn.Module):
+    """Neo's `AutoencoderKL` (`first_stage_model`): `encoder`, `quant_conv`, `encode` returning a
+    random sample of the posterior, `decode` to [-1, 1], and the latent scaling (and Flux's shift)."""
+
+    def __init__(self, model, family: str):
+        super().__init__()
+        self.model, self.family = model, family
+        self.encoder, self.quant_conv = model.encoder, model.quant_conv
+
+    def encode(self, x):
+        z = self.encoder(x)
+        if self.quant_conv is not None:
+            z = self.quant_conv(z)
+        mean, logvar = z.chunk(2, dim=1)
+        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+        return mean + std * torch.randn_like(std)
+
+    def decode(self, z):
+        return self.model.decode(z).sample
+
+    def process_in(self, x):
+        if self.family == "flux":
+            return (x - FLUX_VAE["shift_factor"]) * FLUX_VAE["scaling_factor"]
+        return x * SCALING_FACTORS[self.family]
+
+    def process_out(self, x):
+        return raw_latents(self.family, x)
+
+
 class Posterior:
     def __init__(self, dist):
         self.mean, self.std = dist.mean, dist.std
@@ -468,17 +654,23 @@ class VAE:
     """Forge's VAE object over a tiny diffusers AutoencoderKL: `encode([B,H,W,3] in [0,1])`
     returns raw latents; current Forge lets a regulation replace `posterior.sample()`."""
 
-    def __init__(self, family: str, generation: int, model=None):
+    def __init__(self, family: str, generation: int, model=None, first_stage=None):
         self.family, self.generation = family, generation
         self.model = model if model is not None else tiny_flux_vae() if family == "flux" else tiny_vae(family)
-        self.patcher = ModelPatcher(self.model)
+        if generation == 3:
+            self.first_stage_model = first_stage or NeoFirstStage(self.model, family)
+            self.patcher = NeoModelPatcher(self.first_stage_model)
+        else:
+            self.patcher = ModelPatcher(self.model)
         if generation == 2:
             self.first_stage_model = FluxFirstStage(self.model) if family == "flux" else \
                 LatentScaling(SCALING_FACTORS[family])
         self.encoded: list[torch.Tensor] = []
 
     def clone(self):
-        n = VAE(self.family, self.generation, self.model)
+        n = VAE(self.family, self.generation, self.model, getattr(self, "first_stage_model", None))
+        if self.generation == 3:
+            n.patcher = self.patcher.clone()
         n.patcher.model_options = copy.deepcopy(self.patcher.model_options)
         n.encoded = self.encoded
         return n
@@ -487,6 +679,9 @@ class VAE:
     def encode(self, pixels):
         self.encoded.append(pixels)
         x = pixels.movedim(-1, 1).float() * 2.0 - 1.0
+        if self.generation == 3:  # Neo: load the patcher (its object patches), then the model's encode
+            self.patcher.load()
+            return self.first_stage_model.encode(x)
         posterior = Posterior(self.model.encode(x).latent_dist)
         regulation = self.patcher.model_options.get("model_vae_regulation")
         return regulation(posterior) if regulation is not None else posterior.sample()
@@ -498,7 +693,7 @@ class VAE:
 
 class SdModel:
     def __init__(self, family: str, generation: int):
-        unet_cls = EarlyUnetPatcher if generation == 1 else CurrentUnetPatcher
+        unet_cls = {1: EarlyUnetPatcher, 2: CurrentUnetPatcher, 3: NeoUnetPatcher}[generation]
         self.family = family
         self.is_sdxl, self.is_sd1 = family == "sdxl", family == "sd15"
         self.forge_objects = types.SimpleNamespace(
@@ -515,6 +710,8 @@ class SdModel:
         for filename, patches, strength in loras:
             if unet.generation == 1:
                 unet.add_patches(patches, strength)
+            elif unet.generation == 3:
+                unet.add_patches(neo_form(patches), strength, online_mode=online_mode)
             else:
                 unet.add_patches(filename=filename, patches=patches, strength_patch=strength, online_mode=online_mode)
         self.forge_objects_after_applying_lora.unet = unet
@@ -630,6 +827,22 @@ def forge_modules(generation: int, memory: Memory) -> dict[str, types.ModuleType
             "modules_forge.unet_patcher": _module("modules_forge.unet_patcher", UnetPatcher=EarlyUnetPatcher),
             "modules_forge.forge_sampler": _module("modules_forge.forge_sampler",
                                                    sampling_prepare=memory.sampling_prepare),
+        }
+    elif generation == 3:
+        mods = {
+            "backend": _module("backend"), "backend.patcher": _module("backend.patcher"),
+            "backend.patcher.unet": _module("backend.patcher.unet", UnetPatcher=NeoUnetPatcher),
+            "backend.patcher.base": _module("backend.patcher.base", ModelPatcher=NeoModelPatcher),
+            "backend.patcher.lora": _module("backend.patcher.lora", merge_lora_to_weight=neo_merge,
+                                            weight_adapter=_module("weight_adapter", LoRAAdapter=LoRAAdapter)),
+            "backend.quant_ops": _module("backend.quant_ops", QuantizedTensor=QuantizedTensor),
+            "backend.memory_management": memory.module("backend.memory_management"),
+            "backend.operations": _module("backend.operations", get_weight_and_bias=neo_get_weight_and_bias),
+            "backend.sampling": _module("backend.sampling"),
+            "backend.sampling.sampling_function": _module("backend.sampling.sampling_function",
+                                                          sampling_prepare=memory.sampling_prepare),
+            "modules_forge": _module("modules_forge"),
+            "modules_forge.forge_version": _module("modules_forge.forge_version", version="neo", release="2.26"),
         }
     else:
         mods = {
@@ -767,7 +980,7 @@ def webui_modules(opts: Any, saved: list, generation: int = 2) -> dict[str, type
         for callback in grid_callbacks:
             callback(params)
         w, h = map(max, zip(*(i.size for i in params.imgs)))
-        if generation == 2:
+        if generation >= 2:  # current Forge and Neo
             grid = Image.new("RGBA", (params.cols * w, params.rows * h), opts.grid_background_color)
         else:
             grid = Image.new("RGB", (params.cols * w, params.rows * h), "black")
@@ -811,7 +1024,7 @@ def webui_modules(opts: Any, saved: list, generation: int = 2) -> dict[str, type
         "modules.shared": _module("modules.shared", opts=opts, cmd_opts=types.SimpleNamespace()),
         "modules.images": _module("modules.images", save_image=save_image, image_grid=image_grid,
                                   draw_grid_annotations=draw_grid_annotations,
-                                  resize_image=resize_image if generation == 2 else early_resize_image),
+                                  resize_image=resize_image if generation >= 2 else early_resize_image),
         "modules.processing": _module("modules.processing",
                                       create_infotext=lambda p, *a, index=0, **kw: f"{p.prompts[index]}, Seed: {p.seeds[index]}"),
     }

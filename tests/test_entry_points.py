@@ -118,7 +118,7 @@ def run_install(tmp_path, absent: tuple) -> list[str]:
 
 
 def test_install_py_installs_only_missing_and_never_host_pinned(tmp_path):
-    assert run_install(tmp_path, ("diffusers", "tqdm")) == ["install diffusers>=0.25", "install tqdm>=4.60"]
+    assert run_install(tmp_path, ("diffusers", "tqdm")) == ["install diffusers>=0.25 tqdm>=4.60"]
 
 
 def test_install_py_mirrors_pyproject_without_host_pinned_packages():
@@ -142,11 +142,22 @@ def test_install_py_asks_only_for_what_this_python_needs():
     assert mod.missing(lambda name: True) == []
 
 
+def test_install_py_gives_pip_requirements_without_their_markers():
+    spec = importlib.util.spec_from_file_location("ld_install", ROOT / "install.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.pip_commands(["tomli>=1.1; python_version < '3.11'", "--no-deps rembg", "tqdm>=4.60"]) == [
+        ["install", "tomli>=1.1", "tqdm>=4.60"], ["install", "--no-deps", "rembg"]]
+    assert mod.pip_commands([]) == []
+
+
 def test_install_py_adds_the_cutout_packages_without_their_pins(tmp_path):
     rembg = "rembg==2.0.69" if sys.version_info < (3, 11) else "rembg"
     # onnxruntime-gpu counts as onnxruntime: a second build would break the first
     assert run_install(tmp_path, ("rembg", "onnxruntime", "pymatting")) == [
         "install pymatting>=1.1.10", f"install --no-deps {rembg}"]
+    # everything missing: one pip run with dependencies, one without (rembg's own pins)
+    assert len(run_install(tmp_path, ("rembg", "onnxruntime", "pymatting", "pooch", "diffusers"))) == 2
 
 
 def test_install_py_repairs_early_forges_diffusers_when_the_hub_is_too_new(tmp_path):

@@ -72,12 +72,12 @@ def write_flux_files(folder):
     return catalog
 
 
-@pytest.fixture(params=[1, 2], ids=["early-forge", "current-forge"])
+@pytest.fixture(params=[1, 2, 3], ids=["early-forge", "current-forge", "forge-neo"])
 def forge(request, monkeypatch, weight_files):
     folder, catalog = weight_files
     memory = ff.Memory()
     opts = types.SimpleNamespace(samples_format="png", enable_pnginfo=True, grid_background_color="#ffffff",
-                                 data={"stealth_pnginfo_option": "Alpha"})
+                                 data={} if request.param == 3 else {"stealth_pnginfo_option": "Alpha"})
     saved: list = []
     ff.install(monkeypatch, {**ff.forge_modules(request.param, memory), **ff.webui_modules(opts, saved, request.param)})
     callbacks = sys.modules["modules.script_callbacks"]  # as the script file registers them
@@ -87,6 +87,12 @@ def forge(request, monkeypatch, weight_files):
     yield types.SimpleNamespace(generation=request.param, memory=memory, opts=opts, saved=saved,
                                 catalog=catalog, folder=folder)
     unet_files.use_store(None)
+
+
+def set_stealth(forge, mode: str) -> None:
+    """The stealth-infotext setting, on the hosts whose settings have it (Neo removed it)."""
+    if forge.generation != 3:
+        forge.opts.data["stealth_pnginfo_option"] = mode
 
 
 def rgba_image(seed, size=48):
@@ -182,7 +188,7 @@ def images_module():
 
 
 def forge_generation(p) -> int:
-    return 1 if hasattr(p.sd_model.forge_objects.unet.model, "latent_format") else 2
+    return p.sd_model.forge_objects.unet.generation
 
 
 def processing(family, generation, **kw):
@@ -198,18 +204,33 @@ def file_patches(forge, method, strength):
     if forge.generation == 1:
         base.load_frozen_patcher(sd, strength)
         return {k: v[0][1] for k, v in base.patches.items()}
+    if forge.generation == 3:  # the same raw tuples (that Neo's merge then rejects)
+        base.load_frozen_patcher("x", sd, strength)
+        return {k: v[0][1] for k, v in base.patches.items()}
     base.load_frozen_patcher("x", sd, strength)
     return {k: v[0][1] for k, v in next(iter(base.lora_patches.values())).items()}
 
 
 def accepted(unet):
-    """{key: (strength, (type, slots))} of the weight patches on a patcher."""
+    """{key: (strength, (type, slots))} of the weight patches on a patcher (Neo's adapters and
+    padded diffs read back into that form)."""
     if unet.generation == 1:
         return {k: (v[-1][0], v[-1][1]) for k, v in unet.patches.items()}
+    if unet.generation == 3:
+        return {k: (v[-1][0], from_neo(v[-1][1])) for k, v in unet.patches.items()}
     out = {}
     for (_, strength, _, _), patches in unet.lora_patches.items():
         out.update({k: (strength, v[0][1]) for k, v in patches.items()})
     return out
+
+
+def from_neo(value):
+    """A patch in Neo's form back in the `(type, 16 slots)` form of the other hosts."""
+    if isinstance(value, ff.LoRAAdapter):
+        return "lora", [t for t in value.weights[:2]] + [None] * 14
+    kind, (tensor, options) = value
+    assert kind == "diff" and options == {"pad_weight": True}
+    return "diff", [tensor] + [None] * 15
 
 
 # ---- host detection ---------------------------------------------------------------------
@@ -217,7 +238,7 @@ def accepted(unet):
 def test_each_generation_is_detected(forge):
     host = detect_host()
     assert host.generation == forge.generation
-    assert host.supports_transparent_img2img is (forge.generation == 2)
+    assert host.supports_transparent_img2img is (forge.generation >= 2)
 
 
 @pytest.mark.parametrize("tree, message", [
@@ -226,8 +247,26 @@ def test_each_generation_is_detected(forge):
       "ldm_patched.modules.model_patcher": ff._module("ldm_patched.modules.model_patcher")}, "reForge"),
 ])
 def test_unsupported_hosts_are_named(monkeypatch, tree, message):
+    """AUTOMATIC1111 and reForge are refused with Forge Neo named as the supported route."""
     ff.install(monkeypatch, tree)
-    with pytest.raises(UnsupportedHostError, match=message):
+    with pytest.raises(UnsupportedHostError, match=message) as refused:
+        detect_host()
+    assert "Forge Neo" in str(refused.value)
+
+
+def test_neo_is_told_apart_by_its_patcher_and_named_with_its_release(monkeypatch):
+    """Neo is found by what differs (its merge takes weight adapters), not by its version file;
+    the release only goes into the label. A Neo lacking an API LayerDiffuse uses is refused by name."""
+    tree = ff.forge_modules(3, ff.Memory())
+    del tree["modules_forge.forge_version"]
+    ff.install(monkeypatch, tree)
+    host = detect_host()
+    assert host.generation == 3 and host.label == "Forge Neo"
+    tree = ff.forge_modules(3, ff.Memory())
+    ff.install(monkeypatch, tree)
+    assert detect_host().label == "Forge Neo 2.26"
+    tree["backend.patcher.lora"].weight_adapter = ff._module("weight_adapter")  # no LoRAAdapter
+    with pytest.raises(UnsupportedHostError, match="lacks weight_adapter.LoRAAdapter"):
         detect_host()
 
 
@@ -238,7 +277,7 @@ def test_forks_with_changed_patchers_are_refused(monkeypatch):
     tree = ff.forge_modules(2, ff.Memory())
     tree["backend.patcher.unet"] = ff._module("backend.patcher.unet", UnetPatcher=ClassicPatcher)
     ff.install(monkeypatch, tree)
-    with pytest.raises(UnsupportedHostError, match="Classic/Neo"):
+    with pytest.raises(UnsupportedHostError, match="differs from current Forge.*Forge Neo"):
         detect_host()
 
     class OldPatcher(ff.EarlyUnetPatcher):
@@ -297,13 +336,24 @@ def test_sdxl_methods_patch_every_key_with_the_weight(forge, method):
 
 
 @pytest.mark.parametrize("method", [m for m in SDXL_METHODS if m.spec.conditions], ids=lambda m: m.name)
-def test_weight_zero_attaches_no_concat_condition(forge, method):
-    """Forge merges no `diff` patch at strength 0 (conv_in is not widened and stays 4-channel),
-    so an 8/12-channel condition would not fit: at Weight 0 the method must add none."""
+def test_weight_zero_attaches_a_condition_only_where_conv_in_is_widened(forge, method):
+    """Forge and early Forge merge no `diff` patch at strength 0 (conv_in stays 4-channel), so an
+    8/12-channel condition would not fit; Neo pads conv_in before it looks at the strength, so
+    there the condition must be attached (its channels meet zero weights)."""
     p = processing("sdxl", forge.generation)
     patched, outputs = run_job(p, args_for(method, weight=0))
-    assert patched[0].extra_concat_condition is None
+    unet = patched[0]
     assert ERROR_KEY not in p.extra_generation_params and len(outputs) == 1
+    if forge.generation != 3:
+        assert unet.extra_concat_condition is None
+        return
+    forge.memory.load_unet(unet)
+    conv_in = unet.model.diffusion_model.get_parameter("input_blocks.0.0.weight")
+    channels = 4 + 4 * len(method.spec.conditions)
+    assert conv_in.shape[1] == channels == unet.extra_concat_condition.shape[1] + 4
+    assert not conv_in[:, 4:].any()
+    unet.unload()
+    assert unet.model.diffusion_model.get_parameter("input_blocks.0.0.weight").shape[1] == 4
 
 
 def test_concat_condition_is_the_grey_flattened_mean_encode(forge):
@@ -323,7 +373,7 @@ def test_concat_condition_is_the_grey_flattened_mean_encode(forge):
         expected.append(vae.model.encode(x).latent_dist.mean * ff.SCALING_FACTORS["sdxl"])
     sent = vae.encoded[-2:]  # what Forge's VAE was asked to encode: [1,H,W,3] in [0,1]
     assert all(torch.equal(s[0], e) for s, e in zip(sent, pixels))
-    if forge.generation == 2:  # current Forge lets us take the posterior mean
+    if forge.generation >= 2:  # current Forge and Neo let us take the posterior mean
         torch.testing.assert_close(patched[0].extra_concat_condition, torch.cat(expected, 1), atol=1e-5, rtol=1e-5)
 
 
@@ -531,7 +581,7 @@ def test_every_stealth_mode_saves_and_returns_the_decoders_alpha(forge, mode, pn
     """Forge's stealth writer runs on the object that is also returned: "Alpha" overwrites the
     alpha, "RGB" raised on RGBA (HTTP 500, nothing saved). The file and the response must have
     the decoder's alpha, with the parameters hidden in RGB when the user chose "RGB"."""
-    forge.opts.data["stealth_pnginfo_option"] = mode
+    set_stealth(forge, mode)
     forge.opts.enable_pnginfo = pnginfo
     p = processing("sdxl", forge.generation, saved=True)
     _, outputs = run_job(p, args_for(Method.FG_ONLY_ATTN))
@@ -552,7 +602,7 @@ def test_every_stealth_mode_saves_and_returns_the_decoders_alpha(forge, mode, pn
 def test_a_grid_of_transparent_images_is_transparent(forge, mode):
     """Current Forge composes grids in RGBA and stealth-writes over them, early Forge composes
     them in RGB: the saved grid and the returned one carry both images' alpha."""
-    forge.opts.data["stealth_pnginfo_option"] = mode
+    set_stealth(forge, mode)
     p = processing("sdxl", forge.generation, saved=True, n_iter=2)
     processed = types.SimpleNamespace()
     _, outputs = run_job(p, args_for(Method.FG_ONLY_ATTN), processed=processed)
@@ -592,7 +642,7 @@ def test_xyz_plot_grids_with_labels_are_transparent(forge, margin):
 
 
 def test_results_that_are_not_saved_still_get_their_alpha(forge):
-    forge.opts.data["stealth_pnginfo_option"] = "RGB"
+    set_stealth(forge, "RGB")
     p = processing("sdxl", forge.generation, saved=False, n_iter=2)
     processed = types.SimpleNamespace()
     _, outputs = run_job(p, args_for(Method.FG_ONLY_ATTN), processed=processed)
@@ -605,7 +655,7 @@ def test_results_that_are_not_saved_still_get_their_alpha(forge):
 @pytest.mark.parametrize("mode", ["Alpha", "RGB"])
 def test_non_png_format_saves_a_transparent_copy(forge, mode):
     forge.opts.samples_format = "jpg"
-    forge.opts.data["stealth_pnginfo_option"] = mode
+    set_stealth(forge, mode)
     p = processing("sdxl", forge.generation, saved=True)
     run_job(p, args_for(Method.FG_ONLY_ATTN))
     copy, = [s for s in forge.saved if s["extension"] == "png"]
@@ -690,13 +740,21 @@ def test_transparent_img2img(forge):
         assert any("needs current Forge" in c for c in p.comments)
         return
     vae = p.sd_model.forge_objects.vae
-    regulation = vae.patcher.model_options["model_vae_regulation"]
-    post = ff.Posterior(vae.model.encode(torch.zeros(2, 3, SIZE, SIZE)).latent_dist)
-    z = regulation(post)
+    pixels = torch.full((2, SIZE, SIZE, 3), 0.5)
+    post = ff.Posterior(vae.model.encode(pixels.movedim(-1, 1) * 2 - 1).latent_dist)
+    if forge.generation == 2:
+        z = vae.patcher.model_options["model_vae_regulation"](post)
+    else:  # Neo has no regulation hook: the clone's own encode is patched when Neo loads it
+        assert vae is not p.sd_model.forge_objects_original.vae
+        z = vae.encode(pixels)
     from lib_layerdiffuse.vae.frontends import OFFSET_SCALE, encoder_for
 
     offset = encoder_for("sdxl", unet_files.weight_store(), "cpu", torch.float32).offset([rgba_image(5, SIZE)])
     torch.testing.assert_close(z, post.mean + post.std * OFFSET_SCALE * offset.expand(2, -1, -1, -1))
+    if forge.generation == 3:  # the next plain encode (the original VAE loaded) samples again
+        plain = p.sd_model.forge_objects_original.vae.encode(pixels)
+        assert (plain - post.mean).abs().max() > 1e-3
+        torch.testing.assert_close(vae.encode(pixels), z)
 
 
 # ---- UI, infotext, script file ----------------------------------------------------------
@@ -740,7 +798,8 @@ def test_script_file_imports_and_builds_the_panel(forge, gradio, monkeypatch):
         value = getattr(defaults, f.name)
         assert comp.value == (value.value if hasattr(value, "value") else value)
     assert components[1].kwargs["choices"] == Method.choices()
-    assert any("Stealth" in (c.value or "") for c in ff.Component.created if type(c).__name__ == "Markdown")
+    stealth_note = any("Stealth" in (c.value or "") for c in ff.Component.created if type(c).__name__ == "Markdown")
+    assert stealth_note is (forge.generation != 3)  # Neo has no stealth infotext: no warning
     # hooks delegate: a whole job through the script object
     p = processing("sdxl", forge.generation)
     args = args_for(Method.FG_ONLY_ATTN)
@@ -816,12 +875,16 @@ def _forge_merge(unet) -> dict[str, torch.Tensor]:
     """The weights Forge's patcher makes (backend/patcher/lora.py merge_lora_to_weight: narrow
     to the offset, add strength * up @ down) from the patches LayerDiffuse gave it."""
     weights = {k: v.detach().clone().float() for k, v in unet.model.named_parameters()}
-    for (_, strength, _, _), by_name in unet.lora_patches.items():
-        for name, entries in by_name.items():
-            for strength_patch, (kind, slots), _, offset, _ in entries:
-                assert kind == "lora" and slots[2] is None  # no alpha: the scale is in `up`
-                target = weights[name] if offset is None else weights[name].narrow(*offset)
-                target += strength_patch * (slots[0].float() @ slots[1].float())
+    if unet.generation == 3:  # Neo: LoRAAdapter objects, 6-tuples per parameter
+        entries = [(name, strength, (adapter.name, adapter.weights), offset)
+                   for name, patches in unet.patches.items() for strength, adapter, _, offset, _, _ in patches]
+    else:
+        entries = [(name, strength, value, offset) for by_name in unet.lora_patches.values()
+                   for name, patches in by_name.items() for strength, value, _, offset, _ in patches]
+    for name, strength_patch, (kind, slots), offset in entries:
+        assert kind == "lora" and slots[2] is None  # no alpha: the scale is in `up`
+        target = weights[name] if offset is None else weights[name].narrow(*offset)
+        target += strength_patch * (slots[0].float() @ slots[1].float())
     return weights
 
 
@@ -846,6 +909,10 @@ def test_flux_lora_reaches_forges_fused_weights_as_diffusers_merges_it(forge):
     assert len(expected) == len(merged)
     for name, value in expected.items():
         torch.testing.assert_close(merged[f"diffusion_model.{name}"], value.float(), atol=1e-5, rtol=1e-5)
+    if forge.generation == 3:  # and Neo's own merge (through the adapters' offsets) makes the same
+        forge.memory.load_unet(patched[0])
+        for name, value in patched[0].model.named_parameters():
+            torch.testing.assert_close(value.float(), merged[name], atol=1e-5, rtol=1e-5)
 
 
 def test_flux_decodes_from_the_unclipped_decode(forge):
@@ -1074,18 +1141,25 @@ def test_shared_attention_computes_with_the_merged_lora(forge):
     assert_shares_attention_with(unet, lambda key, weight: weight)
 
 
-@pytest.mark.parametrize("forge", [2], indirect=True, ids=["current-forge"])  # early Forge has no online mode
-def test_online_loras_of_current_forge_reach_the_shared_attention(forge):
-    """Current Forge keeps LoRAs beside low-bit weights (online mode) and applies them in the
-    layer's forward; the sharing processor must take the weights that forward would use."""
+@pytest.mark.parametrize("forge", [2, 3], indirect=True, ids=["current-forge", "forge-neo"])  # not early Forge
+def test_online_loras_reach_the_shared_attention(forge):
+    """Current Forge and Neo keep LoRAs beside low-bit weights (online mode) and apply them in
+    the layer's forward (Forge: `forge_online_loras`; Neo: `weight_function`, which merges into
+    the tensor it is given); the sharing processor must take the weights that forward would use
+    and leave the stored weights as they are, call after call."""
     p = processing("sd15", forge.generation)
     lora = user_lora(p.sd_model.forge_objects.unet.model, 4)
+    stored = {k: v.detach().clone() for k, v in p.sd_model.forge_objects.unet.model.named_parameters()}
     unet = call_forge(p, forge, [("A.safetensors", lora, 1.0)], Method.FG_ONLY_ATTN_SD15, online_mode=True)
     model = unet.model
     name = attention_modules(Family.SD15)[0]
-    assert all(hasattr(model.get_submodule(f"diffusion_model.{name}.{proj}"), "forge_online_loras")
+    hook = "forge_online_loras" if forge.generation == 2 else "weight_function"
+    assert all(hasattr(model.get_submodule(f"diffusion_model.{name}.{proj}"), hook)
                for proj in ("to_q", "to_k", "to_v", "to_out.0"))
-    assert_shares_attention_with(unet, lambda key, weight: weight + lora_delta(lora[key], 1.0, weight.shape))
+    for _ in range(2):
+        assert_shares_attention_with(unet, lambda key, weight: weight + lora_delta(lora[key], 1.0, weight.shape))
+        unet.model.get_submodule(f"diffusion_model.{name}")._key = None  # build the processor again
+    assert all(torch.equal(v, stored[k]) for k, v in model.named_parameters())
 
 
 def assert_shares_attention_with(unet, effective):

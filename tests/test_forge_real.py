@@ -1,6 +1,7 @@
-"""Checks against a real Forge source tree (`FORGE_DIR`): the fakes' signatures and attributes
-match the host, and the rig (e2e/forge/run.py) passes its matrix there. Skipped without
-FORGE_DIR (CI has no Forge); see the README's "Tested inside real Forge"."""
+"""Checks against a real Forge source tree (`FORGE_DIR`: early or current Forge, or a Forge Neo
+tree): the fakes' signatures and attributes match the host, and the rig (e2e/forge/run.py)
+passes its matrix there. Skipped without FORGE_DIR (CI has no Forge); see the README's
+"Tested inside real Forge"."""
 
 from __future__ import annotations
 
@@ -27,7 +28,13 @@ def forge_root() -> Path:
 
 
 def generation() -> int:
-    return 2 if (forge_root() / "backend").is_dir() else 1
+    """3 for Forge Neo, 2 for current Forge, 1 for early Forge (as the rig tells them apart)."""
+    sys.path.insert(0, str(PROJECT / "e2e" / "forge"))
+    try:
+        from host import Forge
+    finally:
+        sys.path.pop(0)
+    return Forge(forge_root()).generation
 
 
 def _tree(relative: str) -> ast.Module:
@@ -59,7 +66,7 @@ def real_function(relative: str, qualname: str) -> Optional[ast.FunctionDef]:
     return None
 
 
-BASES = {2: {"ModelPatcher": "backend/patcher/base.py"},
+BASES = {3: {"ModelPatcher": "backend/patcher/base.py"}, 2: {"ModelPatcher": "backend/patcher/base.py"},
          1: {"ModelPatcher": "ldm_patched/modules/model_patcher.py"}}
 
 
@@ -85,7 +92,27 @@ def _fake_params(fn) -> tuple[dict[str, bool], bool]:
 SAMPLERS = [(getattr(ff.Sampler, name), f"modules/sd_samplers_{kind}.py", f"{cls}.{name}")
             for kind, cls in (("kdiffusion", "KDiffusionSampler"), ("timesteps", "CompVisSampler"))
             for name in ("sample", "sample_img2img")]
+NEO_ADAPTER = "modules_forge/packages/comfy/weight_adapter/lora.py"
 SIGNATURES = {
+    3: [
+        (ff.NeoUnetPatcher.clone, "backend/patcher/unet.py", "UnetPatcher.clone"),
+        (ff.NeoUnetPatcher.add_conditioning_modifier, "backend/patcher/unet.py", "UnetPatcher.add_conditioning_modifier"),
+        (ff.NeoUnetPatcher.set_transformer_option, "backend/patcher/unet.py", "UnetPatcher.set_transformer_option"),
+        (ff.NeoUnetPatcher.add_extra_torch_module_during_sampling, "backend/patcher/unet.py",
+         "UnetPatcher.add_extra_torch_module_during_sampling"),
+        (ff.NeoUnetPatcher.load_frozen_patcher, "backend/patcher/unet.py", "UnetPatcher.load_frozen_patcher"),
+        (ff.NeoUnetPatcher.add_patches, "backend/patcher/unet.py", "UnetPatcher.add_patches"),
+        (ff.NeoModelPatcher.add_object_patch, "backend/patcher/base.py", "ModelPatcher.add_object_patch"),
+        (ff.NeoModelPatcher.clone, "backend/patcher/base.py", "ModelPatcher.clone"),
+        (ff.Memory.sampling_prepare, "backend/sampling/sampling_function.py", "sampling_prepare"),
+        (ff.neo_merge, "backend/patcher/lora.py", "merge_lora_to_weight"),
+        (ff.neo_get_weight_and_bias, "backend/operations.py", "get_weight_and_bias"),
+        (ff.LoRAAdapter.__init__, NEO_ADAPTER, "LoRAAdapter.__init__"),
+        (ff.LoRAAdapter.calculate_weight, NEO_ADAPTER, "LoRAAdapter.calculate_weight"),
+        (ff.NeoFirstStage.encode, "backend/nn/vae.py", "IntegratedAutoencoderKL.encode"),
+        (ff.set_attr_raw, "backend/utils.py", "set_attr_raw"),
+        *SAMPLERS,
+    ],
     2: [
         (ff.CurrentUnetPatcher.clone, "backend/patcher/unet.py", "UnetPatcher.clone"),
         (ff.CurrentUnetPatcher.add_conditioning_modifier, "backend/patcher/unet.py", "UnetPatcher.add_conditioning_modifier"),
@@ -180,7 +207,17 @@ def test_loras_are_merged_by_path_after_the_object_patches():
     """What the fakes' `load` follows: loading a UNet puts the object patches in first and merges
     weight patches after, by dotted parameter path (current Forge's LoRA loader with
     set_attr_raw / get_attr_with_parent, early Forge's patch_model through the state dict)."""
-    if generation() == 2:
+    if generation() == 3:
+        patch = real_function("backend/patcher/base.py", "ModelPatcher.patch_model")
+        assert max(_calls(patch, "set_attr_raw")) < min(_calls(patch, "load"))
+        load = ast.unparse(real_function("backend/patcher/base.py", "ModelPatcher.load"))
+        assert "patch_weight_to_device" in load and "weight_function = [LowVramPatch" in load
+        weight = ast.unparse(real_function("backend/patcher/base.py", "get_key_weight"))
+        assert "utils.get_attr(model" in weight  # by dotted path
+        merge = ast.unparse(real_function("backend/patcher/lora.py", "merge_lora_to_weight"))
+        assert "is not recognized" in merge and "pad_weight" in merge
+        assert "weight[:] = weight_calc" not in ast.unparse(real_function("backend/operations.py", "get_weight_and_bias"))
+    elif generation() == 2:
         load = real_function("backend/memory_management.py", "LoadedModel.model_load")
         assert max(_calls(load, "forge_patch_model")) < min(_calls(load, "refresh_loras"))
         refresh = real_function("backend/patcher/lora.py", "LoraLoader.refresh")
@@ -196,7 +233,7 @@ def test_loras_are_merged_by_path_after_the_object_patches():
 def test_attention_modules_hold_no_parameters_of_their_own():
     """SharedAttention keeps the original's child modules under their names, which keeps every
     parameter path only when the LDM attention module has no parameters of its own."""
-    where = "backend/nn/unet.py" if generation() == 2 else "ldm_patched/ldm/modules/attention.py"
+    where = "backend/nn/unet.py" if generation() >= 2 else "ldm_patched/ldm/modules/attention.py"
     cls = _classes(where)["CrossAttention"]
     assert "Parameter(" not in ast.unparse(cls)
     assigned = {n.attr for n in ast.walk(_method_node(cls, "__init__")) if isinstance(n, ast.Attribute)
@@ -213,6 +250,11 @@ def test_stealth_infotext_is_written_before_the_callbacks_as_the_fake_writes_it(
     if generation() == 1:
         assert not (forge_root() / "modules" / "stealth_infotext.py").exists()
         assert "Image.new('RGB'" in grid
+        return
+    if generation() == 3:  # Neo removed it
+        assert not (forge_root() / "modules" / "stealth_infotext.py").exists()
+        assert not _calls(save, "add_stealth_pnginfo")
+        assert "Image.new('RGBA'" in grid
         return
     assert max(_calls(save, "add_stealth_pnginfo")) < min(_calls(save, "before_image_saved_callback"))
     writer = ast.unparse(real_function("modules/stealth_infotext.py", "add_data"))
@@ -270,7 +312,7 @@ def _assigned_attributes(cls: ast.ClassDef) -> set[str]:
 
 def test_the_fake_unet_has_a_dtype_exactly_when_the_real_one_has():
     """The attribute that broke every SD1.5 method in current Forge: its UNet has no `dtype`."""
-    if generation() == 2:
+    if generation() >= 2:
         real = _classes("backend/nn/unet.py")["IntegratedUNet2DConditionModel"]
     else:
         real = _classes("ldm_patched/ldm/modules/diffusionmodules/openaimodel.py")["UNetModel"]
@@ -287,6 +329,19 @@ def test_processing_attributes_of_the_fake_exist_on_the_real_processing_object()
              and isinstance(n.value, ast.Name) and n.value.id == "p" and isinstance(n.ctx, ast.Store)}
     fake = {f.name for f in ff.Processing.__dataclass_fields__.values()} | {"comment", "save_samples"}
     assert sorted(fake - real - {"sd_model", "saved"}) == []
+
+
+def test_what_the_neo_fakes_leave_out_neo_lacks():
+    """Neo has no VAE regulation hook, no `unload_model_clones`, no stealth infotext option, and
+    its Flux blocks take `transformer_options`; the Neo fakes leave out the first three."""
+    if generation() != 3:
+        pytest.skip("Forge Neo only")
+    assert real_function("backend/patcher/base.py", "ModelPatcher.set_model_vae_regulation") is None
+    assert ff.NeoModelPatcher.set_model_vae_regulation is None
+    assert real_function("backend/memory_management.py", "unload_model_clones") is None
+    assert "stealth_pnginfo_option" not in (forge_root() / "modules" / "shared_options.py").read_text()
+    version = (forge_root() / "modules_forge" / "forge_version.py").read_text()
+    assert 'version = "neo"' in version
 
 
 @pytest.mark.slow

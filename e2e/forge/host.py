@@ -2,7 +2,9 @@
 an extension, and the server started headless on 127.0.0.1.
 
 Nothing of Forge is copied here: the rig works on a Forge source tree the user gives
-(`FORGE_DIR`, a checkout of lllyasviel/stable-diffusion-webui-forge at `main` or `previous`).
+(`FORGE_DIR`: a checkout of lllyasviel/stable-diffusion-webui-forge at `main` or `previous`, or
+a Forge Neo tree, e.g. the `webui/` folder of exo101/sd-webui-forge-neo-v3 without its bundled
+extensions).
 """
 
 from __future__ import annotations
@@ -27,8 +29,15 @@ CHECKPOINT_NAMES = {"sd15": "rig-random-sd15-v2.safetensors", "sdxl": "rig-rando
                     "flux": "rig-random-flux1-dev-Q4_0.gguf"}  # flux_files.TRANSFORMER
 # pip takes the machine's CPU build for an exact version; Forge's own default is a CUDA index
 TORCH_SPEC = os.environ.get("FORGE_RIG_TORCH", "torch==2.14.1 torchvision==0.29.1")
+# Neo: Python 3.13 and its own pins; pip offers torch 2.11 for cp313 only as the CUDA build,
+# which runs on the CPU. gradio goes in before requirements.txt, whose Pillow pin gradio's own
+# `pillow<11` would refuse in one resolve (Neo's launcher installs them in that order too).
+NEO_TORCH_SPEC = os.environ.get("FORGE_RIG_NEO_TORCH", "torch==2.11.0 torchvision==0.26.0")
+NEO_GRADIO_SPEC = "gradio==4.40.0 gradio_rangeslider==0.0.8"
+NEO_PYTHON = "3.13"
 RIG_FLAGS = ("--skip-prepare-environment", "--skip-python-version-check", "--skip-torch-cuda-test",
-             "--skip-version-check", "--always-cpu", "--api", "--layerdiffuse-allow-unpinned")
+             "--skip-version-check", "--api", "--layerdiffuse-allow-unpinned")
+CPU_FLAG = {1: "--always-cpu", 2: "--always-cpu", 3: "--cpu"}  # by generation; Neo renamed it
 START_TIMEOUT = 900.0
 STARTED_LINE = "Startup time:"  # webui.py prints it after the API is complete (both generations)
 OPTIONAL_REPOSITORIES = {"BLIP": "the CLIP interrogator"}  # folder -> what uses it
@@ -60,8 +69,21 @@ class Forge:
 
     @property
     def generation(self) -> int:
-        """2 for current Forge (backend/), 1 for early Forge (ldm_patched/)."""
+        """3 for Forge Neo, 2 for current Forge (backend/), 1 for early Forge (ldm_patched/)."""
+        if self.neo_release() is not None:
+            return 3
         return 2 if (self.root / "backend").is_dir() else 1
+
+    def neo_release(self) -> Optional[str]:
+        """Neo's release ("2.26") from modules_forge/forge_version.py, None for lllyasviel's Forge."""
+        try:
+            text = (self.root / "modules_forge" / "forge_version.py").read_text()
+        except OSError:
+            return None
+        if not re.search(r"^version\s*=\s*[\"']neo[\"']", text, re.M):
+            return None
+        found = re.search(r"^release\s*=\s*[\"']([^\"']+)[\"']", text, re.M)
+        return found.group(1) if found else ""
 
     def commit(self) -> str:
         out = subprocess.run(["git", "-C", str(self.root), "rev-parse", "--short=8", "HEAD"],
@@ -69,6 +91,8 @@ class Forge:
         return out.stdout.strip() or "unknown"
 
     def version(self) -> str:
+        if self.generation == 3:
+            return f"Neo {self.neo_release()}"
         out = subprocess.run(["git", "-C", str(self.root), "describe", "--tags", "--always"],
                              capture_output=True, text=True)
         return out.stdout.strip() or "unknown"
@@ -77,17 +101,32 @@ class Forge:
 
     def prepare_venv(self) -> None:
         """Forge's venv with a CPU torch and Forge's pinned requirements (skipped when it imports)."""
+        neo = self.generation == 3
+        launcher = {} if neo else LAUNCHER_PACKAGES
         if self.python.exists() and subprocess.run(
-                [str(self.python), "-c", "import torch, torchvision, gradio, fastapi, " + ", ".join(LAUNCHER_PACKAGES)],
+                [str(self.python), "-c", "import torch, torchvision, gradio, fastapi" + "".join(f", {m}" for m in launcher)],
                 capture_output=True).returncode == 0:
             return
         if not self.python.exists():
-            run([sys.executable if _has_venv(sys.executable) else "python3", "-m", "venv", "venv"], self.root)
-        run([self.python, "-m", "pip", "install", "-q", *TORCH_SPEC.split()], self.root)
-        run([self.python, "-m", "pip", "install", "-q", "-r", "requirements_versions.txt"], self.root)
-        for module, requirement in LAUNCHER_PACKAGES.items():
+            run([neo_python() if neo else sys.executable if _has_venv(sys.executable) else "python3",
+                 "-m", "venv", "venv"], self.root)
+        pip = [self.python, "-m", "pip", "install", "-q"]
+        if neo:
+            run([*pip, *NEO_TORCH_SPEC.split()], self.root)
+            run([*pip, *NEO_GRADIO_SPEC.split()], self.root)
+            run([*pip, "-r", "requirements.txt", *NEO_TORCH_SPEC.split()], self.root)
+            return
+        run([*pip, *TORCH_SPEC.split()], self.root)
+        run([*pip, "-r", "requirements_versions.txt"], self.root)
+        for module, requirement in launcher.items():
             if subprocess.run([str(self.python), "-c", f"import {module}"], capture_output=True).returncode:
-                run([self.python, "-m", "pip", "install", "-q", requirement], self.root)
+                run([*pip, requirement], self.root)
+
+    def pip_freeze(self) -> dict[str, str]:
+        """{distribution name (lower case): version} of Forge's venv."""
+        out = subprocess.run([str(self.python), "-m", "pip", "list", "--format=freeze"], capture_output=True,
+                             text=True, check=True).stdout
+        return {n.lower().replace("_", "-"): v for n, _, v in (line.partition("==") for line in out.split()) if v}
 
     def repositories(self) -> list[tuple[str, str, str]]:
         """(folder, git URL, commit) of each repository Forge's launcher clones, read from its
@@ -124,9 +163,9 @@ class Forge:
                     raise
                 log(f"repositories/{folder} is incomplete; only {OPTIONAL_REPOSITORIES[folder]} needs it")
 
-    def install_extension(self) -> Path:
+    def install_extension(self, run_installer: bool = True) -> Path:
         """This checkout's files (tracked and new, not ignored ones) copied into extensions/,
-        then its install.py run the way Forge runs extension installers."""
+        then (unless told not to) its install.py run the way Forge runs extension installers."""
         target = self.root / "extensions" / EXTENSION_NAME
         if target.exists():
             shutil.rmtree(target)
@@ -138,8 +177,8 @@ class Forge:
                 dst = target / name
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst)
-        env = {**os.environ, "PYTHONPATH": str(self.root)}
-        run([self.python, target / "install.py"], self.root, env=env)
+        if run_installer:
+            run([self.python, target / "install.py"], self.root, env={**os.environ, "PYTHONPATH": str(self.root)})
         return target
 
     def place(self, source: Path, folder: str) -> Path:
@@ -185,6 +224,17 @@ def _export_available(repo: Path, commit: str) -> list[str]:
     return missing
 
 
+def neo_python() -> str:
+    """A Python 3.13 for Neo's venv: `FORGE_RIG_NEO_PYTHON`, python3.13 on PATH, or pyenv's."""
+    named = os.environ.get("FORGE_RIG_NEO_PYTHON") or shutil.which(f"python{NEO_PYTHON}")
+    if named:
+        return named
+    for root in (Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions").glob(f"{NEO_PYTHON}.*"):
+        if (root / "bin" / "python").exists() and _has_venv(str(root / "bin" / "python")):
+            return str(root / "bin" / "python")
+    raise RuntimeError(f"Forge Neo needs Python {NEO_PYTHON}: install it or set FORGE_RIG_NEO_PYTHON")
+
+
 def _has_venv(python: str) -> bool:
     return subprocess.run([python, "-c", "import venv, ensurepip"], capture_output=True).returncode == 0
 
@@ -201,7 +251,8 @@ class Server:
         """Start and wait for the API; returns the seconds it took."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
                "COMMANDLINE_ARGS": ""}
-        cmd = [str(self.forge.python), "launch.py", *RIG_FLAGS, "--port", str(self.port)]
+        cmd = [str(self.forge.python), "launch.py", *RIG_FLAGS, CPU_FLAG[self.forge.generation],
+               "--port", str(self.port)]
         log(" ".join(cmd))
         self.log_file = open(self.log_path, "w")
         begin = time.monotonic()

@@ -236,10 +236,11 @@ def main(argv=None) -> int:
         modules = [flux_files.MODULES[m] for m in ("vae", "clip_l", "t5")] if args.family == "flux" else []
         options = {"sd_model_checkpoint": CHECKPOINT_NAMES[args.family], "live_previews_enable": False,
                    "samples_format": "png"}
-        if forge.generation == 2:  # early Forge has no such setting, and its API refuses unknown ones
+        if forge.generation >= 2:  # early Forge has no such setting, and its API refuses unknown ones
             options["forge_additional_modules"] = modules
         requests.post(f"{server.url}/sdapi/v1/options", timeout=600, json=options).raise_for_status()
         if args.family == "sd15":
+            # stealth infotext: current Forge only (early Forge never had it, Neo removed it)
             cases: list[Case] = matrix(controlnet_files.listed_name(cache / CONTROLNET), stealth=forge.generation == 2)
         else:
             cases = {"sdxl": sdxl_matrix, "flux": flux_matrix}[args.family]()

@@ -1,9 +1,10 @@
 """Which Forge we are running in, found by feature detection at call time.
 
-Two generations are supported: early Forge (`ldm_patched` + `modules_forge`, spring 2024) and
-current Forge (`backend`, from August 2024). Everything generation-specific lives behind
-`ForgeHost`; anything else (plain A1111, reForge, Forge Classic/Neo, a Forge too old for
-LayerDiffuse) gets an `UnsupportedHostError` that says what was found and what to do.
+Three hosts are supported: early Forge (`ldm_patched` + `modules_forge`, spring 2024), current
+Forge (`backend`, from August 2024) and Forge Neo (`backend` with a ComfyUI-style patcher whose
+merge takes weight-adapter objects). Everything host-specific lives behind `ForgeHost`; anything
+else (plain A1111, reForge, a Forge too old for LayerDiffuse) gets an `UnsupportedHostError`
+that says what was found and what to do.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import torch
 # The UNet patcher methods every generation must have for LayerDiffuse to work.
 REQUIRED_PATCHER_METHODS = ("clone", "add_patches", "add_object_patch", "add_conditioning_modifier",
                             "add_extra_torch_module_during_sampling", "load_frozen_patcher")
+
+
+NEO_ROUTE = "Forge Neo (https://github.com/Haoming02/sd-webui-forge-classic, branch 'neo'), the maintained Forge"
 
 
 class UnsupportedHostError(RuntimeError):
@@ -50,6 +54,10 @@ class ForgeHost:
     def add_weight_patches(self, unet, filename: str, patches: dict[str, tuple], strength: float) -> set[str]:
         """Add Forge weight patches; returns the keys the UNet accepted."""
         raise NotImplementedError
+
+    # whether a `diff` patch that widens a weight (the layer methods' conv_in) is merged also at
+    # strength 0, so that the concat condition must be attached even then
+    widens_at_zero_weight: bool = False
 
     def percent_to_sigma(self, unet, percent: float) -> float:
         raise NotImplementedError
@@ -121,16 +129,23 @@ def detect_host() -> ForgeHost:
     """The adapter for the running Forge, or UnsupportedHostError explaining why there is none."""
     from .gen1 import EarlyForge
     from .gen2 import CurrentForge
+    from .neo import neo_host
 
     unet_v2 = _import("backend.patcher.unet")
     if unet_v2 is not None and hasattr(unet_v2, "UnetPatcher"):
+        if hasattr(_import("backend.patcher.lora"), "weight_adapter"):  # Neo merges weight adapters
+            missing = _missing_methods(unet_v2.UnetPatcher)
+            if missing:
+                raise UnsupportedHostError(f"this Forge Neo's UNet patcher lacks {', '.join(missing)}; LayerDiffuse "
+                                           "was tested with Neo 2.26, update Neo or report the release")
+            return neo_host(unet_v2)
         patcher = unet_v2.UnetPatcher
         missing = _missing_methods(patcher)
         if missing or "filename" not in inspect.signature(patcher.add_patches).parameters:
             raise UnsupportedHostError(
                 "this WebUI has Forge's 'backend' package but its UNet patcher differs from current "
-                f"Forge (missing: {', '.join(missing) or 'add_patches(filename=...)'}). Forks such as "
-                "Forge Classic/Neo change patch handling; LayerDiffuse supports lllyasviel's Forge.")
+                f"Forge (missing: {', '.join(missing) or 'add_patches(filename=...)'}). LayerDiffuse supports "
+                f"lllyasviel's Forge and {NEO_ROUTE}.")
         return CurrentForge({
             "unet": unet_v2, "memory": importlib.import_module("backend.memory_management"),
             "model_patcher": importlib.import_module("backend.patcher.base"),
@@ -152,8 +167,8 @@ def detect_host() -> ForgeHost:
     if ldm is not None:
         raise UnsupportedHostError(
             "this WebUI has 'ldm_patched' but not Forge's 'modules_forge' UNet patcher (reForge or "
-            "another fork); LayerDiffuse supports lllyasviel's Stable Diffusion WebUI Forge.")
+            f"another fork); LayerDiffuse supports Stable Diffusion WebUI Forge and {NEO_ROUTE}.")
     raise UnsupportedHostError(
         "LayerDiffuse needs Stable Diffusion WebUI Forge (it patches the UNet through Forge's "
         "patcher); this WebUI has neither 'backend' nor 'ldm_patched' (plain AUTOMATIC1111?). "
-        "Outside Forge use 'python -m lib_layerdiffuse generate' on diffusers.")
+        f"Use {NEO_ROUTE}, or outside Forge 'python -m lib_layerdiffuse generate' on diffusers.")

@@ -44,9 +44,9 @@ def patch_unet(p: Any, params: LayerDiffuseParams, host: ForgeHost, noise: torch
             raise ValueError(f"the loaded model did not accept {len(missing)} of {len(patches)} weights of "
                              f"{spec.unet_file} (first: {missing[0]}); is the checkpoint a base model of "
                              f"the {params.method.family.label} family?")
-        if spec.conditions and params.weight != 0.0:
-            # at weight 0 Forge skips the `diff` patch that widens conv_in, so the UNet still
-            # takes 4 channels and an attached condition would not fit
+        if spec.conditions and (params.weight != 0.0 or host.widens_at_zero_weight):
+            # at weight 0 Forge and early Forge skip the `diff` patch that widens conv_in, so the
+            # UNet still takes 4 channels and an attached condition would not fit (Neo pads it)
             unet.extra_concat_condition = concat_condition(p, params, host, batch, w * 8, h * 8)
         on_stop = lambda: None  # noqa: E731
     if params.stop_at < 1.0:
