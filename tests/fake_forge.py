@@ -383,6 +383,7 @@ class UnetPatcherBase(ModelPatcher):
         super().__init__(model, *args, **kwargs)
         self.extra_concat_condition = None
         self.extra_modules: list[nn.Module] = []
+        self.extra_patchers: list = []
         self.object_patches_backup: dict[str, nn.Module] = {}
 
     def clone(self):
@@ -391,6 +392,7 @@ class UnetPatcherBase(ModelPatcher):
         n.object_patches = self.object_patches.copy()
         n.extra_concat_condition = self.extra_concat_condition
         n.extra_modules = self.extra_modules.copy()
+        n.extra_patchers = self.extra_patchers.copy()
         self._copy_patches(n)
         return n
 
@@ -399,6 +401,10 @@ class UnetPatcherBase(ModelPatcher):
 
     def set_transformer_option(self, k, v):
         self.model_options["transformer_options"][k] = v
+
+    def add_extra_model_patcher_during_sampling(self, model_patcher):
+        self.extra_modules.append(model_patcher.model)
+        self.extra_patchers.append(model_patcher)
 
     def add_extra_torch_module_during_sampling(self, m, cast_to_unet_dtype=True):
         if cast_to_unet_dtype:  # as both Forges do; current Forge's UNet has no `dtype` (AttributeError)

@@ -1131,6 +1131,16 @@ def test_sdxl_patches_merge_with_user_loras_and_leave_no_trace(forge, method):
     assert all(v.shape == before[k].shape and torch.equal(v, before[k]) for k, v in model.named_parameters())
 
 
+def test_sharing_weights_keep_one_host_patcher_across_calls(forge):
+    """The sharing weights go to the memory manager with the same patcher every call: Neo logs
+    "Memory Leak" (and keeps a dead entry) for each patcher that dies while its network lives."""
+    p = processing("sd15", forge.generation)
+    first = call_forge(p, forge, [], Method.FG_ONLY_ATTN_SD15)
+    second = call_forge(p, forge, [], Method.FG_ONLY_ATTN_SD15)
+    patcher, = first.extra_patchers
+    assert second.extra_patchers == [patcher] and patcher.model is first.extra_modules[0]
+
+
 def test_shared_attention_computes_with_the_merged_lora(forge):
     """The sharing processor merges its own per-frame LoRAs into the projections when it first
     runs, which is after Forge merged the user's: the output is the published algorithm's on the

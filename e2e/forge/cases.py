@@ -25,6 +25,8 @@ SD15_FG_TO_BG = "(SD1.5) From Foreground to Background (need batch size 2)"
 SD15_BG_TO_FG = "(SD1.5) From Background to Foreground (need batch size 2)"
 SD15_JOINT = "(SD1.5) Generate Everything Together (need batch size 3)"
 SDXL_ATTN = "(SDXL) Only Generate Transparent Image (Attention Injection)"
+SDXL_CONV = "(SDXL) Only Generate Transparent Image (Conv Injection)"
+SDXL_FG_TO_BLEND = "(SDXL) From Foreground to Blending"
 FLUX_FG = "(Flux) Only Generate Transparent Image"
 BASE = {"prompt": "a glass cup", "negative_prompt": "", "steps": 2, "cfg_scale": 7, "seed": 1234,
         "sampler_name": "Euler", "scheduler": "Automatic", "width": 512, "height": 512, "batch_size": 1,
@@ -288,9 +290,9 @@ def _local_model_ran(r: Result) -> list[str]:
     return failures
 
 
-def matrix(controlnet: Optional[str] = None, stealth: bool = True) -> list[Case]:
+def matrix(controlnet: Optional[str] = None, stealth: bool = True, upscaler: str = "Latent") -> list[Case]:
     """The cases, plain call first (the baseline every ratio is measured against); the
-    combination cases last."""
+    combination cases last. `upscaler`: the hires fix's (Neo has no latent upscalers: "Lanczos")."""
     fg, bg = condition_image("fg"), condition_image("bg")
     cases = [
         Case("plain txt2img (LayerDiffuse off)", _payload(), layer=False),
@@ -316,9 +318,9 @@ def matrix(controlnet: Optional[str] = None, stealth: bool = True) -> list[Case]
         Case("SDXL method on SD1.5 (refused)", _payload(scripts=[True, SDXL_ATTN]), refused="SDXL", layer=False),
         Case("Weight 0, Stop At 0.5", _payload(scripts=layer_args(SD15_ATTN, weight=0.0, stop_at=0.5)),
              transparent=1, extra=_weight_recorded("layerdiffusion_weight: 0")),
-        Case("hires fix (Latent) 1.125x, fg-only",
+        Case(f"hires fix ({upscaler}) 1.125x, fg-only",
              # current Forge's API leaves hr_additional_modules None and its hires pass then fails
-             _payload(enable_hr=True, hr_scale=1.125, hr_upscaler="Latent", hr_second_pass_steps=1,
+             _payload(enable_hr=True, hr_scale=1.125, hr_upscaler=upscaler, hr_second_pass_steps=1,
                       denoising_strength=0.6, hr_additional_modules=["Use same choices"], scripts=layer_args(SD15_ATTN)), transparent=1, extra=_hires_size),
         Case("RGBA img2img, fg-only",
              _payload(init_images=[flat_image(rgba=True)], denoising_strength=0.7, scripts=layer_args(SD15_ATTN)),
@@ -446,15 +448,22 @@ def _with_script(payload: dict, title: str, args: list) -> dict:
     return payload
 
 
-def sdxl_matrix() -> list[Case]:
-    """The SDXL cases (a random SDXL checkpoint), plain call first."""
+def sdxl_matrix(layer_methods: bool = False) -> list[Case]:
+    """The SDXL cases (a random SDXL checkpoint), plain call first; with `layer_methods` also
+    fg->blend (its conv_in widened to 8 channels) with batch 2 and conv injection (a diff of
+    1.8 G parameters: the most weight memory any method needs), last."""
+    layers = [
+        Case("SDXL fg->blend (fg image), batch 2", _payload(batch_size=2, scripts=layer_args(
+            SDXL_FG_TO_BLEND, fg=condition_image("fg")))),
+        Case("SDXL conv injection, batch 1", _payload(scripts=layer_args(SDXL_CONV)), transparent=1),
+    ]
     return [
         Case("SDXL plain txt2img (LayerDiffuse off)", _payload(), layer=False),
         Case("SDXL attention injection, batch 1", _payload(scripts=layer_args(SDXL_ATTN)), transparent=1),
         Case("SDXL attention injection, batch 2", _payload(batch_size=2, scripts=layer_args(SDXL_ATTN)),
              transparent=2),
         Case("SD1.5 method on SDXL (refused)", _payload(scripts=[True, SD15_ATTN]), refused="SD1.5", layer=False),
-    ]
+    ] + (layers if layer_methods else [])
 
 
 def flux_matrix() -> list[Case]:

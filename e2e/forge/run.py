@@ -49,9 +49,11 @@ LAYER_FILES = {
     "sdxl": ("layer_xl_transparent_attn.safetensors", "vae_transparent_decoder.safetensors",
              "vae_transparent_encoder.safetensors"),
 }
+# --layer-methods: SDXL fg->blend and conv injection (the conv diff is 3.6 GB)
+SDXL_LAYER_FILES = ("layer_xl_fg2ble.safetensors", "layer_xl_transparent_conv.safetensors")
 
 
-def write_weights(cache: Path, family: str) -> tuple[Path, list[Path]]:
+def write_weights(cache: Path, family: str, layer_methods: bool = False) -> tuple[Path, list[Path]]:
     """The random checkpoint and layer files of `family` at full size (kept in `cache`)."""
     from lib_layerdiffuse.testing.checkpoints import write_random_checkpoint
     from lib_layerdiffuse.testing.layer_files import (decoder_layout, keep_control_signal, offset_encoder_layout,
@@ -62,7 +64,8 @@ def write_weights(cache: Path, family: str) -> tuple[Path, list[Path]]:
     log(f"random {family} checkpoint (written once)")
     checkpoint = write_random_checkpoint(cache / CHECKPOINT_NAMES[family], family=family)
     files = []
-    for i, name in enumerate(LAYER_FILES[family]):
+    names = LAYER_FILES[family] + (SDXL_LAYER_FILES if layer_methods and family == "sdxl" else ())
+    for i, name in enumerate(names):
         path = cache / name
         if not path.is_file():
             entry = CATALOG[name]
@@ -80,7 +83,7 @@ def write_weights(cache: Path, family: str) -> tuple[Path, list[Path]]:
     return checkpoint, files
 
 
-def prepare(forge: Forge, cache: Path, family: str) -> None:
+def prepare(forge: Forge, cache: Path, family: str, layer_methods: bool = False) -> None:
     from lib_layerdiffuse.testing.onnx_models import write_segmenter
 
     forge.prepare_venv()
@@ -92,7 +95,7 @@ def prepare(forge: Forge, cache: Path, family: str) -> None:
         forge.place(modules["t5"], "text_encoder")
         forge.place(modules["clip_l"], "text_encoder")
     else:
-        checkpoint, files = write_weights(cache, family)
+        checkpoint, files = write_weights(cache, family, layer_methods)
     if family == "sd15":  # the user LoRAs and the second checkpoint of the combination cases
         for seed, name in enumerate((LORA_A, LORA_B)):
             forge.place(lora_files.write_kohya_lora(cache / f"{name}.safetensors", seed), "Lora")
@@ -209,6 +212,8 @@ def main(argv=None) -> int:
                         help="checkpoint family: sd15 runs the whole matrix; sdxl (about 17 GB of RAM, run it "
                              "alone) runs the SDXL attention-injection cases; flux (a Q4_0 GGUF transformer and "
                              "an fp8 T5, about 12 GB on disk and 17 GB of RAM, run it alone) the Flux cases")
+    parser.add_argument("--layer-methods", action="store_true",
+                        help="with --family sdxl: also fg->blend (batch 2) and conv injection (3.6 GB more weights)")
     args = parser.parse_args(argv)
     if not args.forge_dir:
         parser.error("give --forge-dir or set FORGE_DIR to a Forge checkout")
@@ -220,7 +225,7 @@ def main(argv=None) -> int:
     else:
         # in a child process: writing the random weights holds gigabytes that this process would
         # keep from Forge afterwards (with SDXL, Forge was then killed for want of memory)
-        child = multiprocessing.get_context("spawn").Process(target=prepare, args=(forge, cache, args.family))
+        child = multiprocessing.get_context("spawn").Process(target=prepare, args=(forge, cache, args.family, args.layer_methods))
         child.start()
         child.join()
         if child.exitcode:
@@ -241,9 +246,11 @@ def main(argv=None) -> int:
         requests.post(f"{server.url}/sdapi/v1/options", timeout=600, json=options).raise_for_status()
         if args.family == "sd15":
             # stealth infotext: current Forge only (early Forge never had it, Neo removed it)
-            cases: list[Case] = matrix(controlnet_files.listed_name(cache / CONTROLNET), stealth=forge.generation == 2)
+            # and hires fix with a pixel upscaler on Neo, which removed the latent ones
+            cases: list[Case] = matrix(controlnet_files.listed_name(cache / CONTROLNET), stealth=forge.generation == 2,
+                                       upscaler="Lanczos" if forge.generation == 3 else "Latent")
         else:
-            cases = {"sdxl": sdxl_matrix, "flux": flux_matrix}[args.family]()
+            cases = sdxl_matrix(args.layer_methods) if args.family == "sdxl" else flux_matrix()
         outputs = forge.outputs(server.url)
         # the first call of a fresh Forge moves models and warms caches: not part of the baseline
         warm = time.monotonic()

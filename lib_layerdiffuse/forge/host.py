@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import weakref
 from types import ModuleType
 from typing import Any, Callable, Optional
 
@@ -19,7 +18,7 @@ import torch
 
 # The UNet patcher methods every generation must have for LayerDiffuse to work.
 REQUIRED_PATCHER_METHODS = ("clone", "add_patches", "add_object_patch", "add_conditioning_modifier",
-                            "add_extra_torch_module_during_sampling", "load_frozen_patcher")
+                            "add_extra_model_patcher_during_sampling", "load_frozen_patcher")
 
 
 NEO_ROUTE = "Forge Neo (https://github.com/Haoming02/sd-webui-forge-classic, branch 'neo'), the maintained Forge"
@@ -105,20 +104,26 @@ class ForgeHost:
     def should_use_fp16(self) -> bool:
         return bool(self.memory.should_use_fp16(self.torch_device()))
 
-    def load_module(self, module: torch.nn.Module) -> torch.device:
-        """Move an extra network (the transparent decoder) onto the GPU through Forge's memory
-        manager, which offloads other models when space is short. One patcher per network, so
-        the manager sees the same model every time rather than a new one per batch."""
-        patcher = _PATCHERS.get(module)
+    def patcher_for(self, module: torch.nn.Module) -> Any:
+        """The host's model patcher of an extra network (the transparent decoder, the SD1.5
+        sharing weights), one per network and kept with it: the memory manager then sees the same
+        model every call. A new patcher per call leaves the manager an entry whose patcher died
+        while the network lives on in our cache (Forge Neo logs "Memory Leak" for each, every call)."""
+        patcher = getattr(module, PATCHER_ATTRIBUTE, None)
         if patcher is None:
             patcher = self.modules["model_patcher"].ModelPatcher(
                 module, load_device=self.torch_device(), offload_device=self.memory.unet_offload_device())
-            _PATCHERS[module] = patcher
-        self.memory.load_model_gpu(patcher)
+            setattr(module, PATCHER_ATTRIBUTE, patcher)  # a cycle: freed with the network
+        return patcher
+
+    def load_module(self, module: torch.nn.Module) -> torch.device:
+        """Move an extra network (the transparent decoder) onto the GPU through Forge's memory
+        manager, which offloads other models when space is short."""
+        self.memory.load_model_gpu(self.patcher_for(module))
         return next(module.parameters()).device
 
 
-_PATCHERS: "weakref.WeakKeyDictionary[torch.nn.Module, Any]" = weakref.WeakKeyDictionary()
+PATCHER_ATTRIBUTE = "_layerdiffuse_host_patcher"
 
 
 def _missing_methods(patcher_cls: type) -> list[str]:

@@ -69,9 +69,9 @@ def _install_sharing(p: Any, params: LayerDiffuseParams, host: ForgeHost, unet, 
         state.control_image = control_pixels(image, width, height, params.resize_mode)
     for name, module, layer in zip(names, modules, weights.hookers.layers):
         unet.add_object_patch("diffusion_model." + name, SharedAttention(module, layer, state, host.linear_weights))
-    # no cast: current Forge's UNet has no `dtype` to cast to, and SharedAttention moves the
-    # weights to the activations' device and dtype itself
-    unet.add_extra_torch_module_during_sampling(weights, cast_to_unet_dtype=False)
+    # loaded with the UNet through the network's one patcher (no cast: current Forge's UNet has
+    # no `dtype`, and SharedAttention moves the weights to the activations' device and dtype)
+    unet.add_extra_model_patcher_during_sampling(host.patcher_for(weights))
     return state
 
 
