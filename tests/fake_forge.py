@@ -1,20 +1,28 @@
-"""Small stand-ins for the three Forge hosts (early, current, Neo), written from the documented host behaviour
-(../shared/reference/forge-api.md), for tests that cannot install Forge.
+"""Small stand-ins for the three Forge hosts (early Forge, current Forge, Forge Neo), written
+from the documented host behaviour (../shared/reference/forge-api.md, hosts-2026.md) and checked
+against the real sources by test_forge_real.py, for tests that cannot install Forge.
 
 What they reproduce: `clone()` copies the patch containers and deep-copies `model_options`;
 `add_patches` ignores keys the model does not have and returns the accepted ones (a list on
-early Forge, a set keyed by a filename on current Forge); both `load_frozen_patcher`
+early Forge and Neo, a set keyed by a filename on current Forge); the `load_frozen_patcher`
 signatures; object patches replace modules by dotted name; the LDM attention signature
-with `transformer_options`; latent scaling on the UNet (early) or the VAE (current); a
+with `transformer_options`; latent scaling on the UNet (early) or the VAE (current, Neo); a
 processing object with the attributes the hooks read.
 
-Loading a UNet (`Memory.load_unet`, what `sampling_prepare` does) follows both hosts' order:
+Loading a UNet (`Memory.load_unet`, what `sampling_prepare` does) follows the hosts' order:
 the previous clone of the same model is unpatched, then object patches go in first and weight
 patches (user LoRAs, LayerDiffuse's SDXL files) after, by parameter path. Current Forge's
 `LoraLoader.refresh` restores its backups and merges with `set_attr_raw` on dotted paths and
 raises "Wrong LoRA Key" for a path it cannot reach; in online mode it hangs the patches on the
 layer (`forge_online_loras`) for `operations.get_weight_and_bias`. Early Forge's `patch_model`
 looks keys up in the state dict after the object patches and skips missing ones.
+
+Forge Neo (ComfyUI-style patcher): patches are 6-tuples per parameter, merged by `neo_merge`
+(Neo's `merge_lora_to_weight`: weight adapters, `diff` padded only with `pad_weight`, `set`;
+a raw `("lora", ...)` raises as in Neo); clones share the weight and object-patch backups; in
+online mode the merge hangs on the layer's `weight_function` and merges into the tensor it is
+given. Neo's VAE has no regulation hook: its `encode` samples the posterior, and the VAE
+patcher's object patches go into the model when it is loaded.
 """
 
 from __future__ import annotations
