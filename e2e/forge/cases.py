@@ -186,7 +186,8 @@ def run_case(case: Case, url: str, server, outputs: Path, earlier: Optional[dict
             saved.append((path.name, image_stats(image)))
     lines = log_text.splitlines()
     errors = [line.strip() for line in lines if "Error" in line and not line.lstrip().startswith("File ")]
-    notes = [line.strip() for line in lines if line.startswith("[LayerDiffuse]")]
+    # Neo's progress bars leave cursor moves in front of a line: find the marker anywhere
+    notes = [line[line.index("[LayerDiffuse]"):].strip() for line in lines if "[LayerDiffuse]" in line]
     result = Result(case, reply.status_code, seconds, response, main, saved, info,
                     log_text.count("Traceback (most recent call last)"), errors[:3], notes)
     result.log = log_text
@@ -292,7 +293,7 @@ def _local_model_ran(r: Result) -> list[str]:
 
 def matrix(controlnet: Optional[str] = None, stealth: bool = True, upscaler: str = "Latent") -> list[Case]:
     """The cases, plain call first (the baseline every ratio is measured against); the
-    combination cases last. `upscaler`: the hires fix's (Neo has no latent upscalers: "Lanczos")."""
+    combination cases last. `upscaler`: the hires fix's (Neo has no latent upscalers: "None")."""
     fg, bg = condition_image("fg"), condition_image("bg")
     cases = [
         Case("plain txt2img (LayerDiffuse off)", _payload(), layer=False),

@@ -2,7 +2,9 @@
 
     FORGE_DIR=/path/to/stable-diffusion-webui-forge python e2e/forge/run.py [--screenshot docs/forge-txt2img.png]
 
-Creates Forge's venv (CPU torch) when it is missing, clones the repositories Forge wants,
+FORGE_DIR may be lllyasviel's Forge (`main`, tag `previous`) or a Forge Neo tree (told apart by
+modules_forge/forge_version.py; Python 3.13 venv, `--cpu`, no stealth-infotext cases, hires
+fix with the upscaler "None"). Creates Forge's venv (CPU torch) when it is missing, clones the repositories Forge wants,
 writes a random full-size SD1.5 (or, with --family sdxl, SDXL) checkpoint and random layer
 files in the official layouts (used through --layerdiffuse-allow-unpinned: they are not the
 official bytes), copies this checkout into extensions/ and runs its install.py, starts Forge
@@ -246,9 +248,10 @@ def main(argv=None) -> int:
         requests.post(f"{server.url}/sdapi/v1/options", timeout=600, json=options).raise_for_status()
         if args.family == "sd15":
             # stealth infotext: current Forge only (early Forge never had it, Neo removed it)
-            # and hires fix with a pixel upscaler on Neo, which removed the latent ones
+            # and hires fix without an upscaler model on Neo, which removed the latent upscalers
+            # (and Lanczos: it lists only "None" and ESRGAN, a download)
             cases: list[Case] = matrix(controlnet_files.listed_name(cache / CONTROLNET), stealth=forge.generation == 2,
-                                       upscaler="Lanczos" if forge.generation == 3 else "Latent")
+                                       upscaler="None" if forge.generation == 3 else "Latent")
         else:
             cases = sdxl_matrix(args.layer_methods) if args.family == "sdxl" else flux_matrix()
         outputs = forge.outputs(server.url)
