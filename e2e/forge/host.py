@@ -225,13 +225,17 @@ def _export_available(repo: Path, commit: str) -> list[str]:
 
 
 def neo_python() -> str:
-    """A Python 3.13 for Neo's venv: `FORGE_RIG_NEO_PYTHON`, python3.13 on PATH, or pyenv's."""
-    named = os.environ.get("FORGE_RIG_NEO_PYTHON") or shutil.which(f"python{NEO_PYTHON}")
+    """A Python 3.13 for Neo's venv: `FORGE_RIG_NEO_PYTHON`, python3.13 on PATH, or pyenv's.
+    Each must run and make venvs: pyenv's shim for python3.13 is on PATH even where another
+    version is selected, and then fails with 'command not found'."""
+    named = os.environ.get("FORGE_RIG_NEO_PYTHON")
     if named:
         return named
-    for root in (Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions").glob(f"{NEO_PYTHON}.*"):
-        if (root / "bin" / "python").exists() and _has_venv(str(root / "bin" / "python")):
-            return str(root / "bin" / "python")
+    on_path = shutil.which(f"python{NEO_PYTHON}")
+    pyenv = sorted((Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions").glob(f"{NEO_PYTHON}.*"))
+    for candidate in ([on_path] if on_path else []) + [str(root / "bin" / "python") for root in pyenv]:
+        if _has_venv(candidate):
+            return candidate
     raise RuntimeError(f"Forge Neo needs Python {NEO_PYTHON}: install it or set FORGE_RIG_NEO_PYTHON")
 
 
