@@ -963,7 +963,7 @@ def webui_modules(opts: Any, saved: list, generation: int = 2) -> dict[str, type
 
     `save_image` follows Forge's order: the stealth-infotext writer (current Forge, when PNG
     info is on), then the `before_image_saved` callbacks, then the file is written: `saved`
-    records the object and a copy of what went into the file. `image_grid` calls the
+    records the object and a copy of what went into the file (RGB for JPEG and WebP). `image_grid` calls the
     `image_grid` callbacks, then composes like the host (current Forge RGBA on the grid colour,
     early Forge RGB on black)."""
     class Script:
@@ -974,8 +974,8 @@ def webui_modules(opts: Any, saved: list, generation: int = 2) -> dict[str, type
     grid_callbacks: list = []
 
     def save_image(image, path, basename, seed=None, prompt=None, extension="png", info=None, p=None, suffix="",
-                   grid=False, **kw):
-        filename = f"{path}/{basename or seed}{suffix}.{extension}"
+                   grid=False, forced_filename=None, **kw):
+        filename = f"{path}/{forced_filename or f'{basename or seed}{suffix}'}.{extension}"
         params = ImageSaveParams(image, p, filename, {"parameters": info} if info is not None else {})
         if generation == 2 and opts.enable_pnginfo and filename.endswith(".png") and "parameters" in params.pnginfo:
             mode = opts.data.get("stealth_pnginfo_option", "Alpha")
@@ -983,8 +983,10 @@ def webui_modules(opts: Any, saved: list, generation: int = 2) -> dict[str, type
                 stealth_write(params, mode)
         for callback in callbacks:
             callback(params)
-        saved.append(dict(image=params.image, file=params.image.copy(), extension=extension, info=info,
-                          suffix=suffix, grid=grid))
+        # what goes into the file: Forge's writer drops the alpha for JPEG and WebP
+        file = params.image.convert("RGB") if extension in ("jpg", "jpeg", "webp") else params.image.copy()
+        saved.append(dict(image=params.image, file=file, extension=extension, info=info,
+                          suffix=suffix, grid=grid, filename=filename))
         return filename, None
 
     def image_grid(imgs, batch_size=1, rows=None):

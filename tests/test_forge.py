@@ -76,7 +76,9 @@ def write_flux_files(folder):
 def forge(request, monkeypatch, weight_files):
     folder, catalog = weight_files
     memory = ff.Memory()
-    opts = types.SimpleNamespace(samples_format="png", enable_pnginfo=True, grid_background_color="#ffffff",
+    # each host's defaults: Neo saves grids as JPEG and has no stealth infotext
+    opts = types.SimpleNamespace(samples_format="png", grid_format="jpg" if request.param == 3 else "png",
+                                 enable_pnginfo=True, grid_background_color="#ffffff",
                                  data={} if request.param == 3 else {"stealth_pnginfo_option": "Alpha"})
     saved: list = []
     ff.install(monkeypatch, {**ff.forge_modules(request.param, memory), **ff.webui_modules(opts, saved, request.param)})
@@ -174,8 +176,8 @@ def run_job(p, args, hires=False, processed=None):
     if len(outputs) > 1:
         grid = images_module().image_grid(outputs, p.batch_size)
         if p.save_samples():
-            images_module().save_image(grid, "grids", "grid", p.seeds[0], p.prompts[0], "png", info="parameters",
-                                       p=p, grid=True)
+            images_module().save_image(grid, "grids", "grid", p.seeds[0], p.prompts[0],
+                                       sys.modules["modules.shared"].opts.grid_format, info="parameters", p=p, grid=True)
         results.insert(0, grid)
     processed = processed if processed is not None else types.SimpleNamespace()
     processed.images, processed.extra_images = results, p.extra_result_images
@@ -606,11 +608,28 @@ def test_a_grid_of_transparent_images_is_transparent(forge, mode):
     p = processing("sdxl", forge.generation, saved=True, n_iter=2)
     processed = types.SimpleNamespace()
     _, outputs = run_job(p, args_for(Method.FG_ONLY_ATTN), processed=processed)
-    grid_file = next(s["file"] for s in forge.saved if s["grid"])
+    grid_file = next(s["file"] for s in forge.saved if s["grid"] and s["extension"] == "png")
     expected = np.concatenate([np.asarray(o)[..., 3] for o in outputs], axis=1)
     assert np.asarray(outputs[0])[..., 3].min() < 250
     for grid in (grid_file, processed.images[0]):
         assert grid.mode == "RGBA" and np.array_equal(np.asarray(grid)[..., 3], expected)
+
+
+@pytest.mark.parametrize("mode", ["Alpha", "RGB"])
+def test_a_grid_saved_as_jpeg_gets_a_transparent_png_copy(forge, mode):
+    """Forge Neo saves grids as JPEG by default, which drops the alpha: a PNG copy of the grid
+    with the images' alpha and the parameters is saved beside it, once."""
+    forge.opts.grid_format = "jpg"
+    set_stealth(forge, mode)
+    p = processing("sdxl", forge.generation, saved=True, n_iter=2)
+    _, outputs = run_job(p, args_for(Method.FG_ONLY_ATTN))
+    grids = [s for s in forge.saved if s["grid"]]
+    assert [g["extension"] for g in grids] == ["png", "jpg"]  # the copy is written from the callback
+    copy, jpeg = grids
+    assert copy["filename"] == jpeg["filename"][:-len(".jpg")] + saving.SUFFIX + ".png"
+    assert jpeg["file"].mode == "RGB" and copy["file"].mode == "RGBA" and copy["info"] == "parameters"
+    expected = np.concatenate([np.asarray(o)[..., 3] for o in outputs], axis=1)
+    assert np.array_equal(np.asarray(copy["file"])[..., 3], expected)
 
 
 @pytest.mark.parametrize("margin", [0, 6])

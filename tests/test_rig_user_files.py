@@ -69,3 +69,7 @@ def test_controlnet_has_the_official_layout_of_the_unet_it_belongs_to(tmp_path):
     assert len(zero) == len(blocks) == 3 * len(spec.channel_mult)
     name = controlnet_files.listed_name(path)
     assert name.startswith("cn [") and len(name) == len("cn [12345678]")
+    # the name each host lists: hashed (current and early Forge), bare (Neo)
+    assert controlnet_files.host_name(path, ["None", "other [00000000]", name]) == name
+    assert controlnet_files.host_name(path, ["None", "cn"]) == "cn"
+    assert controlnet_files.host_name(path, ["None"]) == name

@@ -367,14 +367,15 @@ def _saved_as_returned(parameters: bool) -> Callable[[Result], list[str]]:
 
 
 def _grid_transparent(r: Result) -> list[str]:
-    """The grid (first in the response) and the saved grid file have the images' alpha."""
+    """The grid (first in the response) and the saved grid PNG have the images' alpha."""
     out = []
     grid = r.response[0] if len(r.response) > len(r.main) else None
     if grid is None or not grid.real_alpha:
         out.append(f"the returned grid is {grid.short() if grid else 'missing'}, without real alpha")
-    files = [s for n, s in r.saved if n.startswith("grid")]
+    # a grid saved as JPEG/WebP (Neo's default) has its transparent copy as "-transparent.png"
+    files = [s for n, s in r.saved if n.startswith("grid") and n.lower().endswith(".png")]
     if not files or not all(s.real_alpha for s in files):
-        out.append(f"the saved grid is {files[0].short() if files else 'missing'}, without real alpha")
+        out.append(f"the saved grid PNG is {files[0].short() if files else 'missing'}, without real alpha")
     return out
 
 

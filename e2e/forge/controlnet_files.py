@@ -55,11 +55,20 @@ def write_controlnet(path: Path, seed: int = 0, spec: UNetSpec = FULL["sd15"]) -
 
 
 def listed_name(path: Path) -> str:
-    """The name Forge's ControlNet lists the file under (and its API takes): the file name
-    without extension and the WebUI's old short hash (SHA-256 of 64 KiB at 1 MiB, 8 digits)."""
+    """The name current and early Forge's ControlNet list the file under (and their API takes):
+    the file name without extension and the WebUI's old short hash (SHA-256 of 64 KiB at 1 MiB,
+    8 digits). Forge Neo lists the bare file name (`host_name` asks the host)."""
     import hashlib
 
     with open(path, "rb") as fh:
         fh.seek(0x100000)
         digest = hashlib.sha256(fh.read(0x10000)).hexdigest()[:8]
     return f"{path.stem} [{digest}]"
+
+
+def host_name(path: Path, listed: list[str]) -> str:
+    """The entry of the host's ControlNet model list (`/controlnet/model_list`) for `path`:
+    with the short hash on current and early Forge, the bare file name on Forge Neo. When
+    neither is listed, the hashed name (the case then fails with the host's own error)."""
+    hashed = listed_name(path)
+    return next((name for name in listed if name in (hashed, path.stem)), hashed)

@@ -250,7 +250,9 @@ def main(argv=None) -> int:
             # stealth infotext: current Forge only (early Forge never had it, Neo removed it)
             # and hires fix without an upscaler model on Neo, which removed the latent upscalers
             # (and Lanczos: it lists only "None" and ESRGAN, a download)
-            cases: list[Case] = matrix(controlnet_files.listed_name(cache / CONTROLNET), stealth=forge.generation == 2,
+            controlnets = requests.get(f"{server.url}/controlnet/model_list", timeout=120).json()["model_list"]
+            cases: list[Case] = matrix(controlnet_files.host_name(cache / CONTROLNET, controlnets),
+                                       stealth=forge.generation == 2,
                                        upscaler="None" if forge.generation == 3 else "Latent")
         else:
             cases = sdxl_matrix(args.layer_methods) if args.family == "sdxl" else flux_matrix()

@@ -18,11 +18,13 @@ early Forge as RGB; the X/Y/Z plot draws labels around them in RGB), so when a g
 LayerDiffuse images the same grid is composed with alpha when Forge asks for it
 (`remember_grid`, the `image_grid` callback) and its alpha is put into Forge's grid object
 when that is saved or returned, found by its colours. JPEG and WebP have no alpha at all:
-then LayerDiffuse also saves a PNG copy with the suffix "-transparent".
+then LayerDiffuse also saves a PNG copy with the suffix "-transparent", of each image and of
+each grid (Forge Neo saves grids as JPEG by default).
 """
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
@@ -57,10 +59,13 @@ def put_kept_alpha(image: Image.Image) -> bool:
 
 def restore_alpha(params: Any) -> None:
     """`script_callbacks.on_before_image_saved` callback: our images get their alpha back after
-    the stealth-infotext writer, grids of our images theirs."""
+    the stealth-infotext writer, grids of our images theirs; a grid about to be saved in a
+    format without alpha also gets a transparent PNG copy."""
     image = getattr(params, "image", None)
-    if image is not None and not put_kept_alpha(image):
-        _restore_grid(image)
+    if image is None or put_kept_alpha(image):
+        return
+    if _restore_grid(image) and not str(getattr(params, "filename", "")).lower().endswith(".png"):
+        save_grid_copy(params)
 
 
 def finish_outputs(images: Iterable[Any]) -> None:
@@ -213,17 +218,24 @@ def alpha_notes(opts: Any) -> list[str]:
 
 # ---- outputs ------------------------------------------------------------------------------
 
+def alpha_carrier(image: Image.Image, alpha: Image.Image) -> Image.Image:
+    """A new object for Forge to save or return, marked with `alpha`: RGB while Forge's stealth
+    writer works in "RGB" mode (which cannot take RGBA), else an RGBA copy."""
+    from modules import shared  # Forge
+
+    carrier = image.convert("RGB") if stealth_mode(shared.opts) == "RGB" else image.convert("RGBA")
+    return keep_alpha(carrier, alpha)
+
+
 def show_transparent(p: Any, image: Image.Image, index: int) -> Image.Image:
-    """The object to make Forge's result for an RGBA image: marked with its alpha, and RGB while
-    Forge's stealth writer works in "RGB" mode (which cannot take RGBA). When Forge saves JPEG
-    or WebP, a PNG copy is saved too."""
+    """The object to make Forge's result for an RGBA image, marked with its alpha. When Forge
+    saves JPEG or WebP, a PNG copy is saved too."""
     from modules import shared  # Forge
 
     alpha = image.getchannel("A")
-    result = image.convert("RGB") if stealth_mode(shared.opts) == "RGB" else image.copy()
-    keep_alpha(result, alpha)
+    result = alpha_carrier(image, alpha)
     if image_format(shared.opts) != "png" and p.save_samples():
-        save_png_copy(p, keep_alpha(result.copy(), alpha), index)
+        save_png_copy(p, alpha_carrier(image, alpha), index)
     return result
 
 
@@ -238,4 +250,18 @@ def save_png_copy(p: Any, image: Image.Image, index: int) -> Optional[str]:
         info = None
     path, _ = images.save_image(image, p.outpath_samples, "", p.seeds[index], p.prompts[index], "png",
                                 info=info, p=p, suffix=SUFFIX)
+    return path
+
+
+def save_grid_copy(params: Any) -> Optional[str]:
+    """Save a transparent PNG of the grid Forge is saving as JPEG/WebP (`params`, the
+    `before_image_saved` arguments, the grid with its alpha put in), beside it with the suffix
+    "-transparent" and the same parameters; returns its path."""
+    from modules import images  # Forge, present when this runs
+
+    folder, name = os.path.split(str(params.filename))
+    copy = alpha_carrier(params.image, kept_alpha(params.image))
+    info = (getattr(params, "pnginfo", None) or {}).get("parameters")
+    path, _ = images.save_image(copy, folder, "", extension="png", info=info, p=getattr(params, "p", None),
+                                forced_filename=os.path.splitext(name)[0] + SUFFIX, grid=True)
     return path
