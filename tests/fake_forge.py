@@ -855,6 +855,7 @@ def forge_modules(generation: int, memory: Memory) -> dict[str, types.ModuleType
             "backend.sampling": _module("backend.sampling"),
             "backend.sampling.sampling_function": _module("backend.sampling.sampling_function",
                                                           sampling_prepare=memory.sampling_prepare),
+            "backend.sampling.condition": _module("backend.sampling.condition", Condition=Condition),
             "modules_forge": _module("modules_forge"),
             "modules_forge.forge_version": _module("modules_forge.forge_version", version="neo", release="2.26"),
         }
@@ -870,6 +871,23 @@ def forge_modules(generation: int, memory: Memory) -> dict[str, types.ModuleType
                                                           sampling_prepare=memory.sampling_prepare),
         }
     return mods
+
+
+class Condition:
+    """backend.sampling.condition.Condition (Neo): a model input to be batched (`cond`)."""
+
+    def __init__(self, cond):
+        self.cond = cond
+
+
+def neo_concat_inputs(unet, x: torch.Tensor, cond: list, uncond: Optional[list] = None) -> tuple:
+    """What Neo's sampling function hands the model for a non-inpainting checkpoint: it leaves
+    `extra_concat_condition` out (it attaches it only when `is_inpaint`), then runs the
+    conditioning modifiers in order. Returns (cond, uncond) after them."""
+    model, timestep = "patched", torch.tensor([SIGMA_MAX])
+    for modifier in unet.model_options.get("conditioning_modifiers", []):
+        model, x, timestep, uncond, cond, _, _, _ = modifier(model, x, timestep, uncond, cond, 7.0, {}, 1)
+    return cond, uncond
 
 
 HOST_ROOTS = ("ldm_patched", "modules_forge", "backend", "modules")

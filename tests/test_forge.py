@@ -379,11 +379,32 @@ def test_concat_condition_is_the_grey_flattened_mean_encode(forge):
         torch.testing.assert_close(patched[0].extra_concat_condition, torch.cat(expected, 1), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("method", [m for m in SDXL_METHODS if m.spec.conditions], ids=lambda m: m.name)
+def test_neo_gets_the_concat_condition_although_its_sampler_leaves_it_out(forge, method):
+    """Neo's sampling function attaches `extra_concat_condition` only for inpainting models:
+    the real Neo run answered HTTP 500 (conv_in widened to 8 channels, input of 4) until the
+    condition went in through a conditioning modifier, for cond and uncond alike."""
+    p = processing("sdxl", forge.generation)
+    patched, _ = run_job(p, args_for(method))
+    unet = patched[0]
+    condition = unet.extra_concat_condition
+    if forge.generation != 3:  # their sampling function attaches extra_concat_condition itself
+        assert condition is not None and not unet.model_options.get("conditioning_modifiers")
+        return
+    x = torch.zeros(condition.shape[0], 4, *condition.shape[2:])
+    cond, uncond = ff.neo_concat_inputs(unet, x, [{"model_conds": {"c_crossattn": 1}}],
+                                        [{"model_conds": {"c_crossattn": 2}}])
+    for c in cond + uncond:
+        assert c["model_conds"]["c_concat"].cond is condition
+    assert condition.shape[1] == 4 * len(method.spec.conditions)
+
+
 def test_stop_at_switches_to_the_unpatched_unet_without_the_condition(forge):
     p = processing("sdxl", forge.generation)
     patched, _ = run_job(p, args_for(Method.FG_TO_BLEND, stop_at=0.5))
     unet = patched[0]
-    modifier, = unet.model_options["conditioning_modifiers"]
+    *concat, modifier = unet.model_options["conditioning_modifiers"]  # Neo: the concat one first
+    assert len(concat) == (forge.generation == 3)
     cond = [{"model_conds": {"c_crossattn": 1, "c_concat": 2}}]
     early = modifier("patched", None, torch.tensor([ff.SIGMA_MAX]), None, cond, 7.0, {}, 1)
     assert early[0] == "patched" and early[4] is cond

@@ -58,6 +58,11 @@ class ForgeHost:
     # strength 0, so that the concat condition must be attached even then
     widens_at_zero_weight: bool = False
 
+    def attach_concat_condition(self, unet, condition: torch.Tensor) -> None:
+        """Give the UNet's inputs the layer methods' concat condition: Forge's sampling function
+        puts `extra_concat_condition` into every cond as `c_concat`."""
+        unet.extra_concat_condition = condition
+
     def percent_to_sigma(self, unet, percent: float) -> float:
         raise NotImplementedError
 

@@ -57,6 +57,13 @@ class ForgeNeo(CurrentForge):
     supports_transparent_img2img = True
     widens_at_zero_weight = True
 
+    def attach_concat_condition(self, unet, condition: torch.Tensor) -> None:
+        """Neo's sampling function passes `extra_concat_condition` on only for inpainting models
+        (an SDXL layer method then met a widened conv_in with 4 channels: HTTP 500), so a
+        conditioning modifier, run every step before the stop-at one, puts it into the conds."""
+        super().attach_concat_condition(unet, condition)
+        unet.add_conditioning_modifier(concat_modifier(condition))
+
     def __init__(self, modules: dict, release: str = ""):
         super().__init__(modules)
         if release:
@@ -148,3 +155,18 @@ def neo_host(unet_module) -> ForgeNeo:
         raise UnsupportedHostError(f"this Forge Neo lacks {', '.join(missing)}; LayerDiffuse was tested with "
                                    "Neo 2.26, update Neo or report the release")
     return ForgeNeo(modules, neo_release() or "")
+
+
+def concat_modifier(condition: torch.Tensor):
+    """A Forge conditioning modifier that sets `c_concat` (Neo's `Condition`) in copies of the
+    cond and uncond dicts whose latents match the condition's batch and size."""
+    from backend.sampling.condition import Condition  # Neo
+
+    def modifier(model, x, timestep, uncond, cond, cond_scale, model_options, seed):
+        if x is not None and tuple(condition.shape[:1] + condition.shape[2:]) == tuple(x.shape[:1] + x.shape[2:]):
+            def attach(conds):
+                return None if conds is None else [
+                    {**c, "model_conds": {**c.get("model_conds", {}), "c_concat": Condition(condition)}} for c in conds]
+            uncond, cond = attach(uncond), attach(cond)
+        return model, x, timestep, uncond, cond, cond_scale, model_options, seed
+    return modifier

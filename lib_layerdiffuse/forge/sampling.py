@@ -47,7 +47,7 @@ def patch_unet(p: Any, params: LayerDiffuseParams, host: ForgeHost, noise: torch
         if spec.conditions and (params.weight != 0.0 or host.widens_at_zero_weight):
             # at weight 0 Forge and early Forge skip the `diff` patch that widens conv_in, so the
             # UNet still takes 4 channels and an attached condition would not fit (Neo pads it)
-            unet.extra_concat_condition = concat_condition(p, params, host, batch, w * 8, h * 8)
+            host.attach_concat_condition(unet, concat_condition(p, params, host, batch, w * 8, h * 8))
         on_stop = lambda: None  # noqa: E731
     if params.stop_at < 1.0:
         sigma_end = host.percent_to_sigma(unet, params.stop_at)
