@@ -111,6 +111,7 @@ SIGNATURES = {
         (ff.LoRAAdapter.calculate_weight, NEO_ADAPTER, "LoRAAdapter.calculate_weight"),
         (ff.NeoFirstStage.encode, "backend/nn/vae.py", "IntegratedAutoencoderKL.encode"),
         (ff.set_attr_raw, "backend/utils.py", "set_attr_raw"),
+        (ff.Condition.__init__, "backend/sampling/condition.py", "Condition.__init__"),
         *SAMPLERS,
     ],
     2: [
@@ -342,6 +343,10 @@ def test_what_the_neo_fakes_leave_out_neo_lacks():
     assert "stealth_pnginfo_option" not in (forge_root() / "modules" / "shared_options.py").read_text()
     version = (forge_root() / "modules_forge" / "forge_version.py").read_text()
     assert 'version = "neo"' in version
+    # its sampling function passes extra_concat_condition on only for inpainting models (what
+    # ff.neo_concat_inputs reproduces and the conditioning modifier works around)
+    sampling = (forge_root() / "backend" / "sampling" / "sampling_function.py").read_text()
+    assert "isinstance(image_cond_in, torch.Tensor) and self.inner_model.inner_model.is_inpaint" in sampling
 
 
 @pytest.mark.slow
