@@ -981,8 +981,8 @@ def webui_modules(opts: Any, saved: list, generation: int = 2) -> dict[str, type
 
     `save_image` follows Forge's order: the stealth-infotext writer (current Forge, when PNG
     info is on), then the `before_image_saved` callbacks, then the file is written: `saved`
-    records the object and a copy of what went into the file (RGB for JPEG and WebP). `image_grid` calls the
-    `image_grid` callbacks, then composes like the host (current Forge RGBA on the grid colour,
+    records the object and a copy of what went into the file (RGB for JPEG and WebP).
+    `image_grid` calls the `image_grid` callbacks, then composes like the host (current Forge RGBA on the grid colour,
     early Forge RGB on black)."""
     class Script:
         def elem_id(self, item_id):

@@ -4,9 +4,9 @@
 
 FORGE_DIR may be lllyasviel's Forge (`main`, tag `previous`) or a Forge Neo tree (told apart by
 modules_forge/forge_version.py; Python 3.13 venv, `--cpu`, no stealth-infotext cases, hires
-fix with the upscaler "None"). Creates Forge's venv (CPU torch) when it is missing, clones the repositories Forge wants,
-writes a random full-size SD1.5 (or, with --family sdxl, SDXL) checkpoint and random layer
-files in the official layouts (used through --layerdiffuse-allow-unpinned: they are not the
+fix with the upscaler "None"). Creates Forge's venv (CPU torch) when it is missing, clones the
+repositories Forge wants, writes a random full-size SD1.5 (or, with --family sdxl, SDXL)
+checkpoint and random layer files in the official layouts (used through --layerdiffuse-allow-unpinned: they are not the
 official bytes), copies this checkout into extensions/ and runs its install.py, starts Forge
 on 127.0.0.1 with --api, runs `cases.matrix()` (or `cases.sdxl_matrix()`) and prints a
 Markdown table. After every case (or chain of cases that must follow each other) it makes a

@@ -162,11 +162,12 @@ def concat_modifier(condition: torch.Tensor):
     cond and uncond dicts whose latents match the condition's batch and size."""
     from backend.sampling.condition import Condition  # Neo
 
+    def attach(conds: Optional[list]) -> Optional[list]:
+        return None if conds is None else [
+            {**c, "model_conds": {**c.get("model_conds", {}), "c_concat": Condition(condition)}} for c in conds]
+
     def modifier(model, x, timestep, uncond, cond, cond_scale, model_options, seed):
-        if x is not None and tuple(condition.shape[:1] + condition.shape[2:]) == tuple(x.shape[:1] + x.shape[2:]):
-            def attach(conds):
-                return None if conds is None else [
-                    {**c, "model_conds": {**c.get("model_conds", {}), "c_concat": Condition(condition)}} for c in conds]
+        if x is not None and (x.shape[0], *x.shape[2:]) == (condition.shape[0], *condition.shape[2:]):
             uncond, cond = attach(uncond), attach(cond)
         return model, x, timestep, uncond, cond, cond_scale, model_options, seed
     return modifier
