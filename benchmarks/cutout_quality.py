@@ -5,8 +5,12 @@ curly hair, pixel art, people cut by the frame) over seeded backdrops (`--backdr
 a flat colour with a mild vignette, a linear gradient, a strong cos^4 vignette, a colour close to
 the subject's, and a vignette saved as a noisy JPEG (quality 75) - at each size in `--sizes`.
 `--synthetic` adds the soft disc, hair-like strands and glass panel over solid, gradient and
-textured backgrounds. Every case is scored with SAD (sum |a - a*| / 1000), the gradient error
-and the edge colour error (0..255 where the true alpha is soft) for:
+textured backgrounds. `--cut` frames every subject so that it runs out of the image at the
+bottom and one side (fur, jackets and bodies cut by the frame: where matting tiles meet the
+frame). Every case is scored with SAD (sum |a - a*| / 1000), the gradient error, the edge
+colour error (0..255 where the true alpha is soft) and straight seams (`metrics.straight_seams`:
+rows or columns along which alpha steps for 24+ px where the true alpha does not; a tile edge
+or a block decided whole) for:
 - anchors in the same run: the hard key against the border median (distance > 0.12) and
   closed-form matting with an oracle trimap (true alpha > 0.95 / < 0.05, eroded 3 px);
 - the weight-free cutout with each refinement (none / decontaminate / alpha matting);
@@ -17,6 +21,7 @@ and the edge colour error (0..255 where the true alpha is soft) for:
 
     python benchmarks/cutout_quality.py                       # 384 px, vignette + gradient
     python benchmarks/cutout_quality.py --backdrops all --sizes 384,1024 --seeds 0,1,2
+    python benchmarks/cutout_quality.py --cut --backdrops vignette,jpeg --sizes 1024,2048 --refines decontaminate
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lib_layerdiffuse.cutout import CutoutError, cut_out  # noqa: E402
-from lib_layerdiffuse.cutout.metrics import edge_color_error, gradient_error, sad  # noqa: E402
+from lib_layerdiffuse.cutout.metrics import edge_color_error, gradient_error, sad, straight_seams  # noqa: E402
 from lib_layerdiffuse.testing.anchors import colour_key, oracle_matting  # noqa: E402
 from lib_layerdiffuse.testing.composites import BACKDROPS, backdrop_cases, synthetic_cases  # noqa: E402
 
@@ -56,7 +61,7 @@ def cases(args: argparse.Namespace):
     for size in (int(s) for s in args.sizes.split(",")):
         if args.rgba and Path(args.rgba).is_dir():
             for seed in (int(s) for s in args.seeds.split(",")):
-                for case in backdrop_cases(Path(args.rgba), size, seed, backdrops):
+                for case in backdrop_cases(Path(args.rgba), size, seed, backdrops, cut=args.cut):
                     case.name = f"{case.name} s{seed} {size}"
                     yield case
         if args.synthetic:
@@ -79,7 +84,7 @@ def methods(args: argparse.Namespace, model: dict):
             return result.alpha, result.foreground
         return run
 
-    for refine in REFINES:
+    for refine in args.refines.split(","):
         yield f"weight-free, {refine}", ours(refine, model="weight-free")
     if model:
         from lib_layerdiffuse.cutout import rembg_backend
@@ -120,7 +125,8 @@ def run(args: argparse.Namespace) -> None:
             alpha, fg = out
             table.setdefault(label, {})[case.name] = {
                 "SAD": sad(alpha, case.alpha), "Grad": gradient_error(alpha, case.alpha),
-                "FG err": edge_color_error(fg, case.fg, case.alpha), "s": seconds}
+                "FG err": edge_color_error(fg, case.fg, case.alpha), "s": seconds,
+                "seams": straight_seams(alpha, case.alpha)}
     report(table, names)
     if model and first is not None:
         timing(model, first.image)
@@ -148,9 +154,10 @@ def timing(model: dict, image: np.ndarray, repeats: int = 4) -> None:
 
 
 def _group(name: str) -> str:
-    """'cat/vignette s0 384' -> 's0 384 vignette'."""
-    case, *rest = name.split(" ")
-    return " ".join(rest + [case.split("/")[1]])
+    """'cat/vignette s0 384' -> 's0 384 vignette'; 'cat cut/jpeg s0 1024' -> 's0 1024 jpeg cut'."""
+    subject, tail = name.split("/", 1)
+    backdrop, *rest = tail.split(" ")
+    return " ".join(rest + [backdrop] + (["cut"] if subject.endswith(" cut") else []))
 
 
 def _mean(entries, metric: str) -> str:
@@ -162,14 +169,15 @@ def report(table: dict, names: list[str]) -> None:
     key = table[KEY]
     groups = sorted({_group(n) for n in names})
     print(f"\n### Summary ({len(names)} cases; means over the cases each row scored)\n")
-    print("| method | scored | SAD | Grad | FG err | s/image | cases worse than the key |")
-    print("|---|---|---|---|---|---|---|")
+    print("| method | scored | SAD | Grad | FG err | s/image | cases worse than the key | cases with seams |")
+    print("|---|---|---|---|---|---|---|---|")
     for label, rows in table.items():
         entries = list(rows.values())
         scored = [e for e in entries if not e.get("refused")]
         worse = sum(1 for n, e in rows.items() if not e.get("refused") and e["SAD"] > key[n]["SAD"])
+        seamed = sum(1 for e in scored if e["seams"][0])
         print(f"| {label} | {len(scored)}/{len(entries)} | {_mean(entries, 'SAD')} | {_mean(entries, 'Grad')} | "
-              f"{_mean(entries, 'FG err')} | {_mean(entries, 's')} | {'' if label == KEY else worse} |")
+              f"{_mean(entries, 'FG err')} | {_mean(entries, 's')} | {'' if label == KEY else worse} | {seamed} |")
     plain, matted = (f"model, {r}" for r in MODEL_REFINES)
     if plain in table and matted in table:
         pairs = [(table[plain][n], table[matted][n]) for n in names]
@@ -183,13 +191,15 @@ def report(table: dict, names: list[str]) -> None:
     for group in groups:
         members = [n for n in names if _group(n) == group]
         print(f"| {group} ({len(members)}) | " + " | ".join(_mean([table[m][n] for n in members], "SAD") for m in labels) + " |")
-    print("\n### SAD per case\n")
+    print("\n### SAD per case (seams: lines, longest run in px)\n")
     print("| case | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels))
     for name in names:
         cells = []
         for label in labels:
             e = table[label][name]
             cell = "refused" if e.get("refused") else f"{e['SAD']:.2f}"
+            if not e.get("refused") and e["seams"][0]:
+                cell += " (seams: {}, {} px)".format(*e["seams"])
             if label != KEY and not e.get("refused") and e["SAD"] > key[name]["SAD"]:
                 cell += " (worse than key)"
             cells.append(cell)
@@ -204,6 +214,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="384", help="comma list of square sizes, e.g. 384,1024")
     parser.add_argument("--seeds", default="0", help="comma list of backdrop seeds")
     parser.add_argument("--synthetic", action="store_true", help="add the synthetic disc, strands and glass panel")
+    parser.add_argument("--cut", action="store_true", help="frame each RGBA subject so it runs out of the image")
+    parser.add_argument("--refines", default=",".join(REFINES),
+                        help="comma list of the weight-free refinements to score (decontaminate and none give the "
+                             "same alpha)")
     parser.add_argument("--onnx", help="an ONNX segmentation model (square input), e.g. a BiRefNet or IS-Net export")
     parser.add_argument("--model", help="a rembg model name whose file is in U2NET_HOME")
     run(parser.parse_args())

@@ -69,3 +69,29 @@ def all_metrics(alpha: np.ndarray, foreground: np.ndarray, truth_alpha: np.ndarr
     return {"SAD": sad(alpha, truth_alpha), "MSE": mse(alpha, truth_alpha),
             "Grad": gradient_error(alpha, truth_alpha), "Conn": connectivity_error(alpha, truth_alpha),
             "FG err": edge_color_error(foreground, truth_fg, truth_alpha)}
+
+
+def straight_seams(alpha: np.ndarray, truth: np.ndarray, jump: float = 0.1, shortest: int = 24) -> tuple[int, int]:
+    """(lines, longest run): seams in `alpha` that `truth` does not have. A seam is a run of at
+    least `shortest` neighbouring pixel pairs along one row or column boundary where alpha
+    steps by more than `jump` and the true alpha by less than half of that: the straight edge
+    of a tile or a region decided whole, which no subject draws. `lines` counts the row and
+    column boundaries holding one; `longest` is the longest such run anywhere (0: none)."""
+    lines, longest = 0, 0
+    a, t = alpha.astype(np.float32), truth.astype(np.float32)
+    for axis in (0, 1):
+        false = (np.abs(np.diff(a, axis=axis)) > jump) & (np.abs(np.diff(t, axis=axis)) < jump / 2)
+        runs = _longest_runs(false if axis == 0 else false.T)
+        lines += int((runs >= shortest).sum())
+        longest = max(longest, int(runs.max(initial=0)))
+    return lines, (longest if longest >= shortest else 0)
+
+
+def _longest_runs(mask: np.ndarray) -> np.ndarray:
+    """The longest run of True along each row of a 2-D bool array."""
+    edges = np.diff(np.pad(mask, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+    rows, starts = np.nonzero(edges == 1)
+    _, ends = np.nonzero(edges == -1)
+    runs = np.zeros(mask.shape[0], np.int64)
+    np.maximum.at(runs, rows, ends - starts)
+    return runs

@@ -24,6 +24,7 @@ from ..vae.pixels import to_uint8
 
 MATTING_TILE = 448
 MATTING_MARGIN = 32
+MATTING_GROWTH = 4  # a context lacking an anchor grows to at most this many margins
 COLOR_TILE = 1024
 COLOR_MARGIN = 48
 FILL_PIXELS = 1 << 20  # the transparent-colour fill runs at most this large, then is scaled up
@@ -52,12 +53,14 @@ def trimap_from_alpha(alpha: np.ndarray, fg_threshold: float, bg_threshold: floa
     """0 (background), 1 (foreground) or 0.5 (unknown) per pixel, float32.
 
     Sure regions are where alpha is above / below the thresholds (0..1), each eroded by `band`
-    pixels so the unknown band straddles the edge; the image border counts as background.
+    pixels so the unknown band straddles the edge. The frame says nothing either way: a
+    subject cut by it stays sure foreground up to the frame (with the frame counted as
+    background, a band along it became unknown, and matting there had no background in reach).
     """
     fg = alpha > fg_threshold
     bg = alpha < bg_threshold
     if band > 0:
-        fg = _erode_square(fg, band, border_value=0)
+        fg = _erode_square(fg, band, border_value=1)
         bg = _erode_square(bg, band, border_value=1)
     trimap = np.full(alpha.shape, 0.5, np.float32)
     trimap[fg] = 1.0
@@ -107,30 +110,138 @@ def _inner(core: tuple[slice, slice], context: tuple[slice, slice]) -> tuple[sli
 
 def solve_alpha(image: np.ndarray, trimap: np.ndarray, prior: np.ndarray, progress: Progress = None,
                 pulled: Optional[np.ndarray] = None, pull: float = 0.0) -> np.ndarray:
-    """Closed-form matting (Levin et al., pymatting) in the unknown band, tile by tile.
+    """Closed-form matting (Levin et al., pymatting) in the unknown band, tile by tile, giving
+    what one solve of the whole image would give.
 
-    `image` HxWx3 (uint8, or floats in [0,1]); `trimap` 0 / 0.5 / 1; `prior` is the alpha kept
-    where a tile has no sure foreground or no sure background to anchor the solve. Where the
-    HxW bool mask `pulled` is set, a soft term draws alpha towards `prior`: the solve minimises
-    the closed-form energy plus `pull * (alpha - prior)^2` over those pixels, and a tile with
-    pulled unknown pixels is solved even without anchors. Returns HxW float32.
+    `image` HxWx3 (uint8, or floats in [0,1]); `trimap` 0 / 0.5 / 1; `prior` is kept where an
+    unknown region touches no sure pixel at all (the solve has no answer there). Where the HxW
+    bool mask `pulled` is set, a soft term draws alpha towards `prior`: the solve minimises the
+    closed-form energy plus `pull * (alpha - prior)^2` over those pixels. Returns HxW float32.
+
+    A tile is not the whole image, and three things keep that from showing:
+    - an unknown region that touches only sure foreground (or only sure background) is set to 1
+      (or 0) whole, which is the whole-image solution (constants cost no matting energy); before,
+      a tile of such a region that saw no background kept the prior, a hard-edged rectangle of
+      alpha 0.5 inside a subject cut by the frame;
+    - a tile whose context lacks one kind of anchor is grown (up to `MATTING_GROWTH` times the
+      margin) until it holds both;
+    - overlapping tiles are blended with weights that fall to zero over the margin towards each
+      inner edge of the context, so neighbouring solutions meet without a step.
     """
     unknown = trimap == 0.5
     alpha = np.where(unknown, prior, trimap).astype(np.float32, copy=False)
-    jobs = list(tiles(unknown, MATTING_TILE, MATTING_MARGIN))
+    if pulled is not None and pull > 0:
+        pulled = pulled & unknown
+    else:
+        pulled = None
+    solve, settled = _one_sided(alpha, trimap, unknown, pulled)
+    del unknown
+    jobs = list(tiles(solve, MATTING_TILE, MATTING_MARGIN))
+    box = _bbox(solve)
+    if box is None:
+        if progress is not None:
+            progress(1, 1)
+        return alpha
+    y0, y1, x0, x1 = box
+    total = np.zeros((y1 - y0, x1 - x0), np.float32)
+    weight = np.zeros_like(total)
     for done, (core, context) in enumerate(jobs, 1):
-        sub = trimap[context].astype(np.float64)
-        weights = None
-        if pulled is not None and pull > 0 and (pulled[context] & (sub == 0.5)).any():
-            weights = pulled[context] * pull
-        if weights is not None or ((sub == 1.0).any() and (sub == 0.0).any()):
+        context, sub = _anchored_context(core, trimap, alpha, settled, pulled)
+        weights = None if pulled is None or not pulled[context].any() else pulled[context] * pull
+        fg, bg = (sub == 1.0).any(), (sub == 0.0).any()
+        if weights is not None or (fg and bg):
             solved = _solve_tile(unit_float(image[context]), sub, prior[context], weights)
-            inner = _inner(core, context)
-            band = unknown[core]
-            alpha[core][band] = solved[inner][band]
+        elif fg or bg:  # one kind of anchor in reach: matting gives its value
+            solved = np.where(sub == 0.5, 1.0 if fg else 0.0, sub)
+        else:
+            solved = None
+        if solved is not None:
+            _blend(total, weight, solved, _ramp(context, trimap.shape), context, solve, (y0, x0))
         if progress is not None:
             progress(done, len(jobs))
+    inside = solve[y0:y1, x0:x1] & (weight > 0)
+    alpha[y0:y1, x0:x1][inside] = total[inside] / weight[inside]
     return alpha
+
+
+def _one_sided(alpha: np.ndarray, trimap: np.ndarray, unknown: np.ndarray,
+               pulled: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(to solve, settled): unknown regions coupled (closer than the 3x3 matting windows reach)
+    to sure foreground only get alpha 1, to sure background only 0 (written into `alpha`);
+    regions with both, or with pulled pixels, are left to matting; regions with neither keep
+    the prior."""
+    from scipy import ndimage
+
+    square = np.ones((3, 3), bool)
+    labels, count = ndimage.label(ndimage.binary_dilation(unknown, square), square)
+    labels[~unknown] = 0
+    near_fg = ndimage.binary_dilation(trimap == 1.0, square, iterations=2)
+    has_fg = np.bincount(labels[near_fg], minlength=count + 1) > 0
+    del near_fg
+    near_bg = ndimage.binary_dilation(trimap == 0.0, square, iterations=2)
+    has_bg = np.bincount(labels[near_bg], minlength=count + 1) > 0
+    del near_bg
+    has_pull = np.zeros(count + 1, bool) if pulled is None else np.bincount(labels[pulled], minlength=count + 1) > 0
+    has_fg[0] = has_bg[0] = has_pull[0] = False
+    both = (has_fg & has_bg) | has_pull
+    only_fg, only_bg = has_fg & ~both, has_bg & ~both
+    alpha[only_fg[labels]] = 1.0
+    alpha[only_bg[labels]] = 0.0
+    settled = (only_fg | only_bg)[labels]
+    return both[labels], settled
+
+
+def _anchored_context(core: tuple[slice, slice], trimap: np.ndarray, alpha: np.ndarray, settled: np.ndarray,
+                      pulled: Optional[np.ndarray]) -> tuple[tuple[slice, slice], np.ndarray]:
+    """(context, trimap crop as float64): the context of `core`, grown until it holds sure
+    foreground and sure background (regions settled by `_one_sided` count as sure) or pulled
+    pixels, or until it is MATTING_GROWTH margins wide."""
+    h, w = trimap.shape
+    margin = MATTING_MARGIN
+    while True:
+        context = (slice(max(core[0].start - margin, 0), min(core[0].stop + margin, h)),
+                   slice(max(core[1].start - margin, 0), min(core[1].stop + margin, w)))
+        sub = trimap[context].astype(np.float64)
+        fixed = settled[context]
+        sub[fixed] = alpha[context][fixed]
+        anchored = (sub == 1.0).any() and (sub == 0.0).any()
+        if anchored or (pulled is not None and pulled[context].any()) or margin >= MATTING_MARGIN * MATTING_GROWTH \
+                or context == (slice(0, h), slice(0, w)):
+            return context, sub
+        margin *= 2
+
+
+def _ramp(context: tuple[slice, slice], shape: tuple[int, int]) -> np.ndarray:
+    """Blending weights over a context crop: 1 in the middle, falling linearly to near 0 over
+    MATTING_MARGIN pixels towards each side that is inside the image (not at the frame)."""
+    def side(s: slice, size: int) -> np.ndarray:
+        n = s.stop - s.start
+        up = np.arange(n, dtype=np.float32) + 0.5
+        down = up[::-1]
+        ramp = np.ones(n, np.float32)
+        if s.start > 0:
+            ramp = np.minimum(ramp, up / MATTING_MARGIN)
+        if s.stop < size:
+            ramp = np.minimum(ramp, down / MATTING_MARGIN)
+        return ramp
+
+    return np.outer(side(context[0], shape[0]), side(context[1], shape[1]))
+
+
+def _blend(total: np.ndarray, weight: np.ndarray, solved: np.ndarray, ramp: np.ndarray,
+           context: tuple[slice, slice], solve: np.ndarray, origin: tuple[int, int]) -> None:
+    """Add one tile's solution, weighted by `ramp`, where `solve` is set (within the box whose
+    top-left corner is `origin`)."""
+    rows = slice(max(context[0].start, origin[0]), min(context[0].stop, origin[0] + total.shape[0]))
+    cols = slice(max(context[1].start, origin[1]), min(context[1].stop, origin[1] + total.shape[1]))
+    if rows.start >= rows.stop or cols.start >= cols.stop:
+        return
+    crop = (slice(rows.start - context[0].start, rows.stop - context[0].start),
+            slice(cols.start - context[1].start, cols.stop - context[1].start))
+    target = (slice(rows.start - origin[0], rows.stop - origin[0]), slice(cols.start - origin[1], cols.stop - origin[1]))
+    w = ramp[crop] * solve[rows, cols]
+    total[target] += w * solved[crop]
+    weight[target] += w
 
 
 def _solve_tile(image: np.ndarray, trimap: np.ndarray, prior: np.ndarray, pull: Optional[np.ndarray]) -> np.ndarray:

@@ -30,7 +30,7 @@ def oracle_trimap(alpha: np.ndarray, band: int = 3) -> np.ndarray:
     from scipy import ndimage
 
     trimap = np.full(alpha.shape, 0.5)
-    trimap[ndimage.binary_erosion(alpha > 0.95, iterations=band)] = 1.0
+    trimap[ndimage.binary_erosion(alpha > 0.95, iterations=band, border_value=1)] = 1.0
     trimap[ndimage.binary_erosion(alpha < 0.05, iterations=band, border_value=1)] = 0.0
     return trimap
 
@@ -41,4 +41,4 @@ def oracle_matting(image: np.ndarray, alpha: np.ndarray, band: int = 3) -> np.nd
 
     trimap = oracle_trimap(alpha, band).astype(np.float32)
     with contextlib.redirect_stdout(io.StringIO()):
-        return solve_alpha(image, trimap, trimap)  # unanchored tiles keep 0.5
+        return solve_alpha(image, trimap, trimap)

@@ -167,14 +167,34 @@ def noisy_jpeg(image: np.ndarray, rng: np.random.Generator, quality: int = 75, n
         return np.asarray(img.convert("RGB"))
 
 
-def load_rgba(path: Path, size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
-    """(colour HxWx3, alpha HxW) floats of a straight-alpha PNG, resized to size x size."""
+def load_rgba(path: Path, size: Optional[int] = None, cut: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(colour HxWx3, alpha HxW) floats of a straight-alpha PNG, resized to size x size. With
+    `cut` 1 or 2, a square crop the subject runs out of first (`cut_by_frame`)."""
     with Image.open(path) as img:
         rgba = img.convert("RGBA")
+        if cut:
+            rgba = rgba.crop(cut_by_frame(np.asarray(rgba)[..., 3], left=cut == 1))
         if size:
             rgba = rgba.resize((size, size), Image.LANCZOS)
         arr = np.asarray(rgba, np.float32) / 255.0
     return arr[..., :3], arr[..., 3]
+
+
+def cut_by_frame(alpha: np.ndarray, left: bool = True) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of a square crop that the subject (alpha over half) runs out
+    of at the bottom and at the left (or right) side: 80% of the subject's larger side, its
+    bottom 15% of that above the subject's lowest row, its side 10% inside the subject's."""
+    h, w = alpha.shape
+    rows, cols = np.nonzero(alpha > 127)
+    if rows.size == 0:
+        return 0, 0, w, h
+    side = min(h, w, max(8, round(0.8 * max(np.ptp(rows) + 1, np.ptp(cols) + 1))))
+    bottom = min(h, max(side, int(rows.max()) + 1 - round(0.15 * side)))
+    if left:
+        x0 = min(max(0, int(cols.min()) + round(0.1 * side)), w - side)
+    else:
+        x0 = max(0, min(int(cols.max()) + 1 - round(0.1 * side), w) - side)
+    return x0, bottom - side, x0 + side, bottom
 
 
 def backdrop_case(name: str, fg: np.ndarray, alpha: np.ndarray, backdrop: str, rng: np.random.Generator) -> Case:
@@ -197,10 +217,13 @@ def backdrop_case(name: str, fg: np.ndarray, alpha: np.ndarray, backdrop: str, r
 
 
 def backdrop_cases(folder: Path, size: int = 384, seed: int = 0,
-                   backdrops: tuple = ("vignette", "gradient")) -> Iterator[Case]:
-    """Every RGBA PNG of `folder` over each backdrop, seeded per (seed, file, backdrop)."""
+                   backdrops: tuple = ("vignette", "gradient"), cut: bool = False) -> Iterator[Case]:
+    """Every RGBA PNG of `folder` over each backdrop, seeded per (seed, file, backdrop). With
+    `cut`, each subject runs out of the frame (`cut_by_frame`: bottom and left for even files,
+    bottom and right for odd ones) and the case is named "<file> cut"."""
     for index, path in enumerate(sorted(Path(folder).glob("*.png"))):
-        fg, alpha = load_rgba(path, size)
+        fg, alpha = load_rgba(path, size, cut=(1 + index % 2) if cut else 0)
+        name = path.stem.split("__")[-1] + (" cut" if cut else "")
         for backdrop in backdrops:
-            rng = np.random.default_rng([seed, index, BACKDROPS.index(backdrop)])
-            yield backdrop_case(path.stem.split("__")[-1], fg, alpha, backdrop, rng)
+            rng = np.random.default_rng([seed, index, BACKDROPS.index(backdrop)] + ([1] if cut else []))
+            yield backdrop_case(name, fg, alpha, backdrop, rng)
