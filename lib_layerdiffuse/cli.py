@@ -86,11 +86,15 @@ def _ensure_or_convert(store: WeightStore, name: str):
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .vae.convert import SOURCE, convert_flux_vae
+    from pathlib import Path
+
+    from .weights.catalog import FLUX_VAE_PICKLE as SOURCE
 
     store = WeightStore(args.models_dir, allow_download=args.download, progress=not args.quiet)
     if args.source:
-        source = args.source
+        source = Path(args.source).expanduser()
+        if not source.is_file():
+            raise WeightError(f"{source} is not there (or not a file). Give the path of LayerDiffuse-Flux's {SOURCE}.")
     elif args.download:
         source = store.ensure(SOURCE)
     else:
@@ -98,6 +102,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         if not source.is_file():
             raise WeightError(f"{source} is not there. Give the path of LayerDiffuse-Flux's {SOURCE}, or add "
                               f"--download to fetch it from {store.entry(SOURCE).url}.")
+    from .vae.convert import convert_flux_vae  # torch: only once there is something to convert
+
     for path in convert_flux_vae(source, store):
         print(f"wrote     {path}")
     print(f"Licence: {Method.FLUX_FG_ONLY.spec.licence}")
@@ -174,7 +180,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _add_generate(sub, common: argparse.ArgumentParser) -> None:
-    from .params import ResizeMode
+    from .params import LayerDiffuseParams, ResizeMode
 
     gen = sub.add_parser("generate", parents=[common], help="generate images with a LayerDiffuse method",
                          description="Generate with a LayerDiffuse method on a diffusers pipeline. "
@@ -186,12 +192,12 @@ def _add_generate(sub, common: argparse.ArgumentParser) -> None:
                                       "model's family); see `status` for the list")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--negative", default="", help="negative prompt")
-    gen.add_argument("--steps", type=int)
+    gen.add_argument("--steps", type=_at_least_one)
     gen.add_argument("--cfg", type=float, help="guidance scale (default 7)")
     gen.add_argument("--seed", type=int)
-    gen.add_argument("--width", type=int)
-    gen.add_argument("--height", type=int)
-    gen.add_argument("--batch", type=int, help="images per run (SD1.5 multi-frame methods: a multiple "
+    gen.add_argument("--width", type=_size, help="pixels, a multiple of 8 (default: the family's size)")
+    gen.add_argument("--height", type=_size, help="pixels, a multiple of 8 (default: the family's size)")
+    gen.add_argument("--batch", type=_at_least_one, help="images per run (SD1.5 multi-frame methods: a multiple "
                                                "of their frames; default one set)")
     gen.add_argument("--fg", help="foreground image (methods that take one)")
     gen.add_argument("--bg", help="background image")
@@ -201,13 +207,15 @@ def _add_generate(sub, common: argparse.ArgumentParser) -> None:
     gen.add_argument("--fg-prompt", default="", help="additional prompt of the foreground frame (SD1.5)")
     gen.add_argument("--bg-prompt", default="", help="additional prompt of the background frame (SD1.5)")
     gen.add_argument("--blend-prompt", default="", help="additional prompt of the blended frame (SD1.5)")
-    gen.add_argument("--weight", type=float, default=1.0, help="patch strength 0..2 (SDXL)")
-    gen.add_argument("--stop-at", type=float, default=1.0, help="fraction of the steps run with "
-                                                                "LayerDiffuse (0..1)")
+    gen.add_argument("--weight", type=_number_in(*_bounds(LayerDiffuseParams, "weight")), default=1.0,
+                     help="patch strength 0..2 (SDXL)")
+    gen.add_argument("--stop-at", type=_number_in(*_bounds(LayerDiffuseParams, "stop_at")), default=1.0,
+                     help="fraction of the steps run with LayerDiffuse (0..1)")
     gen.add_argument("--sampler", help="Euler a, Euler, UniPC, DDIM, DPM++ 2M [Karras|SDE Karras] "
                                        "(default: the model's own; Euler a for the blend-to-layer methods)")
     gen.add_argument("--init", help="init image for img2img (RGBA keeps its transparency)")
-    gen.add_argument("--strength", type=float, default=0.7, help="img2img denoising strength")
+    gen.add_argument("--strength", type=_number_in(0, 1, low_open=True), default=0.7,
+                     help="img2img denoising strength, over 0 up to 1")
     gen.add_argument("--passes", type=int, default=8, choices=(1, 2, 4, 8),
                      help="transparent decoder passes (8 = the reference's quality)")
     _add_device_flags(gen)
@@ -223,7 +231,6 @@ def _add_generate(sub, common: argparse.ArgumentParser) -> None:
 
 def cmd_batch(args: argparse.Namespace) -> int:
     from .batch import load_job, run_job
-    from .engine import check_method_family, locate_model
 
     job = load_job(args.job)
     if args.forge_url:
@@ -238,7 +245,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
         summary = run_job(job, args.out, lambda model: ForgeEngine(args.forge_url, model), progress=not args.quiet)
         print(summary.line(), file=sys.stderr)
         return _batch_exports(args)
-    family = locate_model(job.model, args.offline).family
+    from .engine import check_method_family, locate_model
+
+    local = f"set `model` in the job file {args.job} to a local .safetensors checkpoint or diffusers folder"
+    family = locate_model(job.model, args.offline, local=local).family
     methods = {Method.parse(it.settings.get("method") or Method.default(family), family=family) for it in job.items}
     for method in methods:
         check_method_family(method, family)
@@ -297,6 +307,55 @@ def _at_least_one(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
     return value
+
+
+def _size(text: str) -> int:
+    """A width or height: the engine works on latents of 1/8 the size."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 8 or value % 8:
+        raise argparse.ArgumentTypeError(f"must be a positive multiple of 8 (pixels), got {text!r}"
+                                         + (f"; the nearest are {value // 8 * 8 or 8} and {value // 8 * 8 + 8}"
+                                            if value > 0 else ""))
+    return value
+
+
+def _number_in(low: float, high: float, low_open: bool = False):
+    """An argparse type: a number from `low` (excluded with `low_open`) to `high`."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (low < value <= high if low_open else low <= value <= high):
+            raise argparse.ArgumentTypeError(f"must be a number {'over' if low_open else 'from'} {low:g} "
+                                             f"{'up ' if low_open else ''}to {high:g}, got {text!r}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def _bounds(settings: type, name: str) -> tuple[float, float]:
+    """The range a settings dataclass allows for its field `name`."""
+    return settings.__dataclass_fields__[name].metadata["range"]
+
+
+def _whole_in(low: float, high: float):
+    """An argparse type: a whole number from `low` to `high`."""
+    low, high = int(low), int(high)
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be a whole number from {low} to {high}, got {text!r}")
+        return value
+    parse.__name__ = "whole number"
+    return parse
 
 
 def _add_batch(sub, common: argparse.ArgumentParser) -> None:
@@ -390,13 +449,13 @@ def cmd_replace_bg(args: argparse.Namespace) -> int:
     from .cutout import cut_out
     from .cutout.replace import replace_background
 
-    settings = _cutout_settings(args)
+    if not args.prompt and not args.background:
+        raise ValueError("give --prompt to generate a new background, or --background IMAGE")
     image = _read_image(args.image, "IMAGE")
     background = _read_image(args.background, "--background")
+    settings = _cutout_settings(args)
     engine = None
     if background is None:
-        if not args.prompt:
-            raise ValueError("give --prompt to generate a new background, or --background IMAGE")
         from .engine import check_method_family, locate_model
 
         check_method_family(Method.FG_TO_BLEND, locate_model(args.model, args.offline).family)
@@ -418,7 +477,7 @@ def cmd_replace_bg(args: argparse.Namespace) -> int:
 
 def _add_cutout_flags(parser: argparse.ArgumentParser) -> None:
     from .cutout.models import DEFAULT_MODEL, MODEL_CHOICES
-    from .cutout.options import Refine
+    from .cutout.options import CutoutSettings, Refine
 
     group = parser.add_argument_group("cutout")
     group.add_argument("--cutout-model", metavar="MODEL",
@@ -430,10 +489,11 @@ def _add_cutout_flags(parser: argparse.ArgumentParser) -> None:
                                             "U2-Net export)")
     group.add_argument("--refine", default=Refine.DECONTAMINATE.value,
                        help="edge refinement: " + ", ".join(r.value for r in Refine) + " (default decontaminate)")
-    group.add_argument("--edge-band", type=int, default=10, help="width in pixels of the band solved by matting")
-    group.add_argument("--fg-threshold", type=int, default=240, help="alpha (0-255) above which matting "
+    group.add_argument("--edge-band", type=_whole_in(*_bounds(CutoutSettings, "edge_band")), default=10,
+                       help="width in pixels of the band solved by matting")
+    group.add_argument("--fg-threshold", type=_whole_in(*_bounds(CutoutSettings, "fg_threshold")), default=240, help="alpha (0-255) above which matting "
                                                                      "takes a pixel as sure foreground")
-    group.add_argument("--bg-threshold", type=int, default=10, help="alpha (0-255) below which matting "
+    group.add_argument("--bg-threshold", type=_whole_in(*_bounds(CutoutSettings, "bg_threshold")), default=10, help="alpha (0-255) below which matting "
                                                                     "takes a pixel as sure background")
     group.add_argument("--providers", help="onnxruntime execution providers, comma-separated (default: "
                                            "CUDA or ROCm when available, else CPU)")
@@ -442,6 +502,8 @@ def _add_cutout_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_cutout(sub, common: argparse.ArgumentParser) -> None:
+    from .params import LayerDiffuseParams
+
     cut = sub.add_parser("cutout", parents=[common], help="cut the subject out of images (files or folders)",
                          description="Cut the subject out of images. Writes straight-alpha PNGs (or masks, "
                                      "or composites with --bg) with the settings in the PNG text.")
@@ -464,12 +526,15 @@ def _add_cutout(sub, common: argparse.ArgumentParser) -> None:
     rep.add_argument("--model", default="stabilityai/stable-diffusion-xl-base-1.0",
                      help="SDXL hub id, diffusers folder or .safetensors checkpoint for generating")
     rep.add_argument("--negative", default="", help="negative prompt")
-    rep.add_argument("--steps", type=int)
+    rep.add_argument("--steps", type=_at_least_one)
     rep.add_argument("--cfg", type=float)
     rep.add_argument("--seed", type=int)
-    rep.add_argument("--weight", type=float, default=1.0)
-    rep.add_argument("--stop-at", type=float, default=1.0)
-    rep.add_argument("--max-side", type=int, default=1024, help="long side of the generated scene (pixels)")
+    rep.add_argument("--weight", type=_number_in(*_bounds(LayerDiffuseParams, "weight")), default=1.0,
+                     help="patch strength 0..2")
+    rep.add_argument("--stop-at", type=_number_in(*_bounds(LayerDiffuseParams, "stop_at")), default=1.0,
+                     help="fraction of the steps run with LayerDiffuse (0..1)")
+    rep.add_argument("--max-side", type=_size, default=1024, help="long side of the generated scene (pixels, a "
+                                                                   "multiple of 8)")
     _add_device_flags(rep)
     rep.add_argument("--offline", action="store_true", help="never download weights or models")
     rep.add_argument("-o", "--out", default="outputs", help="output folder (default: ./outputs)")

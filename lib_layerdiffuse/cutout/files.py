@@ -1,7 +1,7 @@
 """Batch cutouts of files and folders (the `cutout` command), with a progress bar.
 
 Each file is read upright (EXIF orientation), cut out and written as PNG with the settings
-in its text chunk. A file that fails is reported and the batch goes on; nothing is written
+in its text chunks (the WebUI's "parameters" line, as the app writes it, and JSON). A file that fails is reported and the batch goes on; nothing is written
 for it.
 """
 
@@ -64,7 +64,7 @@ def cut_out_files(inputs: Sequence[Union[str, os.PathLike]], out: Union[str, os.
         try:
             cut = cut_out(read_image_file(source, "input"), settings, progress=progress, **cut_kwargs)
             target.parent.mkdir(parents=True, exist_ok=True)
-            save_png(cut.render(), target, settings=cut.infotext())
+            save_png(cut.render(), target, cut.parameters(), cut.infotext())
         except (ValueError, RuntimeError, OSError) as exc:
             result.failed.append((source, str(exc)))
             if report is not None:

@@ -1,23 +1,37 @@
-"""The diffusers engine: every LayerDiffuse method on a user's SD1.5 / SDXL diffusers pipeline."""
+"""The diffusers engine: every LayerDiffuse method on a user's SD1.5 / SDXL diffusers pipeline.
 
-from .conditions import condition_latents, control_pixels, fit_image, prepare_condition
-from .family import (ModelLocation, ModelNotAvailableError, UnsupportedModelError, check_method_family,
-                     family_of_checkpoint_file, family_of_model, family_of_unet, family_of_unet_config,
-                     locate_model)
-from .generate import LayerDiffuse, format_infotext
-from .outputs import LayerImage, LayerResult, decode_outputs, save_png, vae_decode
-from .samplers import SAMPLERS, default_sampler, make_scheduler, parse_sampler
-from .sharing import (AttentionSharingWeights, SharingProcessor, SharingState,
-                      install_attention_sharing, sharing_module_names)
-from .unet_hook import UNetStepHook, broadcast_condition, stop_timestep
+Names are imported from their modules on first use, so that `from lib_layerdiffuse.engine import
+locate_model` (the command line's first check) does not load torch and diffusers.
+"""
 
-__all__ = [
-    "condition_latents", "control_pixels", "fit_image", "prepare_condition", "ModelLocation",
-    "ModelNotAvailableError", "UnsupportedModelError", "locate_model",
-    "check_method_family", "family_of_checkpoint_file", "family_of_model", "family_of_unet",
-    "family_of_unet_config", "LayerDiffuse", "format_infotext", "LayerImage", "LayerResult",
-    "decode_outputs", "save_png", "vae_decode", "SAMPLERS", "default_sampler", "make_scheduler",
-    "parse_sampler", "AttentionSharingWeights", "SharingProcessor", "SharingState",
-    "install_attention_sharing", "sharing_module_names", "UNetStepHook", "broadcast_condition",
-    "stop_timestep",
-]
+from importlib import import_module
+from typing import Any
+
+_MODULES = {
+    "conditions": ("condition_latents", "control_pixels", "fit_image", "prepare_condition"),
+    "family": ("ModelLocation", "ModelNotAvailableError", "UnsupportedModelError", "check_method_family",
+               "family_of_checkpoint_file", "family_of_model", "family_of_unet", "family_of_unet_config",
+               "locate_model"),
+    "generate": ("LayerDiffuse", "format_infotext"),
+    "outputs": ("LayerImage", "LayerResult", "decode_outputs", "save_png", "vae_decode"),
+    "samplers": ("SAMPLERS", "default_sampler", "make_scheduler", "parse_sampler"),
+    "sharing": ("AttentionSharingWeights", "SharingProcessor", "SharingState", "install_attention_sharing",
+                "sharing_module_names"),
+    "unet_hook": ("UNetStepHook", "broadcast_condition", "stop_timestep"),
+}
+_HOME = {name: module for module, names in _MODULES.items() for name in names}
+
+__all__ = list(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(__all__))

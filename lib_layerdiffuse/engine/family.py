@@ -13,12 +13,13 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
-
-import torch
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 from ..methods import Family, Method
 from ..unet_blocks import STRUCTURES
+
+if TYPE_CHECKING:
+    import torch
 
 
 class UnsupportedModelError(ValueError):
@@ -135,7 +136,9 @@ def family_of_checkpoint_file(path: Union[str, Path]) -> Family:
         with safe_open(str(path), framework="pt") as f:
             all_shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as exc:
-        raise UnsupportedModelError(f"{path} cannot be read as safetensors: {exc}") from None
+        raise UnsupportedModelError(f"{path} cannot be read as safetensors ({exc}): the file is damaged, cut short "
+                                    "by an interrupted download, or not a safetensors checkpoint. Download it again "
+                                    "(its size should match the source's) or give another checkpoint.") from None
     shapes = {k[len(prefix):]: v for k, v in all_shapes.items() if k.startswith(prefix)}
     flux = family_of_bfl_layout(shapes or all_shapes, str(path))
     if flux is not None:
@@ -177,11 +180,14 @@ def hub_cache_dir() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-def how_to_get(model: str) -> str:
-    """What to do when a hub model cannot be downloaded here."""
+LOCAL_MODEL = "pass a local `--model /path/to/checkpoint.safetensors` or diffusers folder"
+
+
+def how_to_get(model: str, local: str = LOCAL_MODEL) -> str:
+    """What to do when a hub model cannot be downloaded here; `local` says how to give a local
+    model instead where it is not the `--model` flag (a job file's `model`)."""
     return (f"Download it on a machine with network (`hf download {model}`) and copy that cache folder "
-            "here (or point `HF_HOME` at it), or pass a local `--model /path/to/checkpoint.safetensors` or "
-            "diffusers folder.")
+            f"here (or point `HF_HOME` at it), or {local}.")
 
 
 def _not_found(model: str) -> ModelNotAvailableError:
@@ -201,7 +207,7 @@ def _family_of_config_file(path: Path, source: str) -> Family:
     return family_of_unet_config(config, source)
 
 
-def _hub_config(model: str, offline: bool) -> tuple[Path, str, bool]:
+def _hub_config(model: str, offline: bool, local: str) -> tuple[Path, str, bool]:
     """(path of the cached or downloaded unet/ or transformer/config.json, source, local_only)
     of a hub model."""
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
@@ -219,11 +225,11 @@ def _hub_config(model: str, offline: bool) -> tuple[Path, str, bool]:
     if downloads_off:
         why = "downloads are off (--offline)" if offline else "downloads are off (HF_HUB_OFFLINE is set)"
         raise ModelNotAvailableError("Model not downloaded", (
-            f"`{model}` is not in the Hugging Face cache (`{hub_cache_dir()}`) and {why}. {how_to_get(model)}"))
+            f"`{model}` is not in the Hugging Face cache (`{hub_cache_dir()}`) and {why}. {how_to_get(model, local)}"))
     if not reach.ok:
         raise ModelNotAvailableError("Model not reachable", (
             f"`{model}` is not in the Hugging Face cache (`{hub_cache_dir()}`) and the Hugging Face hub "
-            f"({reach.host}) cannot be reached from this machine ({reach.reason}). {how_to_get(model)}"))
+            f"({reach.host}) cannot be reached from this machine ({reach.reason}). {how_to_get(model, local)}"))
     try:
         path = _download_first(model, hf_hub_download, hub_errors)
     except hub_errors.GatedRepoError:
@@ -237,7 +243,7 @@ def _hub_config(model: str, offline: bool) -> tuple[Path, str, bool]:
     except getattr(hub_errors, "RemoteEntryNotFoundError", hub_errors.EntryNotFoundError) as exc:
         if isinstance(exc, hub_errors.LocalEntryNotFoundError):  # older hubs: a failed request
             raise ModelNotAvailableError("Model not reachable", (
-                f"the Hugging Face hub did not answer for `{model}`. {how_to_get(model)}")) from None
+                f"the Hugging Face hub did not answer for `{model}`. {how_to_get(model, local)}")) from None
         raise UnsupportedModelError(
             f"`{model}` on the Hugging Face hub has no unet/config.json or transformer/config.json: it is not a "
             "diffusers SD1.5, SDXL or FLUX.1 model (single-file checkpoints on the hub: download the "
@@ -245,7 +251,7 @@ def _hub_config(model: str, offline: bool) -> tuple[Path, str, bool]:
     except Exception as exc:
         raise ModelNotAvailableError("Model not reachable", (
             f"the Hugging Face hub did not answer for `{model}` ({type(exc).__name__}). Try again, "
-            f"or: {how_to_get(model)}")) from None
+            f"or: {how_to_get(model, local)}")) from None
     return Path(path), f"Hugging Face hub (downloads into {hub_cache_dir()} on first use)", False
 
 
@@ -269,12 +275,13 @@ def _hub_reachable() -> bool:
     return not constants.HF_HUB_OFFLINE and probe(constants.ENDPOINT).ok
 
 
-def locate_model(model: str, offline: bool = False) -> ModelLocation:
+def locate_model(model: str, offline: bool = False, local: str = LOCAL_MODEL) -> ModelLocation:
     """Where `model` (a .safetensors file, a diffusers folder or a hub id) loads from and its
     family, without loading it. A hub id is read from the Hugging Face cache when it is there;
     otherwise only its UNet config.json is fetched, after one quick check that the hub can be
     reached (so a closed network is reported at once, not after the hub client's retries).
-    Raises ModelNotAvailableError (with how to get the model) or UnsupportedModelError."""
+    Raises ModelNotAvailableError (with how to get the model; `local`: how to give a local one
+    instead) or UnsupportedModelError."""
     path = Path(model).expanduser()
     if path.is_file():
         # diffusers reads a single file's pipeline config from the hub (or its cache)
@@ -288,7 +295,7 @@ def locate_model(model: str, offline: bool = False) -> ModelLocation:
         return ModelLocation(model, _family_of_config_file(config_path, str(path)), "diffusers folder", True)
     if not looks_like_hub_id(model):
         raise _not_found(model)
-    config_path, source, local_only = _hub_config(model, offline)
+    config_path, source, local_only = _hub_config(model, offline, local)
     return ModelLocation(model, _family_of_config_file(config_path, model), source, local_only)
 
 

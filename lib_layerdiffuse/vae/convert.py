@@ -18,13 +18,13 @@ from typing import Union
 
 import torch
 
-from ..weights.catalog import CATALOG, file_for
+from ..weights.catalog import CATALOG, FLUX_VAE_PICKLE, file_for
 from ..weights.errors import WeightFormatError
 from ..weights.integrity import sha256_file
 from ..weights.store import WeightStore
 from .frontends import check_strict, decoder_network, encoder_network
 
-SOURCE = "TransparentVAE.pth"
+SOURCE = FLUX_VAE_PICKLE
 IGNORED_PREFIX = "sd_vae."  # the Flux VAE itself, saved along
 
 

@@ -17,6 +17,7 @@ from ..methods import Family
 
 REPO_ID = "LayerDiffusion/layerdiffusion-v1"
 FLUX_REPO_ID = "RedAIGC/Flux-version-LayerDiffuse"
+FLUX_VAE_PICKLE = "TransparentVAE.pth"  # LayerDiffuse-Flux's VAE as published; converted to safetensors
 DEFAULT_ENDPOINT = "https://huggingface.co"
 
 
@@ -118,13 +119,13 @@ CATALOG: dict[str, WeightFile] = {
         # Flux: sizes are not published; these are estimated from the networks at 16 bits
         WeightFile("layerlora.safetensors", "", 300 * _MB, Family.FLUX, "transformer-lora",
                    repo_id=FLUX_REPO_ID),
-        WeightFile("TransparentVAE.pth", "", 420 * _MB, Family.FLUX, "vae-pickle", repo_id=FLUX_REPO_ID),
+        WeightFile(FLUX_VAE_PICKLE, "", 420 * _MB, Family.FLUX, "vae-pickle", repo_id=FLUX_REPO_ID),
         WeightFile("layer_flux_vae_transparent_decoder.safetensors", "", 208 * _MB, Family.FLUX, "decoder",
                    "97700ca67767e9634e60e030e2075105abf5f9523f93493228aeb7aa8645d111",
-                   repo_id=FLUX_REPO_ID, converted_from="TransparentVAE.pth"),
+                   repo_id=FLUX_REPO_ID, converted_from=FLUX_VAE_PICKLE),
         WeightFile("layer_flux_vae_transparent_encoder.safetensors", "", 2_420_000, Family.FLUX, "encoder",
                    "8891eb6cc8fc407a303a534143d77f1e61427f55575adddc54ef1c72c295d6ee",
-                   repo_id=FLUX_REPO_ID, converted_from="TransparentVAE.pth"),
+                   repo_id=FLUX_REPO_ID, converted_from=FLUX_VAE_PICKLE),
     )
 }
 
