@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from lib_layerdiffuse.app import Backend, check_model
 from lib_layerdiffuse.app.backend import ModelNotReadyError
-from lib_layerdiffuse.app.readiness import status_markdown, weights_report
+from lib_layerdiffuse.app.readiness import weights_report, weights_summary
 from lib_layerdiffuse.cli import main
 from lib_layerdiffuse.cutout import CutoutSettings, Output
 from lib_layerdiffuse.cutout.models import DEFAULT_MODEL, WEIGHT_FREE, REMBG_MODELS
@@ -192,11 +192,23 @@ def test_weights_of_a_ready_method_are_reported_ready(tiny):
 
 def test_status_says_generation_is_off_and_the_cutout_still_works(tmp_path):
     backend = offline_backend(tmp_path)
-    text = backend.status()
-    assert "Model not downloaded" in text and "Cutout" in text and "weight-free" in text
-    assert "layer_xl_transparent_attn.safetensors" in text  # the default method's files
+    line, details = backend.model_status()
+    assert line.startswith("**Model not downloaded:**") and "Cutout" in line and "\n" not in line  # one line
+    assert "hf download" in details and "weight-free" in details
+    weights, files = backend.weights_status()
+    assert "layer_xl_transparent_attn.safetensors" in files and "\n" not in weights  # the default method's files
+    assert weights.startswith("**Weights for FG_ONLY_ATTN missing**")
     assert backend.methods() == list(Method) and backend.default_size() == 1024
-    assert status_markdown(backend.state, backend.store, None).count("\n- ") == 0
+
+
+def test_weights_status_follows_the_method_asked_for(tmp_path):
+    """[before: one status for the page, which after a Replace background run listed the
+    weights of fg->blend while the Generate tab showed fg-only]"""
+    backend = offline_backend(tmp_path)
+    fg_only, fg_blend = backend.weights_status(Method.FG_ONLY_ATTN), backend.weights_status(Method.FG_TO_BLEND)
+    assert "3 file(s), 953 MB" in fg_only[0] and "1 file(s), 702 MB" in fg_blend[0]
+    assert weights_summary(WeightStore(tmp_path, allow_download=True), Method.FG_TO_BLEND)[0] == \
+        "Weights for FG_TO_BLEND: 1 file(s), 702 MB, download on first use."
 
 
 def test_reading_the_state_also_waits_for_the_check_callback(tmp_path):
@@ -223,12 +235,13 @@ def test_the_model_is_checked_in_the_background_and_the_page_waits_for_it(tmp_pa
 
     monkeypatch.setattr(backend_module, "check_model", slow_check)
     backend = Backend(NOT_CACHED, offline=True, models_dir=str(tmp_path), on_checked=checked.append)
-    assert not backend.checked and backend.status() == f"Checking the model `{NOT_CACHED}` ..."
+    assert not backend.checked and backend.model_status() == (f"Checking the model `{NOT_CACHED}` ...", "")
     early = _model_view(backend, wait=False)
-    assert not early.ready and early.methods == [m.value for m in Method] and early.method == Method.FG_ONLY_ATTN.value
+    assert not early.ready and early.methods == [m.value for m in Method]
+    assert early.method == Method.FG_ONLY_ATTN.value
     threading.Timer(0.2, release.set).start()
     late = _model_view(backend, wait=True)
-    assert backend.checked and not late.ready and "Model not downloaded" in late.status
+    assert backend.checked and not late.ready and "Model not downloaded" in late.status[0] and late.why
     assert [s.model for s in checked] == [NOT_CACHED]
 
 
@@ -269,6 +282,26 @@ def test_batch_runs_a_prompt_list_or_a_job_on_the_apps_model(tiny, tmp_path):
         backend.batch(job_text=job.replace('"app"', '"other/model"'))
     with pytest.raises(ValueError, match="write prompts"):
         backend.batch(prompts="  \n")
+
+
+def test_a_batch_that_fails_before_its_first_image_leaves_no_folder(tiny, tmp_path):
+    """[before: every failed run left a folder (empty, or with only job.toml), and a malformed
+    job's error named that internal copy]"""
+    from lib_layerdiffuse.batch import JobError
+
+    backend = backend_for(tiny, "sdxl", tmp_path)
+    with pytest.raises(JobError) as info:
+        backend.batch(job_text='model = "app"\n[[items]\n')
+    assert str(info.value).startswith("the job file you pasted: not valid TOML") and "job.toml" not in str(info.value)
+    with pytest.raises(ValueError, match="unknown LayerDiffuse method"):
+        backend.batch(job_text='model = "app"\nmethod = "NO_SUCH_METHOD"\n[[items]]\nprompt = "x"\n')
+    with pytest.raises(ValueError, match="this app runs tiny"):
+        backend.batch(job_text='model = "other/model"\n[[items]]\nprompt = "x"\n')
+    offline = offline_backend(tmp_path / "offline")
+    with pytest.raises(RuntimeError, match="Model not downloaded"):
+        offline.batch(prompts="an apple")
+    for root in (tmp_path / "out", tmp_path / "offline" / "out"):
+        assert not list(root.rglob("batch-*")), list(root.rglob("*"))
 
 
 def test_a_flux_model_offers_the_flux_method_and_generates(tiny, tmp_path):

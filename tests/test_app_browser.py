@@ -213,10 +213,11 @@ def test_progress_shows_and_the_next_generation_waits_with_its_place(browser, ti
 def test_offline_page_says_what_is_missing_and_cutouts_still_work(page, offline_app, tmp_path):
     url, backend = offline_app
     page.goto(url)
-    status = page.locator("#ld-status")
-    status.get_by_text(re.compile("not in the Hugging Face cache")).wait_for(timeout=WAIT_MS)
-    text = status.inner_text()
-    assert "hf download layerdiffuse-tests/not-downloaded" in text
+    page.locator("#ld-status").get_by_text(re.compile("Model not downloaded")).wait_for(timeout=WAIT_MS)
+    page.click("#ld-status-more")  # details on demand
+    expect(page.locator("#ld-status-details")).to_contain_text("hf download layerdiffuse-tests/not-downloaded")
+    page.click("#ld-weights-more")
+    text = page.locator("#ld-weights-details").inner_text()
     for name in Method.FG_ONLY_ATTN.weight_files:
         assert str(backend.store.folder / name) in text
     assert page.is_disabled("#ld-generate")
@@ -290,3 +291,41 @@ def test_offline_replacement_needs_a_background_and_says_what_it_used(page, offl
     page.wait_for_selector("#ld-rep-gallery img", timeout=WAIT_MS)
     expect(page.locator("#ld-rep-notes")).to_contain_text("The prompt was not used: a background image was given")
     assert page.input_value("#ld-rep-info textarea").startswith("Background: given image 96x64")
+
+
+def test_the_page_is_compact_and_each_tab_states_what_it_needs(page, offline_app, tmp_path):
+    """At 1280x800 with the model missing: the tabs start near the top (the status is one line,
+    details on demand; before, every weight file's URL and path pushed them to y=424), the
+    decoder passes fit on one line, a disabled button says why on hover, the weights line of a
+    tab follows its own method (before: after a Replace background run the one status listed
+    fg->blend's file while Generate showed fg-only), an SD1.5 method gets SD1.5's size, and the
+    Batch tab has a method and is off like Generate."""
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(offline_app[0])
+    page.locator("#ld-generate-why").get_by_text(re.compile("Generating is off")).wait_for(timeout=WAIT_MS)
+    assert page.get_by_role("tab", name="Generate").bounding_box()["y"] < 250
+    tops = {round(b["y"]) for b in (e.bounding_box() for e in page.locator("#ld-passes label").all())}
+    assert len(tops) == 1, tops  # "8" does not wrap onto a second line
+    assert "Generating is off" in page.get_attribute("#ld-generate", "title")
+    expect(page.locator("#ld-weights")).to_contain_text("FG_ONLY_ATTN missing")
+    expect(page.locator("#ld-weights")).to_contain_text("953 MB")
+
+    page.get_by_role("tab", name="Replace background").click()
+    expect(page.locator("#ld-rep-weights")).to_contain_text("FG_TO_BLEND")
+    case = synthetic_case("disc", "solid", 96)
+    upload(page, "#ld-rep-image", case.image, tmp_path / "subject.png")
+    upload(page, "#ld-rep-background", np.full((64, 96, 3), (0, 90, 200), np.uint8), tmp_path / "bg.png")
+    page.click("#ld-rep-run")
+    page.wait_for_selector("#ld-rep-gallery img", timeout=WAIT_MS)
+    page.get_by_role("tab", name="Generate").click()
+    expect(page.locator("#ld-weights")).to_contain_text("FG_ONLY_ATTN")
+    expect(page.locator("#ld-status")).not_to_contain_text("FG_TO_BLEND")
+
+    choose(page, "#ld-method", Method.FG_ONLY_ATTN_SD15.value)
+    expect(page.locator("#ld-width input[type=number]")).to_have_value("512")
+    expect(page.locator("#ld-height input[type=number]")).to_have_value("512")
+
+    page.get_by_role("tab", name="Batch").click()
+    assert page.input_value("#ld-batch-method input") == Method.FG_ONLY_ATTN.value  # not blank
+    expect(page.locator("#ld-batch-run")).to_be_disabled()
+    expect(page.locator("#ld-batch-why")).to_contain_text("Generating is off")

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 from ..progress import ProgressCallback as Progress
 from ..methods import Family, Method
 from ..weights import WeightStore
-from .readiness import DEFAULT_MODEL, ModelState, check_model, status_markdown
+from .readiness import DEFAULT_MODEL, ModelState, check_model, model_summary, weights_summary
 
 FAMILY_SIZE = {Family.SDXL: 1024, Family.SD15: 512, Family.FLUX: 1024}
 
@@ -117,15 +117,20 @@ class Backend:
             return self._engine.default_size()
         return FAMILY_SIZE.get(self.family, 1024)
 
-    def status(self, method: Any = None) -> str:
-        """Markdown: the model, and the weight files of `method` (None: the default method)."""
+    def model_status(self) -> tuple[str, str]:
+        """(one line, details) on the model (`readiness.model_summary`); a placeholder while the
+        check runs."""
         if not self.checked:
-            return f"Checking the model `{self.model}` ..."
+            return f"Checking the model `{self.model}` ...", ""
+        return model_summary(self.state)
+
+    def weights_status(self, method: Any = None) -> tuple[str, str]:
+        """(one line, details) on the weight files of `method` (None: the default method)."""
         try:
-            chosen = Method.parse(method) if method else self.default_method()
+            chosen = Method.parse(method) if method else (self.default_method() if self.checked else Method.default())
         except ValueError:
-            chosen = None
-        return status_markdown(self.state, self.store, chosen)
+            return "", ""
+        return weights_summary(self.store, chosen)
 
     @property
     def cutout_models(self):
@@ -193,20 +198,19 @@ class Backend:
         seeds 1..`seeds` and `method`) on this app's model into a new folder with its manifest."""
         from ..batch import load_job, run_job
 
-        folder = self._folder() / self._stem("batch")
-        folder.mkdir(parents=True)
         if job_text.strip():
-            text = job_text
+            text, name = job_text, "the job file you pasted"
         else:
             lines = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
             if not lines:
                 raise ValueError("write prompts (one per line) or a job file")
             chosen = Method.parse(method, family=self.family) if method else self.default_method()
-            text = (f"model = {json.dumps(self.model)}\nmethod = {json.dumps(chosen.name)}\n[matrix]\n"
-                    f"prompts = {json.dumps(lines)}\nseeds = {json.dumps(list(range(1, int(seeds) + 1)))}\n")
-        path = folder / "job.toml"
-        path.write_text(text, encoding="utf-8")
-        job = load_job(path)
+            text, name = (f"model = {json.dumps(self.model)}\nmethod = {json.dumps(chosen.name)}\n[matrix]\n"
+                          f"prompts = {json.dumps(lines)}\nseeds = {json.dumps(list(range(1, int(seeds) + 1)))}\n",
+                          "the prompts")
+        # everything that can fail before the first image is checked before the run's folder exists
+        folder = self._folder(create=False) / self._stem("batch")
+        job = load_job(folder / "job.toml", text=text, name=name)
         if job.model not in (self.model, "app"):
             raise ValueError(f"this app runs {self.model}; the job asks for {job.model}. Set model = \"app\" to use "
                              "the app's model, or run the job with `python -m lib_layerdiffuse batch`")
@@ -216,6 +220,8 @@ class Backend:
             self._fetch_weights(method, _no_progress)
         engine = self.engine()
         engine.decoder_passes = self.passes
+        folder.mkdir(parents=True)
+        job.path.write_text(text, encoding="utf-8")
         summary = run_job(job, folder, lambda model: engine, progress=True, batch_size=batch_size)
         shown, files = [], [str(folder / "manifest.jsonl")]
         notes = []
@@ -279,9 +285,11 @@ class Backend:
 
     # ---- files ---------------------------------------------------------------------------
 
-    def _folder(self) -> Path:
+    def _folder(self, create: bool = True) -> Path:
+        """Today's output folder (made unless `create` is off)."""
         folder = self.out_dir / datetime.now().strftime("%Y-%m-%d")
-        folder.mkdir(parents=True, exist_ok=True)
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
         return folder
 
     def _stem(self, kind: str) -> str:

@@ -19,7 +19,7 @@ from ..engine.samplers import SAMPLERS
 from ..form import cutout_controls, input_visibility, method_hint
 from ..methods import Family, Method
 from ..params import LayerDiffuseParams, ResizeMode
-from .backend import Backend, Outputs
+from .backend import FAMILY_SIZE, Backend, Outputs
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,23 @@ MODEL_QUEUE = "model"  # one event at a time uses the model
 CHECKER = "conic-gradient(#d9d9d9 25%, #fff 0 50%, #d9d9d9 0 75%, #fff 0) 0 0 / 16px 16px"
 CSS = f"""
 .ld-checker img, .ld-checker .thumbnail-item, .ld-checker .preview img {{ background: {CHECKER}; }}
+#ld-passes .wrap {{ flex-wrap: nowrap; }}
 """
+# a disabled button says why on hover: its title follows the reason shown under it
+HEAD = """<script>
+(() => {
+  const pairs = [["ld-generate", "ld-generate-why"], ["ld-batch-run", "ld-batch-why"], ["ld-rep-run", "ld-rep-why"]];
+  const sync = () => {
+    for (const [button, why] of pairs) {
+      const b = document.getElementById(button), w = document.getElementById(why);
+      if (!b || !w) continue;
+      const text = w.innerText.trim();
+      if (b.title !== text) b.title = text;
+    }
+  };
+  new MutationObserver(sync).observe(document.documentElement, {subtree: true, childList: true, characterData: true});
+})();
+</script>"""
 _FIELDS = {f.name: f.metadata for f in dataclasses.fields(LayerDiffuseParams)}
 _CUT_FIELDS = {f.name: f.metadata for f in dataclasses.fields(CutoutSettings)}
 _LAYERS = ("fg", "bg", "blend")
@@ -115,33 +131,67 @@ def _cutout_settings(values: list) -> CutoutSettings:
 
 @dataclasses.dataclass
 class _ModelView:
-    """What the Generate tab shows that depends on the model check."""
+    """What the tabs show that depends on the model check."""
 
-    status: str
-    methods: list[str]
+    status: tuple[str, str]  # (one line, details)
+    methods: list[str]  # the family's methods; every method (each names its family) while it is unknown
     method: str
     size: int
     ready: bool
+    why: str  # why generating is off ("" when it is on)
+
+
+def _method_family(method: str) -> Optional[Family]:
+    try:
+        return Method.parse(method).family
+    except ValueError:
+        return None
 
 
 def _is_flux(method: str) -> bool:
-    try:
-        return Method.parse(method).family is Family.FLUX
-    except ValueError:
-        return False
+    return _method_family(method) is Family.FLUX
 
 
 def _model_view(backend: Backend, wait: bool) -> _ModelView:
     """The model's view, or (with `wait` off while the check runs) placeholders: every method,
     SDXL size, Generate off. The page's load event fills in the real one."""
     if not (wait or backend.checked):
-        return _ModelView(backend.status(), [m.value for m in Method], Method.default().value, 1024, False)
+        return _ModelView(backend.model_status(), [m.value for m in Method], Method.default().value,
+                          1024, False, "Checking the model ...")
     default = backend.default_method()
-    return _ModelView(backend.status(default), [m.value for m in backend.methods()], default.value,
-                      backend.default_size(), backend.state.ready)
+    ready = backend.state.ready
+    why = "" if ready else f"Generating is off: {backend.state.title or 'the model cannot be used'} (see the top of the page)."
+    return _ModelView(backend.model_status(), [m.value for m in backend.methods()],
+                      default.value, backend.default_size(), ready, why)
 
 
-def _generate_tab(gr, backend: Backend, status) -> tuple[Callable, list]:
+def _family_size(method: str, width, height, backend: Backend):
+    """(width, height) after choosing `method`: a square of another family's size becomes this
+    family's (1024 SDXL -> 512 SD1.5); sizes the user set otherwise stay."""
+    family = _method_family(method)
+    sizes = set(FAMILY_SIZE.values())
+    if family is None or int(width) != int(height) or int(width) not in sizes:
+        return width, height
+    size = backend.default_size() if family is backend.family else FAMILY_SIZE[family]
+    return size, size
+
+
+def _status_block(gr, elem_id: str, status: tuple[str, str]) -> list:
+    """One line, and its details in a closed accordion shown only when there are any."""
+    line, details = status
+    text = gr.Markdown(line, elem_id=elem_id)
+    with gr.Accordion("Details", open=False, visible=bool(details), elem_id=f"{elem_id}-more") as more:
+        body = gr.Markdown(details, elem_id=f"{elem_id}-details")
+    return [text, more, body]
+
+
+def _status_values(gr, status: tuple[str, str]) -> list:
+    """Updates for the components of `_status_block`."""
+    line, details = status
+    return [line, gr.update(visible=bool(details)), details]
+
+
+def _generate_tab(gr, backend: Backend) -> tuple[Callable, list]:
     """Build the tab; returns the page-load handler that shows the model check's result, and
     its outputs."""
     view = _model_view(backend, wait=False)
@@ -179,23 +229,25 @@ def _generate_tab(gr, backend: Backend, status) -> tuple[Callable, list]:
                 batch = gr.Slider(label="Batch size", minimum=1, maximum=16, step=1, value=default.spec.frame_count,
                                   elem_id="ld-batch")
             with gr.Row():
-                seed = gr.Number(label="Seed (-1: random)", value=-1, precision=0, elem_id="ld-seed")
+                seed = gr.Number(label="Seed (-1: random)", value=-1, precision=0, elem_id="ld-seed", scale=1)
                 passes = gr.Radio(label="Transparent decoder passes (8: the reference's quality)",
-                                  choices=[1, 2, 4, 8], value=backend.passes, elem_id="ld-passes")
+                                  choices=[1, 2, 4, 8], value=backend.passes, elem_id="ld-passes", scale=2)
             with gr.Accordion("img2img (start from an image; RGBA keeps its transparency)", open=False):
                 init = _image(gr, "Init image", "ld-init-image")
                 strength = gr.Slider(label="Denoising strength", minimum=0.01, maximum=1.0, step=0.01, value=0.7)
         with gr.Column(scale=6):
             run = gr.Button("Generate", variant="primary", interactive=view.ready, elem_id="ld-generate")
+            why = gr.Markdown(view.why, elem_id="ld-generate-why")
+            weights = _status_block(gr, "ld-weights", backend.weights_status(view.method))
             outputs = _results(gr, "ld", "Parameters")
 
-    def on_method(value, current_batch):
+    def on_method(value, current_batch, width_value, height_value):
         vis = input_visibility(value)
         try:
             frames = Method.parse(value).spec.frame_count
         except ValueError:
             frames = 1
-        updates = [gr.update(value=method_hint(value)), backend.status(value)]
+        updates = [gr.update(value=method_hint(value)), *_status_values(gr, backend.weights_status(value))]
         updates += [gr.update(visible=vis[f"{n}_image"]) for n in _LAYERS]
         updates.append(gr.update(visible=vis["resize_mode"]))
         updates += [gr.update(visible=vis[f"{n}_prompt"]) for n in _LAYERS]
@@ -204,10 +256,11 @@ def _generate_tab(gr, backend: Backend, status) -> tuple[Callable, list]:
         updates.append(gr.update(label="Distilled CFG scale", value=FLUX_GUIDANCE) if flux else
                        gr.update(label="CFG scale"))
         updates.append(gr.update(visible=not flux, value=DEFAULT_SAMPLER))
+        updates += list(_family_size(value, width_value, height_value, backend))
         return updates
 
-    method.change(on_method, inputs=[method, batch],
-                  outputs=[hint, status, *images, resize_mode, *prompts, batch, cfg, sampler],
+    method.change(on_method, inputs=[method, batch, width, height],
+                  outputs=[hint, *weights, *images, resize_mode, *prompts, batch, cfg, sampler, width, height],
                   show_progress="hidden", queue=False)
 
     def generate(prompt_text, negative_text, method_value, fg, bg, blend, resize, fg_p, bg_p, blend_p, w_value,
@@ -235,14 +288,15 @@ def _generate_tab(gr, backend: Backend, status) -> tuple[Callable, list]:
     run.click(generate, inputs=[prompt, negative, method, *images, resize_mode, *prompts, weight, stop_at, sampler,
                                 steps, cfg, width, height, batch, seed, passes, init, strength],
               outputs=outputs, concurrency_limit=1, concurrency_id=MODEL_QUEUE, preprocess=False
-              ).then(backend.status, inputs=[method], outputs=[status], show_progress="hidden", queue=False)
+              ).then(lambda value: _status_values(gr, backend.weights_status(value)), inputs=[method],
+                     outputs=weights, show_progress="hidden", queue=False)
 
     def on_load():
         loaded = _model_view(backend, wait=True)
-        return (loaded.status, gr.update(choices=loaded.methods, value=loaded.method),
-                gr.update(interactive=loaded.ready), loaded.size, loaded.size)
+        return (gr.update(choices=loaded.methods, value=loaded.method), gr.update(interactive=loaded.ready),
+                loaded.why, loaded.size, loaded.size, *_status_values(gr, backend.weights_status(loaded.method)))
 
-    return on_load, [status, method, run, width, height]
+    return on_load, [method, run, why, width, height, *weights]
 
 
 def _cutout_tab(gr, backend: Backend) -> None:
@@ -288,7 +342,10 @@ retry = 1
 """
 
 
-def _batch_tab(gr, backend: Backend) -> None:
+def _batch_tab(gr, backend: Backend) -> tuple[Callable, list]:
+    """Build the tab; returns the page-load handler (methods of the model's family, the button
+    by the model check) and its outputs."""
+    view = _model_view(backend, wait=False)
     with gr.Row():
         with gr.Column(scale=5):
             gr.Markdown("Make many transparent images at once: prompts one per line (each with seeds 1..N), or a "
@@ -297,15 +354,17 @@ def _batch_tab(gr, backend: Backend) -> None:
                         "`manifest.jsonl`; see the README's \"Batch production\".")
             prompts = gr.Textbox(label="Prompts (one per line)", lines=5, elem_id="ld-batch-prompts")
             with gr.Row():
-                method = gr.Dropdown(label="Method", choices=[m.value for m in backend.methods()],
-                                     value=None, elem_id="ld-batch-method")
+                method = gr.Dropdown(label="Method", choices=view.methods, value=view.method,
+                                     elem_id="ld-batch-method")
                 seeds = gr.Number(label="Seeds per prompt", value=1, minimum=1, maximum=64, precision=0,
                                   elem_id="ld-batch-seeds")
             job = gr.Code(label="Or a job file (TOML; used instead of the prompts when filled)", language=None,
                           value="", lines=12, elem_id="ld-batch-job")
             gr.Markdown(f"Example:\n```toml\n{JOB_EXAMPLE}```")
         with gr.Column(scale=6):
-            run = gr.Button("Run batch", variant="primary", elem_id="ld-batch-run")
+            run = gr.Button("Run batch", variant="primary", interactive=view.ready, elem_id="ld-batch-run")
+            why = gr.Markdown(view.why, elem_id="ld-batch-why")
+            weights = _status_block(gr, "ld-batch-weights", backend.weights_status(view.method))
             outputs = _results(gr, "ld-batch", "Summary")
 
     def run_batch(prompts_text, method_value, seeds_value, job_text, progress=gr.Progress(track_tqdm=True)):
@@ -315,10 +374,22 @@ def _batch_tab(gr, backend: Backend) -> None:
             raise _user_error(gr, exc) from exc
         return _shown(out)
 
-    run.click(run_batch, inputs=[prompts, method, seeds, job], outputs=outputs, concurrency_limit=1)
+    run.click(run_batch, inputs=[prompts, method, seeds, job], outputs=outputs, concurrency_limit=1,
+              concurrency_id=MODEL_QUEUE
+              ).then(lambda value: _status_values(gr, backend.weights_status(value)), inputs=[method],
+                     outputs=weights, show_progress="hidden", queue=False)
+    method.change(lambda value: _status_values(gr, backend.weights_status(value)), inputs=[method],
+                  outputs=weights, show_progress="hidden", queue=False)
+
+    def on_load():
+        loaded = _model_view(backend, wait=True)
+        return (gr.update(choices=loaded.methods, value=loaded.method), gr.update(interactive=loaded.ready),
+                loaded.why, *_status_values(gr, backend.weights_status(loaded.method)))
+
+    return on_load, [method, run, why, *weights]
 
 
-def _replace_tab(gr, backend: Backend, status) -> tuple[Callable, list]:
+def _replace_tab(gr, backend: Backend) -> tuple[Callable, list]:
     """Build the tab; returns the page-load handler that sets the button by the model check, and
     its outputs."""
     models = backend.cutout_models
@@ -346,6 +417,7 @@ def _replace_tab(gr, backend: Backend, status) -> tuple[Callable, list]:
             run = gr.Button("Replace background", variant="primary", elem_id="ld-rep-run",
                             interactive=_replace_ready(backend, None))
             why = gr.Markdown(_replace_hint(backend, None), elem_id="ld-rep-why")
+            weights = _status_block(gr, "ld-rep-weights", backend.weights_status(Method.FG_TO_BLEND))
             outputs = _results(gr, "ld-rep", "Parameters")
 
     def replace(image_value, prompt_text, negative_text, background_value, seed_value, steps_value, side_value,
@@ -364,8 +436,8 @@ def _replace_tab(gr, backend: Backend, status) -> tuple[Callable, list]:
 
     run.click(replace, inputs=[image, prompt, negative, background, seed, steps, max_side, model, refine],
               outputs=outputs, concurrency_limit=1, concurrency_id=MODEL_QUEUE, preprocess=False
-              ).then(lambda: backend.status(Method.FG_TO_BLEND), outputs=[status], show_progress="hidden",
-                     queue=False)
+              ).then(lambda: _status_values(gr, backend.weights_status(Method.FG_TO_BLEND)), outputs=weights,
+                     show_progress="hidden", queue=False)
 
     def readiness(background_value):
         return (gr.update(interactive=_replace_ready(backend, background_value)),
@@ -373,7 +445,10 @@ def _replace_tab(gr, backend: Backend, status) -> tuple[Callable, list]:
 
     background.change(readiness, inputs=[background], outputs=[run, why], show_progress="hidden", queue=False,
                       preprocess=False)
-    return (lambda: readiness(None)), [run, why]
+    def on_load():
+        return (*readiness(None), *_status_values(gr, backend.weights_status(Method.FG_TO_BLEND)))
+
+    return on_load, [run, why, *weights]
 
 
 def _replace_ready(backend: Backend, background) -> bool:
@@ -386,7 +461,7 @@ def _replace_hint(backend: Backend, background) -> str:
         return ""
     if not backend.checked:
         return "Checking the model ..."
-    return ("Generating a new background needs the model (see the status above). Give a background image to "
+    return ("Generating a new background needs the model (see the top of the page). Give a background image to "
             "replace it without the model.")
 
 
@@ -398,21 +473,25 @@ def build_page(backend: Backend):
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(86400, 86400)) as page:
         gr.Markdown(f"# {TITLE}\nTransparent images from Stable Diffusion (latent transparency), cutouts and "
                     "background replacement.")
-        status = gr.Markdown(backend.status(), elem_id="ld-status")
+        status = _status_block(gr, "ld-status", backend.model_status())
+        loads = []
         with gr.Tabs():
             with gr.Tab("Generate", id="generate"):
-                on_load, model_outputs = _generate_tab(gr, backend, status)
+                loads.append(_generate_tab(gr, backend))
             with gr.Tab("Cutout", id="cutout"):
                 _cutout_tab(gr, backend)
             with gr.Tab("Replace background", id="replace"):
-                on_replace_load, replace_outputs = _replace_tab(gr, backend, status)
+                loads.append(_replace_tab(gr, backend))
             with gr.Tab("Batch", id="batch"):
-                _batch_tab(gr, backend)
+                loads.append(_batch_tab(gr, backend))
 
         def load():
-            return (*on_load(), *on_replace_load())
+            values = []
+            for handler, _ in loads:  # each waits for the model check
+                values.extend(handler())
+            return _status_values(gr, backend.model_status()) + values
 
-        page.load(load, outputs=[*model_outputs, *replace_outputs], show_progress="hidden")
+        page.load(load, outputs=[*status, *(c for _, outputs in loads for c in outputs)], show_progress="hidden")
     return page
 
 
@@ -422,5 +501,5 @@ def serve(backend: Backend, host: str = "127.0.0.1", port: Optional[int] = None,
     page = build_page(backend)
     page.queue(default_concurrency_limit=1)
     page.launch(server_name=host, server_port=port, inbrowser=open_browser, prevent_thread_lock=not block,
-                quiet=not block, show_error=True, css=CSS, allowed_paths=[str(backend.out_dir.resolve())])
+                quiet=not block, show_error=True, css=CSS, head=HEAD, allowed_paths=[str(backend.out_dir.resolve())])
     return page

@@ -25,6 +25,7 @@ class ModelState:
     source: str
     problem: str = ""
     local_only: bool = False
+    title: str = ""  # the problem in a few words ("Model not downloaded")
 
     @property
     def ready(self) -> bool:
@@ -39,9 +40,9 @@ def check_model(model: str, offline: bool) -> ModelState:
     try:
         found = locate_model(model, offline)
     except ModelNotAvailableError as exc:
-        return ModelState(model, None, "", f"**{exc.title}:** {exc}")
+        return ModelState(model, None, "", f"**{exc.title}:** {exc}", title=exc.title)
     except UnsupportedModelError as exc:
-        return ModelState(model, None, "", f"**Model cannot be used:** {exc}")
+        return ModelState(model, None, "", f"**Model cannot be used:** {exc}", title="Model cannot be used")
     return ModelState(model, found.family, found.source, local_only=found.local_only)
 
 
@@ -67,14 +68,30 @@ def weights_report(store: WeightStore, method: Method) -> str:
     return "\n".join(lines)
 
 
-def status_markdown(state: ModelState, store: WeightStore, method: Optional[Method]) -> str:
-    """The status block at the top of the page."""
+OFF_NOTE = ("Generating is off until then. The **Cutout** tab works without it (the weight-free model needs no "
+            "download), and so does background replacement with a given background image.")
+
+
+def model_summary(state: ModelState) -> tuple[str, str]:
+    """(one line, details) on the model for the top of the page; details (what is missing and
+    what to do) only when it cannot be used."""
     if state.ready:
-        lines = [f"Model: `{state.model}` ({state.family.label}, {state.source})."]
+        return f"Model: `{state.model}` ({state.family.label}, {state.source}).", ""
+    line = (f"**{state.title or 'Model cannot be used'}:** `{state.model}`. Generating is off; the Cutout tab "
+            "works without it.")
+    return line, f"{state.problem}\n\n{OFF_NOTE}"
+
+
+def weights_summary(store: WeightStore, method: Method) -> tuple[str, str]:
+    """(one line, details) on the weight files of `method`: details list each file that is not
+    there with its URL and target path (empty when all are ready)."""
+    absent = [s for s in store.statuses(method.weight_files)
+              if s.state in (State.MISSING, State.PARTIAL, State.CORRUPT, State.NOT_OFFICIAL)]
+    if not absent:
+        return f"Weights for {method.name}: ready.", ""
+    total = human_size(sum(s.entry.approx_size for s in absent))
+    if store.allow_download:
+        line = f"Weights for {method.name}: {len(absent)} file(s), {total}, download on first use."
     else:
-        lines = [state.problem, "", "Generating is off until then. The **Cutout** tab works without it "
-                 "(the weight-free model needs no download), and so does background replacement with a "
-                 "given background image."]
-    if method is not None:
-        lines += ["", weights_report(store, method)]
-    return "\n".join(lines)
+        line = f"**Weights for {method.name} missing** (downloads are off): {len(absent)} file(s), {total}."
+    return line, weights_report(store, method)

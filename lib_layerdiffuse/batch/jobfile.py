@@ -75,20 +75,26 @@ class Job:
     checks: tuple[str, ...] = ("empty", "opaque", "cut", "noise")
 
 
-def load_job(path: "str | Path") -> Job:
-    """Read, validate and expand a job file (.toml, or .yaml / .yml with PyYAML installed)."""
+def load_job(path: "str | Path", text: Optional[str] = None, name: Optional[str] = None) -> Job:
+    """Read, validate and expand a job file (.toml, or .yaml / .yml with PyYAML installed).
+
+    `text` is the job when it does not come from `path` (which then only places relative
+    image paths and gives the format); `name` is what messages call the file (default: its
+    path), e.g. "the job file you pasted"."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise JobError(f"{path}: cannot read the job file ({exc.strerror or exc})") from None
-    data, line_of = _parse(path, text)
-    return _Validator(path, line_of).job(data)
+    if text is None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise JobError(f"{path}: cannot read the job file ({exc.strerror or exc})") from None
+    shown = name or str(path)
+    data, line_of = _parse(path, text, shown)
+    return _Validator(path, line_of, shown).job(data)
 
 
-def _parse(path: Path, text: str) -> tuple[dict, Callable[[tuple], Optional[int]]]:
+def _parse(path: Path, text: str, shown: str) -> tuple[dict, Callable[[tuple], Optional[int]]]:
     if path.suffix.lower() in (".yaml", ".yml"):
-        return _parse_yaml(path, text)
+        return _parse_yaml(shown, text)
     try:
         import tomllib
     except ImportError:  # Python 3.10: the same parser from PyPI
@@ -97,22 +103,22 @@ def _parse(path: Path, text: str) -> tuple[dict, Callable[[tuple], Optional[int]
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise JobError(f"{path}: not valid TOML: {exc}") from None
+        raise JobError(f"{shown}: not valid TOML: {exc}") from None
     return data, _toml_locator(text)
 
 
-def _parse_yaml(path: Path, text: str) -> tuple[dict, Callable[[tuple], Optional[int]]]:
+def _parse_yaml(shown: str, text: str) -> tuple[dict, Callable[[tuple], Optional[int]]]:
     try:
         import yaml
     except ImportError:
-        raise JobError(f"{path}: YAML job files need PyYAML (pip install pyyaml), or write the job as TOML") from None
+        raise JobError(f"{shown}: YAML job files need PyYAML (pip install pyyaml), or write the job as TOML") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise JobError(f"{path}: not valid YAML: {exc}") from None
+        raise JobError(f"{shown}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise JobError(f"{path}: a job file is a mapping of fields (model, defaults, matrix, items, qa)")
+        raise JobError(f"{shown}: a job file is a mapping of fields (model, defaults, matrix, items, qa)")
     lines: dict[tuple, int] = {}
 
     def walk(n, at: tuple) -> None:
@@ -173,12 +179,12 @@ def _dotted(at: tuple) -> str:
 
 
 class _Validator:
-    def __init__(self, path: Path, line_of: Callable[[tuple], Optional[int]]):
-        self.path, self.line_of = path, line_of
+    def __init__(self, path: Path, line_of: Callable[[tuple], Optional[int]], shown: str):
+        self.path, self.line_of, self.shown = path, line_of, shown
 
     def error(self, at: tuple, message: str) -> JobError:
         line = self.line_of(at)
-        where = f"{self.path}" + (f" line {line}" if line else "") + (f", {_dotted(at)}" if at else "")
+        where = self.shown + (f" line {line}" if line else "") + (f", {_dotted(at)}" if at else "")
         return JobError(f"{where}: {message}")
 
     def job(self, data: dict) -> Job:
