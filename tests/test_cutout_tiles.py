@@ -109,3 +109,19 @@ def test_framed_subjects_run_out_of_the_frame():
     for index, path in enumerate(sorted(RGBA.glob("*.png"))):
         _, alpha = load_rgba(path, 64, cut=1 + index % 2)
         assert (alpha[-1] > 0.5).any() or (alpha[:, 0] > 0.5).any() or (alpha[:, -1] > 0.5).any(), path.name
+
+
+@pytest.mark.parametrize("name, cut", [("result_sdxl", 1), ("cat", 1)])
+def test_a_subject_covering_most_of_the_border_is_cut_out_not_refused(name, cut):
+    """The plane under the background is chosen by its 30% quantile of residuals: a subject cut
+    by the frame at the bottom and a side may cover up to 70% of the border. [before: least
+    median of squares, refused when half of the border was subject]"""
+    from lib_layerdiffuse.cutout.metrics import sad
+    from lib_layerdiffuse.testing.anchors import colour_key
+
+    fg, alpha = load_rgba(next(RGBA.glob(f"*{name}.png")), 256, cut=cut)
+    c = backdrop_case(name, fg, alpha, "vignette", np.random.default_rng([0, 5]))
+    border = np.concatenate([c.alpha[0], c.alpha[-1], c.alpha[:, 0], c.alpha[:, -1]])
+    assert (border > 0.5).mean() > 0.45  # the subject covers about half of the border, or more
+    ours = sad(cut_out(c.image, model="weight-free").alpha, c.alpha)
+    assert ours < sad(colour_key(c.image), c.alpha) and ours < 2.0, ours

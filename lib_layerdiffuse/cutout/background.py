@@ -6,7 +6,7 @@ colour by a radial falloff: a degree-4 polynomial of the log follows a strong co
 within 1%, where one of the colours is off by 12%); whichever fits the background better is used.
 
 `fit_border` makes the first estimate from a strip along the image border: a plane chosen by
-least median of squares (so a subject covering up to half of the border cannot pull it), then
+least quantile of squares (so a subject covering up to 70% of the border cannot pull it), then
 a quadratic refitted on the plane's inliers. The border pixels it rejects are the subject where
 it touches the frame. `fit_surface` refits on every background pixel of the image once a first
 subject mask is known, which is what finds the bright middle of a vignette behind the subject.
@@ -26,6 +26,10 @@ LOG_OFFSET = 0.02  # log(colour + this), so black stays finite
 BORDER_SAMPLES = 20000
 SURFACE_SAMPLES = 40000
 PLANE_TRIALS = 300
+# the plane is chosen by its 30% quantile of residuals (least quantile of squares), so a subject
+# covering up to 70% of the border (cut by the frame at the bottom and both sides) cannot pull it
+BORDER_QUANTILE = 0.3
+SEED_WIDTH = 2.0  # the quadratic fit starts from the samples within this many quantiles of the plane
 
 
 def _exponents(degree: int) -> list[tuple[int, int]]:
@@ -123,23 +127,25 @@ def _border_pixels(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray
     return iy, ix
 
 
-def _least_median_plane(y, x, colours, rng) -> tuple[np.ndarray, float]:
+def _least_quantile_plane(y, x, colours, rng) -> tuple[np.ndarray, float]:
+    """(plane, quantile): the plane whose BORDER_QUANTILE quantile of residuals is smallest, and
+    that quantile."""
     design = _design(y, x, 1)
-    best, best_median = None, np.inf
+    best, best_q = None, np.inf
     for _ in range(PLANE_TRIALS):
         pick = rng.choice(y.size, 3, replace=False)
         try:
             coef = np.linalg.solve(design[pick], colours[pick])
         except np.linalg.LinAlgError:
             continue
-        median = float(np.median(np.linalg.norm(colours - design @ coef, axis=1)))
-        if median < best_median:
-            best, best_median = coef, median
+        q = float(np.quantile(np.linalg.norm(colours - design @ coef, axis=1), BORDER_QUANTILE))
+        if q < best_q:
+            best, best_q = coef, q
     if best is None:  # every trial was degenerate (tiny images): the mean colour
         best = np.zeros((3, 3))
         best[0] = np.median(colours, axis=0)
-        best_median = float(np.median(np.linalg.norm(colours - best[0], axis=1)))
-    return best, best_median
+        best_q = float(np.quantile(np.linalg.norm(colours - best[0], axis=1), BORDER_QUANTILE))
+    return best, best_q
 
 
 def fit_border(image: np.ndarray) -> BorderFit:
@@ -149,9 +155,12 @@ def fit_border(image: np.ndarray) -> BorderFit:
     iy, ix = _border_pixels(h, w, rng)
     ys, xs = _grid(h, w)
     y, x, colours = ys[iy], xs[ix], unit_float(image[iy, ix])
-    plane, median = _least_median_plane(y, x, colours, rng)
+    plane, quantile = _least_quantile_plane(y, x, colours, rng)
     resid = np.linalg.norm(colours - _design(y, x, 1) @ plane, axis=1)
-    keep = resid < max(2.5 * 1.4826 * median, NOISE_FLOOR)  # wide enough for a vignette's curvature
+    # a narrow seed: with 36% of the border background, the quantile lies in the background's
+    # upper tail (curvature), and a wider seed took in fur, which the refits then kept;
+    # the refits widen it as far as the background's own spread
+    keep = resid < max(SEED_WIDTH * quantile, NOISE_FLOOR)
     degree = 2 if keep.sum() > 12 else 0
     coef, resid, keep = _fit(y, x, colours, degree, keep)
     outliers = np.zeros((h, w), bool)

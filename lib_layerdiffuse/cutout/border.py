@@ -48,6 +48,7 @@ from .background import NOISE_FLOOR, BackgroundSurface, fit_border, fit_surface
 from .refine import solve_alpha, trimap_from_alpha, unit_float
 
 MAX_SPREAD = 0.08  # border spread above this: the background is not smooth
+MIN_BACKGROUND = 0.3  # share of the border that must follow the background surface
 LOW = 1.5  # low hysteresis threshold, in multiples of the background's noise
 FIRST_LOW = 0.06  # the first mask only takes clear differences (the first surface is rough)
 STRONG = 0.08  # a region must reach this distance somewhere to be subject
@@ -194,7 +195,7 @@ def border_matte(image: np.ndarray, band: int = 10, progress=None) -> BorderMatt
     scale = min(max(1.0, min(h, w) / REFERENCE), WIDEST / REFERENCE)
     band = round(band * scale)
     fit = fit_border(image)
-    if fit.fraction < 0.5:
+    if fit.fraction < MIN_BACKGROUND:
         raise CutoutError(f"the weight-free cutout needs a flat or smooth background, but only {fit.fraction:.0%} of "
                           f"the image border follows one smooth colour surface; {_USE_MODEL}")
     if fit.spread > MAX_SPREAD:

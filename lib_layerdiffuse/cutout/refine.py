@@ -4,7 +4,8 @@ Bounded work: matting and colour estimation only run where the edge is (the boun
 the unknown band or of the soft alpha, plus a margin) and, inside that box, tile by tile:
 matting on tiles of at most `MATTING_TILE` pixels a side (with `MATTING_MARGIN` of context;
 pymatting's closed-form solver costs about 500 bytes per pixel of its input, so a tile stays
-near 130 MB whatever the image size), colour estimation on tiles of `COLOR_TILE`. Time grows
+near 130 MB whatever the image size, and a tile whose context had to grow to reach both kinds
+of anchor near 250 MB), colour estimation on tiles of `COLOR_TILE`. Time grows
 with the length of the edge. Whole-image arrays stay small: the image stays uint8 (tiles are
 converted to float as they are solved), trimaps and alpha are float32, colours uint8, and the
 colour under transparent pixels is computed at most `FILL_PIXELS` large and scaled up in strips.
