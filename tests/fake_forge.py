@@ -313,6 +313,55 @@ def _put(root: nn.Module, dotted: str, param: nn.Parameter) -> None:
     module.register_parameter(parts[-1], param)
 
 
+class _PackedQuant:
+    """The `gguf_cls` of `GGUFParameter`: dequantises its packed data."""
+
+    @staticmethod
+    def dequantize_pytorch(tensor: "GGUFParameter") -> torch.Tensor:
+        return (tensor.data.float() * tensor.scale).reshape(tensor.real_shape)
+
+
+class GGUFParameter(nn.Parameter):
+    """Forge Neo's `ParameterGGUF` as LayerDiffuse meets it: the data is packed (int8 values in
+    one row, not the layer's shape), `shape` says the real shape, `gguf_cls` dequantises it, and
+    `.to()` casts the packed data and keeps the type."""
+
+    def __new__(cls, weight: torch.Tensor, scale: Optional[torch.Tensor] = None, shape=None):
+        if scale is None:
+            scale, shape = weight.detach().abs().max().clamp(min=1e-8) / 127, weight.shape
+            weight = torch.round(weight.detach() / scale).to(torch.int8).reshape(-1)
+        param = super().__new__(cls, weight, requires_grad=False)
+        param.gguf_cls, param.scale = _PackedQuant, scale
+        param.real_shape = torch.Size(shape)
+        return param
+
+    @property
+    def shape(self):
+        return self.real_shape
+
+    def to(self, *args, **kwargs):
+        return GGUFParameter(self.data.to(*args, **kwargs), self.scale, self.real_shape)
+
+
+def neo_dequantize(tensor):
+    """Neo's `backend.operations_gguf.dequantize_tensor`: a GGUF parameter dequantised, anything
+    else as it is."""
+    if tensor is None or getattr(tensor, "gguf_cls", None) is None:
+        return tensor
+    return tensor.gguf_cls.dequantize_pytorch(tensor)
+
+
+def gguf_weights(module: nn.Module, prefix: str = "") -> list[str]:
+    """Turn the 2-D weights of `module` under `prefix` into `GGUFParameter`s (a GGUF Flux
+    checkpoint in Neo); returns their names."""
+    names = []
+    for name, param in list(module.named_parameters()):
+        if name.startswith(prefix) and name.endswith(".weight") and param.dim() == 2:
+            set_attr_raw(module, name, GGUFParameter(param.detach().float()))
+            names.append(name)
+    return names
+
+
 def bfl_flux(seed: int = 0) -> nn.Module:
     """Current Forge's `IntegratedFluxTransformer2DModel` as far as LayerDiffuse sees it: the
     tiny test transformer's weights under Black Forest Labs' names, `hidden_size` and the single
@@ -589,6 +638,13 @@ class NeoUnetPatcher(UnetPatcherBase):
                 parent.weight_function = [lambda w, e=entries, k=key: neo_merge(e, w, k)]
                 continue
             self.backup.setdefault(key, weight)
+            if getattr(weight, "gguf_cls", None) is not None:
+                # Neo's patch_weight_to_device merges into `weight.to(dtype)`, the packed data, and
+                # sets a plain tensor: the layer then multiplies with the packed bytes (real Neo
+                # 2.26, GGUF Flux: "mat1 and mat2 shapes cannot be multiplied (64x3072 and
+                # 18x884736)", HTTP 500 on every call until a restart)
+                set_attr_raw(self.model, key, nn.Parameter(weight.data.float().clone(), requires_grad=False))
+                continue
             merged = neo_merge(entries, weight.detach().float().clone(), key)
             set_attr_raw(self.model, key, nn.Parameter(merged.to(weight.dtype), requires_grad=False))
 
@@ -850,6 +906,7 @@ def forge_modules(generation: int, memory: Memory) -> dict[str, types.ModuleType
             "backend.patcher.lora": _module("backend.patcher.lora", merge_lora_to_weight=neo_merge,
                                             weight_adapter=_module("weight_adapter", LoRAAdapter=LoRAAdapter)),
             "backend.quant_ops": _module("backend.quant_ops", QuantizedTensor=QuantizedTensor),
+            "backend.operations_gguf": _module("backend.operations_gguf", dequantize_tensor=neo_dequantize),
             "backend.memory_management": memory.module("backend.memory_management"),
             "backend.operations": _module("backend.operations", get_weight_and_bias=neo_get_weight_and_bias),
             "backend.sampling": _module("backend.sampling"),

@@ -911,10 +911,11 @@ def test_infotext_round_trip_through_the_paste_fields(gradio):
 
 # ---- Flux (current Forge's own Flux model) ------------------------------------------------
 
-def _forge_merge(unet) -> dict[str, torch.Tensor]:
+def _forge_merge(unet, base: Optional[dict] = None) -> dict[str, torch.Tensor]:
     """The weights Forge's patcher makes (backend/patcher/lora.py merge_lora_to_weight: narrow
-    to the offset, add strength * up @ down) from the patches LayerDiffuse gave it."""
-    weights = {k: v.detach().clone().float() for k, v in unet.model.named_parameters()}
+    to the offset, add strength * up @ down) from the patches LayerDiffuse gave it, on `base`
+    (default: the model's weights)."""
+    weights = {k: v.detach().clone().float() for k, v in (base or dict(unet.model.named_parameters())).items()}
     if unet.generation == 3:  # Neo: LoRAAdapter objects, 6-tuples per parameter
         entries = [(name, strength, (adapter.name, adapter.weights), offset)
                    for name, patches in unet.patches.items() for strength, adapter, _, offset, _, _ in patches]
@@ -1228,3 +1229,30 @@ def assert_shares_attention_with(unet, effective):
     out = module(h, transformer_options={"cond_mark": mark})
     expected = published_unit(reference, weights.hookers.layers[0], 1, h, None, mark, [None], None)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_neo_patches_gguf_weights_on_the_fly_and_keeps_them_packed(forge):
+    """A GGUF Flux in real Neo 2.26: merging into the packed weights left plain tensors of
+    packed bytes (HTTP 500 on that call and every call after, plain ones too, until a
+    restart). The patches of quantised weights go in as Neo's on-the-fly LoRAs: the packed
+    weight stays, and the layer sees the dequantised weight plus the patch."""
+    if forge.generation != 3:
+        return
+    p = processing("flux", forge.generation)
+    model = p.sd_model.forge_objects.unet.model
+    originals = {n: v.detach().float().clone() for n, v in model.named_parameters()}
+    packed = {f"diffusion_model.{n}" for n in ff.gguf_weights(model.diffusion_model, "double_blocks.")}
+    dequantised = {n: v.gguf_cls.dequantize_pytorch(v) for n, v in model.named_parameters() if n in packed}
+    patched, outputs = run_job(p, args_for(Method.FLUX_FG_ONLY, weight=0.7))
+    assert ERROR_KEY not in p.extra_generation_params and [img.mode for img in outputs] == ["RGBA"]
+    merged = _forge_merge(patched[0], originals)
+    forge.memory.load_unet(patched[0])
+    host = detect_host()
+    touched = [n for n in packed if n in patched[0].patches]
+    assert touched
+    for name in touched:
+        parent, _, weight = ff.get_attr_with_parent(model, name.rsplit(".", 1)[0] + ".weight")
+        assert getattr(weight, "gguf_cls", None) is not None, name  # still packed
+        effective, _ = host.linear_weights(parent)
+        torch.testing.assert_close(effective.float(), dequantised[name] + merged[name] - originals[name],
+                                   atol=1e-4, rtol=1e-4)

@@ -86,7 +86,29 @@ class ForgeNeo(CurrentForge):
         return converted
 
     def add_weight_patches(self, unet, filename: str, patches: dict[str, tuple], strength: float) -> set[str]:
-        return set(unet.add_patches(self.neo_patches(patches, filename), float(strength), 1.0, filename=filename))
+        """Neo merges patches into a copy of each weight made with `weight.to(dtype)`, which for
+        a GGUF weight is its packed data: the layer was left with a plain tensor of packed bytes
+        (real Neo 2.26, GGUF Flux: HTTP 500 on every call, plain ones too, until a restart).
+        Patches of quantised weights (GGUF, mixed precision) therefore go in on the fly (Neo's
+        `online_mode`: merged into the dequantised weight at each forward); the others are
+        merged once, as Neo does for its own LoRAs."""
+        converted = self.neo_patches(patches, filename)
+        quantised = {k: v for k, v in converted.items() if self._quantised(unet.model, k if isinstance(k, str) else k[0])}
+        merged = {k: v for k, v in converted.items() if k not in quantised}
+        keys = set()
+        for group, online in ((merged, False), (quantised, True)):
+            if group:
+                keys |= set(unet.add_patches(group, float(strength), 1.0, filename=filename, online_mode=online))
+        return keys
+
+    def _quantised(self, model: torch.nn.Module, key: str) -> bool:
+        weight = model
+        for name in key.split("."):
+            weight = getattr(weight, name, None)
+            if weight is None:
+                return False
+        return getattr(weight, "gguf_cls", None) is not None or \
+            isinstance(weight, self.modules["quant_ops"].QuantizedTensor)
 
     def linear_weights(self, linear: torch.nn.Module) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The weight after dequantising (mixed-precision `QuantizedTensor`, GGUF) and after the
