@@ -165,15 +165,15 @@ def _model_view(backend: Backend, wait: bool) -> _ModelView:
                       default.value, backend.default_size(), ready, why)
 
 
-def _family_size(method: str, width, height, backend: Backend):
-    """(width, height) after choosing `method`: a square of another family's size becomes this
-    family's (1024 SDXL -> 512 SD1.5); sizes the user set otherwise stay."""
+def _family_size(method: str, width, height, backend: Backend) -> Optional[int]:
+    """The size to set after choosing `method`, or None to leave the sliders alone: a square of
+    another family's size becomes this family's (1024 SDXL -> 512 SD1.5); sizes the user set
+    otherwise stay."""
     family = _method_family(method)
-    sizes = set(FAMILY_SIZE.values())
-    if family is None or int(width) != int(height) or int(width) not in sizes:
-        return width, height
+    if family is None or int(width) != int(height) or int(width) not in set(FAMILY_SIZE.values()):
+        return None
     size = backend.default_size() if family is backend.family else FAMILY_SIZE[family]
-    return size, size
+    return size if size != int(width) else None
 
 
 def _status_block(gr, elem_id: str, status: tuple[str, str]) -> list:
@@ -251,12 +251,14 @@ def _generate_tab(gr, backend: Backend) -> tuple[Callable, list]:
         updates += [gr.update(visible=vis[f"{n}_image"]) for n in _LAYERS]
         updates.append(gr.update(visible=vis["resize_mode"]))
         updates += [gr.update(visible=vis[f"{n}_prompt"]) for n in _LAYERS]
-        updates.append(gr.update(value=current_batch if int(current_batch) % frames == 0 else frames))
+        # values that stay are not sent back: the user may have changed them since this event left
+        updates.append(gr.update() if int(current_batch) % frames == 0 else gr.update(value=frames))
         flux = _is_flux(value)  # guidance-distilled: its own guidance scale, its own scheduler
         updates.append(gr.update(label="Distilled CFG scale", value=FLUX_GUIDANCE) if flux else
                        gr.update(label="CFG scale"))
         updates.append(gr.update(visible=not flux, value=DEFAULT_SAMPLER))
-        updates += list(_family_size(value, width_value, height_value, backend))
+        size = _family_size(value, width_value, height_value, backend)
+        updates += [gr.update() if size is None else gr.update(value=size) for _ in ("width", "height")]
         return updates
 
     method.change(on_method, inputs=[method, batch, width, height],
