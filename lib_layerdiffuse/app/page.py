@@ -191,6 +191,11 @@ def _status_values(gr, status: tuple[str, str]) -> list:
     return [line, gr.update(visible=bool(details)), details]
 
 
+def _weights_values(gr, backend: Backend, method) -> list:
+    """`_status_values` of the weight files of `method`."""
+    return _status_values(gr, backend.weights_status(method))
+
+
 def _generate_tab(gr, backend: Backend) -> tuple[Callable, list]:
     """Build the tab; returns the page-load handler that shows the model check's result, and
     its outputs."""
@@ -247,7 +252,7 @@ def _generate_tab(gr, backend: Backend) -> tuple[Callable, list]:
             frames = Method.parse(value).spec.frame_count
         except ValueError:
             frames = 1
-        updates = [gr.update(value=method_hint(value)), *_status_values(gr, backend.weights_status(value))]
+        updates = [gr.update(value=method_hint(value)), *_weights_values(gr, backend, value)]
         updates += [gr.update(visible=vis[f"{n}_image"]) for n in _LAYERS]
         updates.append(gr.update(visible=vis["resize_mode"]))
         updates += [gr.update(visible=vis[f"{n}_prompt"]) for n in _LAYERS]
@@ -290,13 +295,13 @@ def _generate_tab(gr, backend: Backend) -> tuple[Callable, list]:
     run.click(generate, inputs=[prompt, negative, method, *images, resize_mode, *prompts, weight, stop_at, sampler,
                                 steps, cfg, width, height, batch, seed, passes, init, strength],
               outputs=outputs, concurrency_limit=1, concurrency_id=MODEL_QUEUE, preprocess=False
-              ).then(lambda value: _status_values(gr, backend.weights_status(value)), inputs=[method],
+              ).then(lambda value: _weights_values(gr, backend, value), inputs=[method],
                      outputs=weights, show_progress="hidden", queue=False)
 
     def on_load():
         loaded = _model_view(backend, wait=True)
         return (gr.update(choices=loaded.methods, value=loaded.method), gr.update(interactive=loaded.ready),
-                loaded.why, loaded.size, loaded.size, *_status_values(gr, backend.weights_status(loaded.method)))
+                loaded.why, loaded.size, loaded.size, *_weights_values(gr, backend, loaded.method))
 
     return on_load, [method, run, why, width, height, *weights]
 
@@ -378,15 +383,15 @@ def _batch_tab(gr, backend: Backend) -> tuple[Callable, list]:
 
     run.click(run_batch, inputs=[prompts, method, seeds, job], outputs=outputs, concurrency_limit=1,
               concurrency_id=MODEL_QUEUE
-              ).then(lambda value: _status_values(gr, backend.weights_status(value)), inputs=[method],
+              ).then(lambda value: _weights_values(gr, backend, value), inputs=[method],
                      outputs=weights, show_progress="hidden", queue=False)
-    method.change(lambda value: _status_values(gr, backend.weights_status(value)), inputs=[method],
+    method.change(lambda value: _weights_values(gr, backend, value), inputs=[method],
                   outputs=weights, show_progress="hidden", queue=False)
 
     def on_load():
         loaded = _model_view(backend, wait=True)
         return (gr.update(choices=loaded.methods, value=loaded.method), gr.update(interactive=loaded.ready),
-                loaded.why, *_status_values(gr, backend.weights_status(loaded.method)))
+                loaded.why, *_weights_values(gr, backend, loaded.method))
 
     return on_load, [method, run, why, *weights]
 
@@ -438,7 +443,7 @@ def _replace_tab(gr, backend: Backend) -> tuple[Callable, list]:
 
     run.click(replace, inputs=[image, prompt, negative, background, seed, steps, max_side, model, refine],
               outputs=outputs, concurrency_limit=1, concurrency_id=MODEL_QUEUE, preprocess=False
-              ).then(lambda: _status_values(gr, backend.weights_status(Method.FG_TO_BLEND)), outputs=weights,
+              ).then(lambda: _weights_values(gr, backend, Method.FG_TO_BLEND), outputs=weights,
                      show_progress="hidden", queue=False)
 
     def readiness(background_value):
@@ -448,7 +453,7 @@ def _replace_tab(gr, backend: Backend) -> tuple[Callable, list]:
     background.change(readiness, inputs=[background], outputs=[run, why], show_progress="hidden", queue=False,
                       preprocess=False)
     def on_load():
-        return (*readiness(None), *_status_values(gr, backend.weights_status(Method.FG_TO_BLEND)))
+        return (*readiness(None), *_weights_values(gr, backend, Method.FG_TO_BLEND))
 
     return on_load, [run, why, *weights]
 

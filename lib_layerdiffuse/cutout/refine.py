@@ -99,9 +99,13 @@ def tiles(mask: np.ndarray, tile: int, margin: int) -> Iterator[tuple[tuple[slic
             core = (slice(ty, min(ty + tile, y1)), slice(tx, min(tx + tile, x1)))
             if not mask[core].any():
                 continue
-            context = (slice(max(core[0].start - margin, 0), min(core[0].stop + margin, h)),
-                       slice(max(core[1].start - margin, 0), min(core[1].stop + margin, w)))
-            yield core, context
+            yield core, _grown(core, margin, (h, w))
+
+
+def _grown(core: tuple[slice, slice], margin: int, shape: tuple[int, int]) -> tuple[slice, slice]:
+    """`core` grown by `margin` on every side, clipped to an image of `shape`."""
+    return tuple(slice(max(c.start - margin, 0), min(c.stop + margin, size))  # type: ignore
+                 for c, size in zip(core, shape))
 
 
 def _inner(core: tuple[slice, slice], context: tuple[slice, slice]) -> tuple[slice, slice]:
@@ -200,8 +204,7 @@ def _anchored_context(core: tuple[slice, slice], trimap: np.ndarray, alpha: np.n
     h, w = trimap.shape
     margin = MATTING_MARGIN
     while True:
-        context = (slice(max(core[0].start - margin, 0), min(core[0].stop + margin, h)),
-                   slice(max(core[1].start - margin, 0), min(core[1].stop + margin, w)))
+        context = _grown(core, margin, (h, w))
         sub = trimap[context].astype(np.float64)
         fixed = settled[context]
         sub[fixed] = alpha[context][fixed]

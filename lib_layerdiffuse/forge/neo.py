@@ -102,13 +102,15 @@ class ForgeNeo(CurrentForge):
         return keys
 
     def _quantised(self, model: torch.nn.Module, key: str) -> bool:
+        """Whether the parameter `key` of `model` is stored quantised (GGUF or mixed precision)."""
         weight = model
         for name in key.split("."):
             weight = getattr(weight, name, None)
-            if weight is None:
-                return False
-        return getattr(weight, "gguf_cls", None) is not None or \
-            isinstance(weight, self.modules["quant_ops"].QuantizedTensor)
+        return self._is_quantised(weight)
+
+    def _is_quantised(self, weight: Optional[torch.Tensor]) -> bool:
+        return isinstance(weight, self.modules["quant_ops"].QuantizedTensor) or \
+            getattr(weight, "gguf_cls", None) is not None
 
     def linear_weights(self, linear: torch.nn.Module) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The weight after dequantising (mixed-precision `QuantizedTensor`, GGUF) and after the
@@ -117,7 +119,7 @@ class ForgeNeo(CurrentForge):
         weight = linear.weight
         if isinstance(weight, self.modules["quant_ops"].QuantizedTensor):
             weight = weight.dequantize()
-        elif getattr(weight, "gguf_cls", None) is not None:
+        elif self._is_quantised(weight):  # GGUF
             weight = importlib.import_module("backend.operations_gguf").dequantize_tensor(weight)
         return _through(weight, getattr(linear, "weight_function", None)), \
             _through(linear.bias, getattr(linear, "bias_function", None))
