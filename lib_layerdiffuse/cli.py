@@ -1,4 +1,4 @@
-"""Command line: `python -m lib_layerdiffuse [status|download|convert|generate|cutout|replace-bg|app] ...`."""
+"""Command line: `python -m lib_layerdiffuse [status|download|convert|generate|decompose|batch|cutout|replace-bg|app] ...`."""
 
 from __future__ import annotations
 
@@ -166,17 +166,34 @@ def _generate(args: argparse.Namespace) -> int:
     check_method_family(method, family)
     if args.sampler:
         parse_sampler(args.sampler)
+    _check_family_size(args, family)
+    if args.alpha_floor is not None and not family.native_rgba:
+        raise ValueError(f"--alpha-floor cleans the alpha of a native-RGBA model (Qwen-Image-2.1); {args.model} is "
+                         f"{family.label}, whose transparent decoder it does not apply to")
     images = {flag: _read_image(getattr(args, flag), f"--{flag}") for flag in ("fg", "bg", "blend", "init")}
     engine = _load_engine(args, method, _fetch_weights(args, method))
+    optional = {name: getattr(args, name) for name in ("strength", "alpha_floor") if getattr(args, name) is not None}
     result = engine.generate(
         args.prompt, method, negative_prompt=args.negative, steps=args.steps, cfg=args.cfg, seed=args.seed,
         width=args.width, height=args.height, batch=args.batch, fg=images["fg"], bg=images["bg"],
         blend=images["blend"], weight=args.weight, stop_at=args.stop_at, resize_mode=args.resize_mode,
         fg_prompt=args.fg_prompt, bg_prompt=args.bg_prompt, blend_prompt=args.blend_prompt,
-        sampler=args.sampler, init_image=images["init"], strength=args.strength)
+        sampler=args.sampler, init_image=images["init"], **optional)
     for path in result.save(args.out, originals=args.originals, previews=args.previews):
         print(path)
     return 0
+
+
+def _check_family_size(args: argparse.Namespace, family: Family) -> None:
+    """Sizes the model family cannot take, refused before the model loads (Flux: multiples of
+    16, Qwen-Image-2.1: of 32; every family: of 8, checked when parsing)."""
+    multiple = {Family.FLUX: 16, Family.QWEN21: 32}.get(family, 8)
+    for flag in ("width", "height"):
+        value = getattr(args, flag)
+        if value is not None and value % multiple:
+            low = max(multiple, value // multiple * multiple)
+            raise ValueError(f"--{flag} {value}: {family.label} sizes are multiples of {multiple}; "
+                             f"try {low} or {low + multiple}")
 
 
 def _add_generate(sub, common: argparse.ArgumentParser) -> None:
@@ -187,8 +204,9 @@ def _add_generate(sub, common: argparse.ArgumentParser) -> None:
                                      "Transparent outputs are written as straight-alpha RGBA PNGs with "
                                      "the generation parameters embedded.")
     gen.add_argument("--model", required=True,
-                     help="hub id, diffusers folder or single-file .safetensors checkpoint (SD1.5 or SDXL)")
-    gen.add_argument("--method", help="method name or member (default: attention injection of the "
+                     help="hub id, diffusers folder or single-file .safetensors checkpoint: SD1.5, SDXL, FLUX.1 "
+                          "or Qwen-Image-2.1 (native RGBA; a folder or hub id)")
+    gen.add_argument("--method", help="method name or member (default: the transparent foreground of the "
                                       "model's family); see `status` for the list")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--negative", default="", help="negative prompt")
@@ -214,8 +232,12 @@ def _add_generate(sub, common: argparse.ArgumentParser) -> None:
     gen.add_argument("--sampler", help="Euler a, Euler, UniPC, DDIM, DPM++ 2M [Karras|SDE Karras] "
                                        "(default: the model's own; Euler a for the blend-to-layer methods)")
     gen.add_argument("--init", help="init image for img2img (RGBA keeps its transparency)")
-    gen.add_argument("--strength", type=_number_in(0, 1, low_open=True), default=0.7,
-                     help="img2img denoising strength, over 0 up to 1")
+    gen.add_argument("--strength", type=_number_in(0, 1, low_open=True),
+                     help="img2img denoising strength, over 0 up to 1 (default 0.7; Flux 0.8; Qwen-Image-2.1 edits "
+                          "the --init image by the prompt and takes none)")
+    gen.add_argument("--alpha-floor", type=_whole_in(0, 254),
+                     help="Qwen-Image-2.1: alpha at or under this becomes 0 (clears the specks RGBA decoders leave "
+                          "in empty background; alpha above it is never changed). Default 0: off")
     gen.add_argument("--passes", type=int, default=8, choices=(1, 2, 4, 8),
                      help="transparent decoder passes (8 = the reference's quality)")
     _add_device_flags(gen)
@@ -227,6 +249,55 @@ def _add_generate(sub, common: argparse.ArgumentParser) -> None:
                                                               "transparent images")
     gen.add_argument("--previews", action="store_true", help="also save checkerboard previews")
     gen.set_defaults(func=cmd_generate)
+
+
+def cmd_decompose(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .engine.family import locate_layered_model
+    from .layers.decompose import LayerDecomposer
+
+    image = _read_image(args.image, "IMAGE")
+    locate_layered_model(args.model, args.offline)  # a wrong or missing model is said before loading
+    print(f"Loading model {args.model} ...", file=sys.stderr)
+    decomposer = LayerDecomposer.from_model(args.model, device=args.device, dtype=_torch_dtype(args),
+                                            local_files_only=args.offline, progress=not args.quiet)
+    result = decomposer.decompose(image, args.layers, prompt=args.prompt, steps=args.steps, cfg=args.cfg,
+                                  seed=args.seed, resolution=args.resolution)
+    for path in result.save(args.out, Path(args.image).stem, psd=not args.no_psd, archive=args.zip):
+        print(path)
+    report = result.report()
+    empty = ", ".join(map(str, report["empty"])) or "none"
+    print(f"{report['layers']} layers of {report['size'][0]}x{report['size'][1]}, seed {report['seed']}; the layers "
+          f"put together differ from the image by {report['composite_error']:.2f} of 255 on average (premultiplied "
+          f"RGBA); empty layers: {empty}", file=sys.stderr)
+    return 0
+
+
+def _add_decompose(sub, common: argparse.ArgumentParser) -> None:
+    from .layers.options import (DEFAULT_CFG, DEFAULT_LAYERS, DEFAULT_MODEL, DEFAULT_STEPS, LICENCE, MAX_LAYERS,
+                                 RESOLUTIONS)
+
+    dec = sub.add_parser("decompose", parents=[common], help="split an image into RGBA layers (Qwen-Image-Layered)",
+                         description="Split an image into transparent layers with Qwen-Image-Layered: every layer "
+                                     "as a PNG (1 = bottom) and a layered PSD, with how far the layers put back "
+                                     f"together are from the image and which came out empty. {LICENCE}")
+    dec.add_argument("image", help="the image (PNG, JPEG, WebP; its alpha is kept)")
+    dec.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or diffusers folder (default {DEFAULT_MODEL})")
+    dec.add_argument("--layers", type=_whole_in(1, MAX_LAYERS), default=DEFAULT_LAYERS,
+                     help=f"how many layers (default {DEFAULT_LAYERS})")
+    dec.add_argument("--prompt", default="", help="what the image shows (default: the model captions it itself)")
+    dec.add_argument("--steps", type=_at_least_one, help=f"default {DEFAULT_STEPS}")
+    dec.add_argument("--cfg", type=_number_in(1, 20), help=f"true CFG scale (default {DEFAULT_CFG})")
+    dec.add_argument("--seed", type=int)
+    dec.add_argument("--resolution", type=int, choices=RESOLUTIONS, default=RESOLUTIONS[0],
+                     help="the model's size bucket (default 640, recommended)")
+    dec.add_argument("-o", "--out", default="outputs", help="output folder (default: ./outputs)")
+    dec.add_argument("--zip", action="store_true", help="also write a ZIP of the layers and the PSD")
+    dec.add_argument("--no-psd", action="store_true", help="PNG layers only")
+    _add_device_flags(dec)
+    dec.add_argument("--offline", action="store_true", help="never download the model (Hugging Face cache only)")
+    dec.set_defaults(func=cmd_decompose)
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -637,6 +708,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--download", action="store_true", help="download TransparentVAE.pth first if it is missing")
     convert.set_defaults(func=cmd_convert)
     _add_generate(sub, common)
+    _add_decompose(sub, common)
     _add_batch(sub, common)
     _add_cutout(sub, common)
     _add_app(sub, common)

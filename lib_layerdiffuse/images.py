@@ -137,6 +137,18 @@ def read_image_file(path: Union[str, os.PathLike], field: str = "image", name: O
         raise ValueError(f"{field}: {shown} is not an image (PIL: {detail}).") from None
 
 
+STEALTH_ALPHA = 254  # the lowest alpha a WebUI's stealth infotext writes into an opaque image
+
+
+def has_real_alpha(image: Image.Image) -> bool:
+    """The image carries transparency of its own (a model with an RGBA VAE made it, or an RGBA
+    upload), not only the 254/255 values that stealth infotext hides its bits in."""
+    if image.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in image.info:
+        return False
+    low, _ = image.convert("RGBA").getchannel("A").getextrema()
+    return low < STEALTH_ALPHA
+
+
 def to_png_base64(rgba: np.ndarray) -> str:
     """Encode an RGBA uint8 array as a PNG data URL (for API responses and round trips)."""
     buf = io.BytesIO()

@@ -1,4 +1,5 @@
-"""The LayerDiffuse methods (ten for SD1.5 and SDXL, one for Flux) and what each one needs.
+"""The LayerDiffuse methods (ten for SD1.5 and SDXL, one for Flux), the native RGBA of
+Qwen-Image-2.1, and what each one needs.
 
 The enum values are the reference extension's current display strings, so an infotext or an
 API payload written for the reference parses unchanged. `Method.parse` also accepts the names
@@ -19,10 +20,16 @@ class Family(str, enum.Enum):
     SD15 = "sd15"
     SDXL = "sdxl"
     FLUX = "flux"
+    QWEN21 = "qwen21"
 
     @property
     def label(self) -> str:
-        return {"sd15": "SD1.5", "sdxl": "SDXL", "flux": "Flux.1"}[self.value]
+        return {"sd15": "SD1.5", "sdxl": "SDXL", "flux": "Flux.1", "qwen21": "Qwen-Image-2.1"}[self.value]
+
+    @property
+    def native_rgba(self) -> bool:
+        """The model makes RGBA itself (an RGBA VAE): no LayerDiffuse weights, no patching."""
+        return self is Family.QWEN21
 
 
 class PatchKind(str, enum.Enum):
@@ -32,6 +39,7 @@ class PatchKind(str, enum.Enum):
     DIFF = "diff"  # merged full weight offsets (SDXL conv injection and the layer models)
     ATTENTION_SHARING = "attention_sharing"  # SD1.5 run-time attention modules
     TRANSFORMER_LORA = "transformer_lora"  # a LoRA in diffusers names, merged into the Flux transformer
+    NATIVE = "native"  # nothing to patch: the model's own VAE decodes RGBA (Qwen-Image-2.1)
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,9 @@ _SD15_DEC = "layer_sd15_vae_transparent_decoder.safetensors"
 _SD15_ENC = "layer_sd15_vae_transparent_encoder.safetensors"
 _XL_DEC = "vae_transparent_decoder.safetensors"
 _XL_ENC = "vae_transparent_encoder.safetensors"
+QWEN21_LICENCE = ("Qwen-Image-2.1 is published under the Qwen Research License: research and non-commercial "
+                  "use; commercial use, self-hosting included, needs a separate licence from Alibaba Cloud. "
+                  "Check it before using the images commercially.")
 FLUX_LICENCE = ("Flux LayerDiffuse runs on FLUX.1-dev, whose licence is non-commercial (FLUX.1 [dev] "
                 "Non-Commercial License); its LoRA and VAE are published under AFL-3.0 on that base. "
                 "Check both before using the images commercially.")
@@ -132,11 +143,15 @@ _SPECS: dict[str, MethodSpec] = {
         frames=("fg",), conditions=(), transparent=(0,),
         decoder_file="layer_flux_vae_transparent_decoder.safetensors",
         encoder_file="layer_flux_vae_transparent_encoder.safetensors", licence=FLUX_LICENCE),
+    "QWEN21_RGBA": MethodSpec(
+        "(Qwen-Image-2.1) Native RGBA", Family.QWEN21, "", PatchKind.NATIVE,
+        frames=("fg",), conditions=(), transparent=(0,), licence=QWEN21_LICENCE),
 }
 
 _SDXL_PREFIX = "(SDXL) "
 _SD15_PREFIX = "(SD1.5) "
 _FLUX_PREFIX = "(Flux) "
+_QWEN21_PREFIX = "(Qwen-Image-2.1) "
 
 
 class Method(enum.Enum):
@@ -153,6 +168,7 @@ class Method(enum.Enum):
     BG_TO_BLEND = _SPECS["BG_TO_BLEND"].display
     BG_BLEND_TO_FG = _SPECS["BG_BLEND_TO_FG"].display
     FLUX_FG_ONLY = _SPECS["FLUX_FG_ONLY"].display
+    QWEN21_RGBA = _SPECS["QWEN21_RGBA"].display
 
     @property
     def spec(self) -> MethodSpec:
@@ -192,17 +208,15 @@ class Method(enum.Enum):
     @classmethod
     def default(cls, family: Union[Family, str, None] = None) -> "Method":
         """The default method: SDXL attention injection, or the transparent foreground of the
-        SD1.5 or Flux family when `family` says so."""
-        if family is not None and Family(family) is Family.SD15:
-            return cls.FG_ONLY_ATTN_SD15
-        if family is not None and Family(family) is Family.FLUX:
-            return cls.FLUX_FG_ONLY
-        return cls.FG_ONLY_ATTN
+        SD1.5, Flux or Qwen-Image-2.1 family when `family` says so."""
+        own = {Family.SD15: cls.FG_ONLY_ATTN_SD15, Family.FLUX: cls.FLUX_FG_ONLY, Family.QWEN21: cls.QWEN21_RGBA}
+        return own.get(Family(family), cls.FG_ONLY_ATTN) if family is not None else cls.FG_ONLY_ATTN
 
     @classmethod
-    def choices(cls) -> list[str]:
-        """Display strings in dropdown order."""
-        return [m.value for m in cls]
+    def choices(cls, forge: bool = False) -> list[str]:
+        """Display strings in dropdown order; with `forge`, the methods the Forge panel runs (a
+        model with native RGBA runs on the host's own engine, without the panel)."""
+        return [m.value for m in cls if not (forge and m.family.native_rgba)]
 
     @classmethod
     def parse(cls, text: Union[str, "Method"], family: Union[Family, str, None] = None) -> "Method":
@@ -230,7 +244,7 @@ class Method(enum.Enum):
 
 
 def _unprefixed(display: str) -> str:
-    for prefix in (_SDXL_PREFIX, _SD15_PREFIX, _FLUX_PREFIX):
+    for prefix in (_SDXL_PREFIX, _SD15_PREFIX, _FLUX_PREFIX, _QWEN21_PREFIX):
         if display.startswith(prefix):
             return display[len(prefix):]
     return display

@@ -378,6 +378,25 @@ def bfl_flux(seed: int = 0) -> nn.Module:
     return root
 
 
+def neo_qwen21(width: int = 16, layers: int = 2) -> nn.Module:
+    """Forge Neo's Qwen-Image-2.1 transformer (`backend/nn/qwen21.py`, from ComfyUI) as far as
+    LayerDiffuse sees it: its parameter names (the text projection's `txt_in.text_norm`, the
+    fused SwiGLU `img_mlp.gate_up`) at a tiny width."""
+    root = nn.Module()
+    names = {"txt_in.text_norm.weight": (width,), "txt_in.in_layer.weight": (width, width),
+             "txt_in.out_layer.weight": (width, width), "img_in.weight": (width, 64),
+             "modulation.1.weight": (4 * width, width), "proj_out.weight": (64, width),
+             "norm_out.linear.weight": (width, width)}
+    for i in range(layers):
+        for proj in ("to_q", "to_k", "to_v", "to_out.0"):
+            names[f"transformer_blocks.{i}.attn.{proj}.weight"] = (width, width)
+        names[f"transformer_blocks.{i}.img_mlp.gate_up.weight"] = (6 * width, width)
+        names[f"transformer_blocks.{i}.img_mlp.out.weight"] = (width, 3 * width)
+    for name, shape in names.items():
+        _put(root, name, nn.Parameter(torch.zeros(shape), requires_grad=False))
+    return root
+
+
 class FluxFirstStage(nn.Module):
     """Current Forge's Flux VAE (`first_stage_model`): latent shift and scale, and `decode` to
     [-1, 1] without clipping."""
@@ -406,7 +425,7 @@ def raw_latents(family: str, x: torch.Tensor) -> torch.Tensor:
 class BaseModel(nn.Module):
     def __init__(self, family: str, generation: int):
         super().__init__()
-        self.diffusion_model = bfl_flux() if family == "flux" else ldm_unet(family)
+        self.diffusion_model = {"flux": bfl_flux, "qwen21": neo_qwen21}.get(family, lambda: ldm_unet(family))()
         if generation == 1:
             self.diffusion_model.dtype = torch.float32  # ldm_patched's UNetModel has one; current Forge's has not
             self.model_sampling = Sigmas()
@@ -767,7 +786,9 @@ class SdModel:
         self.family = family
         self.is_sdxl, self.is_sd1 = family == "sdxl", family == "sd15"
         self.forge_objects = types.SimpleNamespace(
-            unet=unet_cls(BaseModel(family, generation), "cpu", "cpu"), vae=VAE(family, generation), clip=None)
+            # Qwen-Image-2.1's RGBA VAE is never reached (LayerDiffuse refuses before decoding): any VAE stands in
+            unet=unet_cls(BaseModel(family, generation), "cpu", "cpu"),
+            vae=VAE("sd15" if family == "qwen21" else family, generation), clip=None)
         self.forge_objects_original = types.SimpleNamespace(**vars(self.forge_objects))
         self.forge_objects_after_applying_lora = types.SimpleNamespace(**vars(self.forge_objects))
         self.context_dim = TINY[family].context_dim if family in TINY else 32

@@ -306,7 +306,7 @@ def test_sprite_sheet_and_psd_read_back_with_every_frame_and_layer(tmp_path):
     from psd_tools import PSDImage
 
     from lib_layerdiffuse.batch.exports import export_psds, export_sprite_sheet
-    from lib_layerdiffuse.batch.manifest import write_atomic
+    from lib_layerdiffuse.atomic import write_atomic
 
     out = tmp_path / "out"
     run_job(_job(tmp_path), out, lambda model: FakeEngine(), progress=False)

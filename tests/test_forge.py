@@ -1029,6 +1029,42 @@ def test_cutout_leaves_layerdiffuse_transparent_images_alone(forge):
     assert not p.comments
 
 
+def test_cutout_keeps_an_image_that_has_alpha_of_its_own(forge):
+    """Forge Neo's Qwen-Image-2.1 engine returns RGBA; the cutout must not cut it out again."""
+    p = processing("sdxl", forge.generation)
+    hooks.process(p, *cutout_args(True, "weight-free"))
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[16:48, 16:48] = (200, 40, 40, 255)
+    out = composite_image(p, rgba)
+    assert np.array_equal(np.asarray(out), rgba)
+    assert any("already has transparency" in c for c in p.comments)
+    assert "layerdiffusion_cutout" not in p.extra_generation_params or job_of(p).cutting
+    # stealth infotext's 254/255 alpha is not transparency: that image is cut out
+    p = processing("sdxl", forge.generation)
+    hooks.process(p, *cutout_args(True, "weight-free"))
+    stealth = np.dstack([synthetic_case("disc", "gradient", 96).image, np.full((96, 96), 254, np.uint8)])
+    assert np.asarray(composite_image(p, stealth))[0, 0, 3] == 0
+
+
+def test_neo_qwen21_checkpoint_refuses_layerdiffuse_methods_by_name(forge):
+    if forge.generation != 3:
+        pytest.skip("Qwen-Image-2.1 runs in Forge Neo only")
+    p = processing("qwen21", forge.generation)
+    base = p.sd_model.forge_objects.unet
+    hooks.process(p, *args_for(Method.FG_ONLY_ATTN))
+    error = p.extra_generation_params[ERROR_KEY]
+    assert "Qwen-Image-2.1" in error and "makes transparent images itself" in error and "switch LayerDiffuse off" in error
+    assert not job_of(p).active and p.sd_model.forge_objects.unet is base
+
+
+def test_the_native_rgba_method_is_not_offered_in_forge_and_refused_by_name(forge):
+    assert Method.QWEN21_RGBA.value not in Method.choices(forge=True)
+    assert Method.QWEN21_RGBA.value in Method.choices()
+    p = processing("sdxl", forge.generation)
+    hooks.process(p, {"enabled": True, "method": "QWEN21_RGBA"})
+    assert "switch LayerDiffuse off" in p.extra_generation_params[ERROR_KEY]
+
+
 def test_cutout_problems_are_shown_and_keep_the_image(forge):
     p = processing("sdxl", forge.generation)
     hooks.process(p, *cutout_args(True, "weight-free"))

@@ -18,15 +18,17 @@ REFERENCE_DISPLAY = [
 
 
 def test_the_reference_methods_in_reference_order_with_reference_strings_then_flux():
-    assert Method.choices() == REFERENCE_DISPLAY + ["(Flux) Only Generate Transparent Image"]
+    assert Method.choices(forge=True) == REFERENCE_DISPLAY + ["(Flux) Only Generate Transparent Image"]
+    assert Method.choices() == Method.choices(forge=True) + ["(Qwen-Image-2.1) Native RGBA"]
     assert Method.default() is Method.FG_ONLY_ATTN
     assert Method.default(Family.FLUX) is Method.FLUX_FG_ONLY
     assert methods_for(Family.FLUX) == [Method.FLUX_FG_ONLY]
 
 
-def test_flux_method_names_its_non_commercial_base_licence():
+def test_flux_and_qwen_methods_name_their_base_licences():
     assert "non-commercial" in Method.FLUX_FG_ONLY.spec.licence
-    assert all(not m.spec.licence for m in Method if m.family is not Family.FLUX)
+    assert "separate licence" in Method.QWEN21_RGBA.spec.licence
+    assert all(not m.spec.licence for m in Method if m.family not in (Family.FLUX, Family.QWEN21))
 
 
 @pytest.mark.parametrize("method", list(Method))
@@ -92,7 +94,8 @@ def test_metadata_matches_the_spec_table():
     assert Method.FG_TO_BG_SD15.conditions == ("fg",)
     transparent = {m for m in Method if m.spec.transparent}
     assert transparent == {Method.FG_ONLY_ATTN_SD15, Method.BG_TO_FG_SD15, Method.JOINT_SD15,
-                           Method.FG_ONLY_ATTN, Method.FG_ONLY_CONV, Method.BG_BLEND_TO_FG, Method.FLUX_FG_ONLY}
+                           Method.FG_ONLY_ATTN, Method.FG_ONLY_CONV, Method.BG_BLEND_TO_FG, Method.FLUX_FG_ONLY,
+                           Method.QWEN21_RGBA}
     assert Method.FLUX_FG_ONLY.spec.patch_kind is PatchKind.TRANSFORMER_LORA
     assert Method.FG_ONLY_ATTN.spec.patch_kind is PatchKind.LORA
     assert all(m.spec.patch_kind is PatchKind.ATTENTION_SHARING for m in methods_for("sd15"))
@@ -102,5 +105,7 @@ def test_metadata_matches_the_spec_table():
 def test_every_method_file_is_in_the_catalog_and_of_its_family(method):
     for name in method.weight_files:
         assert CATALOG[name].family is method.family
-    if method.spec.transparent:
+    if method.family.native_rgba:  # the model's own VAE makes the alpha: nothing to download
+        assert method.weight_files == () and method.spec.patch_kind is PatchKind.NATIVE
+    elif method.spec.transparent:
         assert CATALOG[method.spec.decoder_file].role == "decoder"

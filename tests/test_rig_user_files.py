@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from lib_layerdiffuse.methods import Family
 from lib_layerdiffuse.patches.names import ldm_to_diffusers
-from lib_layerdiffuse.testing.unet_specs import TINY, ldm_unet_layout
+from lib_layerdiffuse.testing.unet_specs import FULL, TINY, ldm_unet_layout
 from lib_layerdiffuse.unet_blocks import attention_modules
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e" / "forge"))
@@ -40,6 +40,25 @@ def test_kohya_lora_covers_the_shared_attention_and_merges_to_the_weight_shapes(
         assert float(tensors[f"{name}.alpha"]) == lora_files.RANK == down.shape[0]
         delta = (up.flatten(1) @ down.flatten(1)).reshape(by_kohya[name])
         assert torch.isfinite(delta).all() and 0 < delta.abs().max() < 0.1
+
+
+def test_sdxl_lora_has_kohya_names_of_sdxl_modules_and_its_base_version(tmp_path):
+    spec = TINY["sdxl"]
+    path = lora_files.write_kohya_lora(tmp_path / "xl.safetensors", 2, spec, text=False,
+                                       modules=lora_files.ATTENTION_TARGETS)
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        keys, metadata = set(f.keys()), f.metadata()
+    assert metadata["ss_base_model_version"].startswith("sdxl")
+    assert set(lora_files.unet_targets(spec, lora_files.ATTENTION_TARGETS)) == {
+        k.rsplit(".", 2)[0] for k in keys if k.endswith(".weight")}
+    assert not any(k.startswith("lora_te") for k in keys)
+    # at full size: every projection SDXL attention injection patches too, in SDXL's diffusers naming
+    full = lora_files.unet_targets(FULL["sdxl"])
+    for module in attention_modules(Family.SDXL):
+        for proj in ("to_q", "to_k", "to_v", "to_out.0"):
+            assert "lora_unet_" + ldm_to_diffusers(f"{module}.{proj}", "sdxl").replace(".", "_") in full
 
 
 def test_text_encoder_keys_and_a_written_file_is_kept(tmp_path):

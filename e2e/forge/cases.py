@@ -27,6 +27,9 @@ SD15_JOINT = "(SD1.5) Generate Everything Together (need batch size 3)"
 SDXL_ATTN = "(SDXL) Only Generate Transparent Image (Attention Injection)"
 SDXL_CONV = "(SDXL) Only Generate Transparent Image (Conv Injection)"
 SDXL_FG_TO_BLEND = "(SDXL) From Foreground to Blending"
+SDXL_FG_BLEND_TO_BG = "(SDXL) From Foreground and Blending to Background"
+SDXL_BG_TO_BLEND = "(SDXL) From Background to Blending"
+SDXL_BG_BLEND_TO_FG = "(SDXL) From Background and Blending to Foreground"
 FLUX_FG = "(Flux) Only Generate Transparent Image"
 BASE = {"prompt": "a glass cup", "negative_prompt": "", "steps": 2, "cfg_scale": 7, "seed": 1234,
         "sampler_name": "Euler", "scheduler": "Automatic", "width": 512, "height": 512, "batch_size": 1,
@@ -450,31 +453,53 @@ def _with_script(payload: dict, title: str, args: list) -> dict:
     return payload
 
 
+SDXL_LORA = "rig-lora-xl"  # lora_files.write_kohya_lora for SDXL's UNet, in models/Lora
+
+
 def sdxl_matrix(layer_methods: bool = False) -> list[Case]:
-    """The SDXL cases (a random SDXL checkpoint), plain call first; with `layer_methods` also
-    fg->blend (its conv_in widened to 8 channels) with batch 2 and conv injection (a diff of
-    1.8 G parameters: the most weight memory any method needs), last."""
+    """The SDXL cases (a random SDXL checkpoint), plain call first: attention injection with
+    batch 1 and 2, RGBA img2img (the transparent encoder) and a user LoRA before, with and
+    after attention injection (the LoRA and the injection patch the same projections). With
+    `layer_methods` also the four layer methods (their conv_in widened to 8 or 12 channels) and
+    conv injection (a diff of 1.8 G parameters: the most weight memory any method needs), last."""
+    fg, bg = condition_image("fg"), condition_image("bg")
+    blend = flat_image(rgba=False)
+    attention = layer_args(SDXL_ATTN)
     layers = [
         Case("SDXL fg->blend (fg image), batch 2", _payload(batch_size=2, scripts=layer_args(
-            SDXL_FG_TO_BLEND, fg=condition_image("fg")))),
+            SDXL_FG_TO_BLEND, fg=fg))),
+        Case("SDXL fg+blend->bg (fg and blend images)", _payload(scripts=layer_args(
+            SDXL_FG_BLEND_TO_BG, fg=fg, blend=blend))),
+        Case("SDXL bg->blend (bg image)", _payload(scripts=layer_args(SDXL_BG_TO_BLEND, bg=bg))),
+        Case("SDXL bg+blend->fg (bg and blend images)", _payload(scripts=layer_args(
+            SDXL_BG_BLEND_TO_FG, bg=bg, blend=blend)), transparent=1),
         Case("SDXL conv injection, batch 1", _payload(scripts=layer_args(SDXL_CONV)), transparent=1),
     ]
     return [
         Case("SDXL plain txt2img (LayerDiffuse off)", _payload(), layer=False),
-        Case("SDXL attention injection, batch 1", _payload(scripts=layer_args(SDXL_ATTN)), transparent=1),
-        Case("SDXL attention injection, batch 2", _payload(batch_size=2, scripts=layer_args(SDXL_ATTN)),
-             transparent=2),
+        Case("SDXL attention injection, batch 1", _payload(scripts=attention), transparent=1),
+        Case("SDXL attention injection, batch 2", _payload(batch_size=2, scripts=attention), transparent=2),
+        Case("SDXL RGBA img2img, attention injection",
+             _payload(init_images=[flat_image(rgba=True)], denoising_strength=0.7, scripts=attention),
+             endpoint="img2img", transparent=1),
         Case("SD1.5 method on SDXL (refused)", _payload(scripts=[True, SD15_ATTN]), refused="SD1.5", layer=False),
+        Case("SDXL LoRA, plain", _payload(prompt=_lora(SDXL_LORA)), layer=False, chain=True),
+        Case("SDXL attention, LoRA in the call before", _payload(scripts=attention), transparent=1,
+             same_as="SDXL attention injection, batch 1"),
+        Case("SDXL attention + LoRA", _payload(prompt=_lora(SDXL_LORA), scripts=attention), transparent=1,
+             differs_from="SDXL attention injection, batch 1"),
     ] + (layers if layer_methods else [])
 
 
-def flux_matrix() -> list[Case]:
+def flux_matrix(nan_with_automatic: bool = True) -> list[Case]:
     """The FLUX.1-dev cases (random GGUF transformer, fp8 T5), plain call first. 128x128: every
     size costs nearly the same on a CPU, where reading the 12B weights dominates. Scheduler
-    Simple, as Forge's Flux preset sets it: with "Automatic", Euler on Forge's Flux takes its
-    sigmas from the predictor's 10000 pseudo-timesteps and starts at sigma 10000 (NaN latents
-    even without LayerDiffuse)."""
+    Simple, as Forge's Flux preset sets it: with "Automatic", Euler on current Forge's Flux takes
+    its sigmas from the predictor's 10000 pseudo-timesteps and starts at sigma 10000 (NaN latents
+    even without LayerDiffuse: `nan_with_automatic`, where LayerDiffuse must name the scheduler);
+    Forge Neo's does not, and the same call must give a transparent image there."""
     size = dict(width=128, height=128, cfg_scale=1, distilled_cfg_scale=3.5, scheduler="Simple")
+    automatic = _payload(**{**size, "scheduler": "Automatic"}, scripts=layer_args(FLUX_FG))
     return [
         Case("Flux plain txt2img (LayerDiffuse off)", _payload(**size), layer=False),
         Case("Flux fg-only, batch 1", _payload(**size, scripts=layer_args(FLUX_FG)), transparent=1,
@@ -485,8 +510,8 @@ def flux_matrix() -> list[Case]:
              endpoint="img2img", transparent=1),
         Case("SD1.5 method on Flux (refused)", _payload(**size, scripts=[True, SD15_ATTN]), refused="SD1.5",
              layer=False),
-        Case("Flux fg-only, scheduler Automatic (NaN, named)",
-             _payload(**{**size, "scheduler": "Automatic"}, scripts=layer_args(FLUX_FG)), extra=_names_scheduler),
+        Case("Flux fg-only, scheduler Automatic (NaN, named)", automatic, extra=_names_scheduler)
+        if nan_with_automatic else Case("Flux fg-only, scheduler Automatic", automatic, transparent=1),
     ]
 
 

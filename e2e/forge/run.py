@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import controlnet_files  # noqa: E402
 import flux_files  # noqa: E402
 import lora_files  # noqa: E402
-from cases import (BASE, LORA_A, LORA_B, OTHER_SD15, Case, Result, flux_matrix, matrix, run_case,  # noqa: E402
+from cases import (BASE, LORA_A, LORA_B, OTHER_SD15, SDXL_LORA, Case, Result, flux_matrix, matrix, run_case,  # noqa: E402
                    sdxl_matrix)
 from host import CHECKPOINT_NAMES, Forge, Server, log  # noqa: E402
 
@@ -52,7 +52,8 @@ LAYER_FILES = {
              "vae_transparent_encoder.safetensors"),
 }
 # --layer-methods: SDXL fg->blend and conv injection (the conv diff is 3.6 GB)
-SDXL_LAYER_FILES = ("layer_xl_fg2ble.safetensors", "layer_xl_transparent_conv.safetensors")
+SDXL_LAYER_FILES = ("layer_xl_fg2ble.safetensors", "layer_xl_fgble2bg.safetensors", "layer_xl_bg2ble.safetensors",
+                    "layer_xl_bgble2fg.safetensors", "layer_xl_transparent_conv.safetensors")
 
 
 def write_weights(cache: Path, family: str, layer_methods: bool = False) -> tuple[Path, list[Path]]:
@@ -105,6 +106,14 @@ def prepare(forge: Forge, cache: Path, family: str, layer_methods: bool = False)
 
         forge.place(write_random_checkpoint(cache / OTHER_SD15, seed=1, family="sd15"), "Stable-diffusion")
         forge.place(controlnet_files.write_controlnet(cache / CONTROLNET), "ControlNet")
+    if family == "sdxl":
+        from lib_layerdiffuse.testing.unet_specs import FULL
+
+        # attention only: Forge backs up every weight a LoRA merges, and in fp32 on the CPU a LoRA
+        # on all 2 G transformer weights of SDXL (8 GB of backups) does not fit beside SDXL in 24 GB
+        lora = lora_files.write_kohya_lora(cache / f"{SDXL_LORA}.safetensors", 2, FULL["sdxl"], text=False,
+                                           modules=lora_files.ATTENTION_TARGETS)
+        forge.place(lora, "Lora")
     forge.place(checkpoint, "Stable-diffusion")
     for path in files:
         forge.place(path, "layer_model")
@@ -212,10 +221,11 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-prepare", action="store_true", help="only copy the extension in again")
     parser.add_argument("--family", choices=("sd15", "sdxl", "flux"), default="sd15",
                         help="checkpoint family: sd15 runs the whole matrix; sdxl (about 17 GB of RAM, run it "
-                             "alone) runs the SDXL attention-injection cases; flux (a Q4_0 GGUF transformer and "
+                             "alone) runs attention injection, RGBA img2img and a user LoRA; flux (a Q4_0 GGUF transformer and "
                              "an fp8 T5, about 12 GB on disk and 17 GB of RAM, run it alone) the Flux cases")
     parser.add_argument("--layer-methods", action="store_true",
-                        help="with --family sdxl: also fg->blend (batch 2) and conv injection (3.6 GB more weights)")
+                        help="with --family sdxl: also the four layer methods and conv injection (6.4 GB more "
+                             "weights)")
     args = parser.parse_args(argv)
     if not args.forge_dir:
         parser.error("give --forge-dir or set FORGE_DIR to a Forge checkout")
@@ -255,7 +265,8 @@ def main(argv=None) -> int:
                                        stealth=forge.generation == 2,
                                        upscaler="None" if forge.generation == 3 else "Latent")
         else:
-            cases = sdxl_matrix(args.layer_methods) if args.family == "sdxl" else flux_matrix()
+            cases = (sdxl_matrix(args.layer_methods) if args.family == "sdxl"
+                     else flux_matrix(nan_with_automatic=forge.generation == 2))
         outputs = forge.outputs(server.url)
         # the first call of a fresh Forge moves models and warms caches: not part of the baseline
         warm = time.monotonic()

@@ -10,7 +10,9 @@ from typing import Iterable, Sequence
 
 from PIL import Image
 
-from .manifest import Manifest, write_atomic
+from ..atomic import write_atomic
+from ..layers.files import layered_psd
+from .manifest import Manifest
 
 FRAME_ORDER = ("bg", "blend", "fg")  # bottom to top in a PSD: the background under the subject
 HIDDEN = ("blend",)  # the blended image is a reference: in the PSD, switched off
@@ -53,23 +55,6 @@ def sprite_sheet(frames: Iterable[tuple[str, Image.Image]], image_name: str, pad
     return sheet, {"frames": mapping, "meta": meta}
 
 
-def layered_psd(layers: Sequence[tuple[str, Image.Image]], path: Path) -> Path:
-    """A PSD with one pixel layer per (name, image), the first at the bottom."""
-    try:
-        from psd_tools import PSDImage
-        from psd_tools.api.layers import PixelLayer
-    except ImportError:
-        raise RuntimeError("layered PSD files need psd-tools: pip install psd-tools (or the `batch` extra)") from None
-    size = (max(im.width for _, im in layers), max(im.height for _, im in layers))
-    psd = PSDImage.new("RGBA", size)
-    for name, image in layers:
-        layer = PixelLayer.frompil(image.convert("RGBA"), psd, name)
-        layer.visible = name not in HIDDEN
-        psd.append(layer)
-    write_atomic(path, lambda temp: psd.save(str(temp)))
-    return path
-
-
 def export_sprite_sheet(folder: "str | Path", name: str = "sprites", padding: int = 2) -> tuple[Path, Path]:
     """Every transparent image the manifest of `folder` lists, packed into NAME.png + NAME.json."""
     folder = Path(folder)
@@ -103,5 +88,5 @@ def export_psds(folder: "str | Path") -> list[Path]:
             if frame in frames:
                 with Image.open(folder / frames[frame]["name"]) as image:
                     layers.append((frame, image.convert("RGBA")))
-        written.append(layered_psd(layers, folder / f"{key}.psd"))
+        written.append(layered_psd(layers, folder / f"{key}.psd", hidden=HIDDEN))
     return written

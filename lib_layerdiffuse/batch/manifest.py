@@ -8,37 +8,14 @@ recorded SHA-256; anything else (no record, a missing or changed file) is made a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
+
+from ..atomic import TEMP_SUFFIX, sha256_file
 
 NAME = "manifest.jsonl"
-TEMP_SUFFIX = ".part"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> str:
-    """Write `path` through `write(temporary path)`, then rename it into place; returns its SHA-256."""
-    temp = path.with_name(path.name + TEMP_SUFFIX)
-    try:
-        write(temp)
-        with open(temp, "rb") as f:
-            os.fsync(f.fileno())
-        digest = sha256_file(temp)
-        os.replace(temp, path)
-    finally:
-        if temp.exists():
-            temp.unlink()
-    return digest
 
 
 class Manifest:
@@ -74,7 +51,7 @@ class Manifest:
             return None
         for entry in record.get("files", []):
             path = self.folder / entry["name"]
-            if not path.is_file() or sha256_file(path) != entry["sha256"]:
+            if not path.is_file() or sha256_file(path, progress=False) != entry["sha256"]:
                 return None
         return record
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 from tqdm.auto import tqdm
 
 from .jobfile import Item, Job
-from .manifest import write_atomic
+from ..atomic import write_atomic
 from .runner import BatchSummary, _batches, _chunks, _generate_together, _make, open_run
 
 

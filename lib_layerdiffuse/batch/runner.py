@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 from ..images import read_image_file, save_png
 from ..methods import Method
 from .jobfile import IMAGES, SEED_RANGE, Item, Job
-from .manifest import Manifest, write_atomic
+from ..atomic import write_atomic
+from .manifest import Manifest
 from .qa import check_alpha, trim
 
 ENGINE_ARGS = {"negative_prompt": "negative_prompt", "steps": "steps", "cfg": "cfg",

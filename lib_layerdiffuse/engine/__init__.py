@@ -8,11 +8,12 @@ from importlib import import_module
 from typing import Any
 
 _MODULES = {
+    "basics": ("fit_rgba", "format_infotext", "positive_int"),
     "conditions": ("condition_latents", "control_pixels", "fit_image", "prepare_condition"),
     "family": ("ModelLocation", "ModelNotAvailableError", "UnsupportedModelError", "check_method_family",
                "family_of_checkpoint_file", "family_of_model", "family_of_unet", "family_of_unet_config",
                "locate_model"),
-    "generate": ("LayerDiffuse", "format_infotext"),
+    "generate": ("LayerDiffuse",),
     "outputs": ("LayerImage", "LayerResult", "decode_outputs", "save_png", "vae_decode"),
     "samplers": ("SAMPLERS", "default_sampler", "make_scheduler", "parse_sampler"),
     "sharing": ("AttentionSharingWeights", "SharingProcessor", "SharingState", "install_attention_sharing",

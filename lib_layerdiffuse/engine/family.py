@@ -4,7 +4,10 @@ LayerDiffuse has weights for SD1.5 and SDXL, LayerDiffuse-Flux for FLUX.1. The U
 layout tells SD1.5 and SDXL apart from each other and from what looks similar (SD2.x: linear
 projections; the SDXL refiner: four levels; inpainting UNets: 9 input channels). Flux has a
 transformer instead (double and single blocks; 64 packed input channels; Fill/Canny/Depth
-variants take more and are refused); SD3 has another transformer and is refused.
+variants take more and are refused); SD3 has another transformer and is refused. Qwen-Image-2.1
+makes RGBA itself (its VAE has four channels): it is a family of its own, with no LayerDiffuse
+weights; Qwen-Image-Layered splits images into layers (`layers.decompose`) and Qwen-Image's
+other models make RGB only, so both are refused here by name.
 """
 
 from __future__ import annotations
@@ -57,11 +60,29 @@ def family_of_unet(unet) -> Family:
 
 
 FLUX_IN_CHANNELS = 64  # 16 latent channels packed 2x2
+QWEN21_TRANSFORMER = "QwenImage21Transformer2DModel"
+QWEN_TRANSFORMER = "QwenImageTransformer2DModel"  # Qwen-Image, its Edit models and Qwen-Image-Layered
+LAYERED_HINT = ("Qwen-Image-Layered splits an image into RGBA layers rather than generating one: use "
+                "`python -m lib_layerdiffuse decompose IMAGE`, the app's Layers tab or a `decompose` batch item")
+
+
+def _qwen_image_refusal(source: str, layered: bool) -> UnsupportedModelError:
+    if layered:
+        return UnsupportedModelError(f"{source} is Qwen-Image-Layered. {LAYERED_HINT}.")
+    return UnsupportedModelError(f"{source} is Qwen-Image (or Qwen-Image-Edit), which makes RGB images only; for "
+                                 "transparent images use Qwen-Image-2.1 (native RGBA, e.g. Qwen/Qwen-Image-2.1), or "
+                                 "an SD1.5, SDXL or FLUX.1 model with LayerDiffuse")
 
 
 def family_of_transformer_config(config: Mapping[str, Any], source: str = "the model") -> Family:
-    """Family.FLUX for a diffusers FluxTransformer2DModel config of a text-to-image FLUX.1."""
+    """Family.FLUX for a diffusers FluxTransformer2DModel config of a text-to-image FLUX.1,
+    Family.QWEN21 for Qwen-Image-2.1's transformer; the other Qwen-Image transformers are refused
+    by name."""
     name = config.get("_class_name", "")
+    if name == QWEN21_TRANSFORMER:
+        return Family.QWEN21
+    if name == QWEN_TRANSFORMER:
+        raise _qwen_image_refusal(source, bool(config.get("use_layer3d_rope")))
     if name and name != "FluxTransformer2DModel" or "num_single_layers" not in config:
         raise UnsupportedModelError(f"{source} has a {name or 'transformer'} that is not FLUX.1's; LayerDiffuse "
                                     "has weights for SD1.5, SDXL and FLUX.1 only")
@@ -80,7 +101,14 @@ def family_of_transformer(transformer) -> Family:
 
 def family_of_bfl_layout(shapes: Mapping[str, Sequence[int]], source: str = "the model") -> Optional[Family]:
     """Family.FLUX for a FLUX.1 transformer in Black Forest Labs' names (single-file checkpoints,
-    Forge), None when the names are not Flux's."""
+    Forge), Family.QWEN21 for Qwen-Image-2.1's transformer in ComfyUI's names (its text
+    projection's `txt_in.text_norm`), None when the names are neither; the other Qwen-Image
+    transformers (`txt_norm` and `transformer_blocks`; Layered with its extra time condition) are
+    refused by name."""
+    if "txt_in.text_norm.weight" in shapes:
+        return Family.QWEN21
+    if "txt_norm.weight" in shapes and any(k.startswith("transformer_blocks.") for k in shapes):
+        raise _qwen_image_refusal(source, "time_text_embed.addition_t_embedding.weight" in shapes)
     img_in = shapes.get("img_in.weight")
     if img_in is None or not any(k.startswith("double_blocks.") for k in shapes):
         return None
@@ -116,8 +144,8 @@ def family_of_ldm_layout(shapes: Mapping[str, Sequence[int]], source: str = "the
 
 
 def family_of_forge_model(diffusion_model: torch.nn.Module, source: str = "the loaded checkpoint") -> Family:
-    """Family of the model Forge has loaded (`diffusion_model`): an LDM-named UNet, or a FLUX.1
-    transformer in Black Forest Labs' names."""
+    """Family of the model Forge has loaded (`diffusion_model`): an LDM-named UNet, a FLUX.1
+    transformer in Black Forest Labs' names, or Qwen-Image-2.1's (Forge Neo)."""
     shapes = {k: tuple(v.shape) for k, v in diffusion_model.named_parameters()}
     return family_of_bfl_layout(shapes, source) or family_of_ldm_layout(shapes, source)
 
@@ -161,7 +189,7 @@ class ModelLocation:
     """Where a model loads from, found without loading it."""
 
     model: str
-    family: Family
+    family: Optional[Family]  # None: Qwen-Image-Layered (`locate_layered_model`), which decomposes
     source: str  # "single-file checkpoint", "diffusers folder", "Hugging Face cache (...)", "Hugging Face hub (...)"
     local_only: bool  # load without asking the hub: downloads are off, or the hub cannot be reached
 
@@ -299,6 +327,30 @@ def locate_model(model: str, offline: bool = False, local: str = LOCAL_MODEL) ->
     return ModelLocation(model, _family_of_config_file(config_path, model), source, local_only)
 
 
+def locate_layered_model(model: str, offline: bool = False, local: str = LOCAL_MODEL) -> ModelLocation:
+    """Where a Qwen-Image-Layered model (a diffusers folder or a hub id) loads from, checked
+    from its transformer config without loading it (`locate_model`'s rules for the hub)."""
+    path = Path(model).expanduser()
+    if path.is_file():
+        raise UnsupportedModelError(f"{path} is a single file; Qwen-Image-Layered loads as a whole diffusers model "
+                                    "(a folder or a hub id such as Qwen/Qwen-Image-Layered)")
+    if path.is_dir():
+        config_path, source, local_only = path / "transformer" / "config.json", "diffusers folder", True
+        if not config_path.is_file():
+            raise UnsupportedModelError(f"{path} has no transformer/config.json; give the Qwen-Image-Layered "
+                                        "diffusers folder or its hub id")
+    elif looks_like_hub_id(model):
+        config_path, source, local_only = _hub_config(model, offline, local)
+    else:
+        raise _not_found(model)
+    config = json.loads(config_path.read_text())
+    if config.get("_class_name") != QWEN_TRANSFORMER or not config.get("use_layer3d_rope"):
+        what = config.get("_class_name") or "another model"
+        raise UnsupportedModelError(f"{model} is not Qwen-Image-Layered (its transformer is {what}); layer "
+                                    "decomposition needs Qwen/Qwen-Image-Layered or a fine-tune of it")
+    return ModelLocation(model, None, source, local_only)
+
+
 def family_of_model(model: str, local_files_only: bool = False) -> Family:
     """Family of a model given as a .safetensors file, a diffusers folder or a hub id
     (`locate_model`; with `local_files_only` only the hub cache is read)."""
@@ -320,8 +372,14 @@ def compatibility_warning(model: str) -> Optional[str]:
             "models (Lightning, Turbo, LCM, Hyper): expect poor or no transparency")
 
 
-def check_method_family(method: Method, family: Family) -> None:
-    """Raise UnsupportedModelError when `method` is for the other family."""
+def check_method_family(method: Method, family: Family, host: Optional[str] = None) -> None:
+    """Raise UnsupportedModelError when `method` is for another family; `host` (a WebUI's name)
+    when the method runs in a WebUI, where a native-RGBA model runs on the WebUI's own engine."""
+    if method.family is not family and family.native_rgba and host:
+        raise UnsupportedModelError(
+            f"method {method.value!r} needs {'a' if method.family is Family.FLUX else 'an'} {method.family.label} "
+            f"model, but the loaded checkpoint is {family.label}, which makes transparent images itself: "
+            f"{host} runs it with its own engine, so switch LayerDiffuse off for it")
     if method.family is not family:
         others = ", ".join(m.name for m in Method if m.family is family)
         raise UnsupportedModelError(

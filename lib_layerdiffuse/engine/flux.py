@@ -32,7 +32,7 @@ from ..progress import ProgressCallback
 from ..vae.frontends import decoder_for, default_device_and_dtype, encoder_for
 from ..weights import WeightStore
 from .family import UnsupportedModelError, check_method_family, family_of_transformer
-from .generate import fit_rgba, format_infotext, positive_int
+from .basics import fit_rgba, format_infotext, positive_int
 from .outputs import LayerResult, decode_outputs
 
 DEFAULT_STEPS = 50  # the release's demos

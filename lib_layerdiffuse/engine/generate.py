@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import random
 import warnings
 from dataclasses import dataclass
@@ -34,7 +33,9 @@ from ..patches import apply_frozen_patches, parse_frozen_patches
 from ..vae.frontends import decoder_for, default_device_and_dtype, encoder_for
 from ..weights import WeightStore
 from .conditions import condition_latents, control_pixels
-from .family import check_method_family, compatibility_warning, family_of_unet, locate_model
+from .basics import fit_rgba, format_infotext, positive_int, step_reporter
+from .family import (QWEN21_TRANSFORMER, UnsupportedModelError, check_method_family, compatibility_warning, family_of_unet,
+                     locate_model)
 from .outputs import LayerResult, ProgressCallback, decode_outputs
 from .samplers import default_sampler, make_scheduler, parse_sampler
 from .sharing import AttentionSharingWeights, SharingState, install_attention_sharing
@@ -42,6 +43,8 @@ from .unet_hook import UNetStepHook, stop_timestep
 
 DEFAULT_STEPS = 25
 DEFAULT_CFG = 7.0
+PIPELINES = {Family.SDXL: "StableDiffusionXLPipeline", Family.SD15: "StableDiffusionPipeline",
+             Family.FLUX: "FluxPipeline", Family.QWEN21: "QwenImage21Pipeline"}
 
 
 @dataclass
@@ -69,18 +72,19 @@ def _layer_settings(weight, stop_at, fg, bg, blend, resize_mode, fg_prompt, bg_p
                 resize_mode=resize_mode, fg_prompt=fg_prompt, bg_prompt=bg_prompt, blend_prompt=blend_prompt)
 
 
-def positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
-    return int(value)
-
-
 class LayerDiffuse:
     """LayerDiffuse methods on a `StableDiffusionXLPipeline` or `StableDiffusionPipeline`; given
-    a `FluxPipeline`, the Flux engine (`engine.flux.FluxLayerDiffuse`) with the same calls."""
+    a `FluxPipeline`, the Flux engine (`engine.flux.FluxLayerDiffuse`), given a
+    `QwenImage21Pipeline` the native-RGBA engine (`engine.qwen.QwenImage21Engine`), with the
+    same calls."""
 
     def __new__(cls, pipe=None, *args: Any, **kwargs: Any):
-        if cls is LayerDiffuse and getattr(pipe, "transformer", None) is not None and getattr(pipe, "unet", None) is None:
+        transformer = getattr(pipe, "transformer", None)
+        if cls is LayerDiffuse and transformer is not None and getattr(pipe, "unet", None) is None:
+            if type(transformer).__name__ == QWEN21_TRANSFORMER:
+                from .qwen import QwenImage21Engine
+
+                return QwenImage21Engine(pipe, *args, **kwargs)
             from .flux import FluxLayerDiffuse
 
             return FluxLayerDiffuse(pipe, *args, **kwargs)
@@ -116,18 +120,25 @@ class LayerDiffuse:
             warnings.warn(warning, stacklevel=2)
         if method is not None:
             check_method_family(Method.parse(method, family=family), family)
-        from diffusers import FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+        if family is Family.QWEN21 and Path(model).is_file():
+            raise UnsupportedModelError(f"{model} is a single Qwen-Image-2.1 transformer file; the diffusers engine "
+                                        "loads the whole model (VAE, text encoder, processor): give its diffusers "
+                                        "folder or hub id (Qwen/Qwen-Image-2.1)")
+        import diffusers
 
-        pipe_cls = {Family.SDXL: StableDiffusionXLPipeline, Family.SD15: StableDiffusionPipeline,
-                    Family.FLUX: FluxPipeline}[family]
+        pipe_cls = getattr(diffusers, PIPELINES[family])
         device, default_dtype = default_device_and_dtype(device, dtype)
-        if dtype is None:  # FLUX.1's own dtype on GPUs: in fp16 its activations overflow
-            dtype = torch.bfloat16 if family is Family.FLUX and device.type == "cuda" else default_dtype
+        if dtype is None:  # the DiTs' own dtype on GPUs: in fp16 their activations overflow
+            dtype = torch.bfloat16 if family in (Family.FLUX, Family.QWEN21) and device.type == "cuda" else default_dtype
         extra = {"safety_checker": None, "requires_safety_checker": False} if family is Family.SD15 else {}
         extra[_dtype_keyword()] = dtype
         if location.local_only:
             extra["local_files_only"] = True
         try:
+            if family is Family.QWEN21:
+                from .qwen_processor import processor_kwargs
+
+                extra.update(processor_kwargs(model, "Qwen3VLProcessor", location.local_only))
             if Path(model).is_file():
                 pipe = pipe_cls.from_single_file(model, **extra)
             else:
@@ -272,7 +283,7 @@ class LayerDiffuse:
         run_pipe, call = self._pipeline_call(req)
         run_pipe.set_progress_bar_config(disable=not self.progress)
         if on_progress is not None:
-            call["callback_on_step_end"] = _step_reporter(on_progress, req.steps)
+            call["callback_on_step_end"] = step_reporter(on_progress, req.steps)
         condition = self._concat_condition(req)
         with contextlib.ExitStack() as stack:
             if spec.patch_kind is PatchKind.ATTENTION_SHARING:
@@ -357,39 +368,8 @@ class LayerDiffuse:
         return {k: v for k, v in settings.items() if v not in ("", None)}
 
 
-def _step_reporter(on_progress: ProgressCallback, steps: int):
-    """A diffusers `callback_on_step_end` that reports the step (img2img runs fewer steps than
-    asked for; the pipeline knows how many)."""
-    def report(pipe, step: int, timestep, tensors: dict) -> dict:
-        on_progress("Sampling", step + 1, int(getattr(pipe, "num_timesteps", None) or steps))
-        return {}
-    return report
-
-
 def _dtype_keyword() -> str:
     """`dtype` where diffusers has renamed `torch_dtype` (and warns about the old name)."""
     from diffusers.utils import deprecation_utils
 
     return "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
-
-
-def format_infotext(prompt: str, negative_prompt: str, settings: dict[str, Any]) -> str:
-    """WebUI-style generation parameters (what "PNG Info" and paste-to-prompt read)."""
-    def value(v: Any) -> str:
-        text = str(v)
-        return json.dumps(text) if any(c in text for c in ',:"\n') else text
-
-    lines = [prompt]
-    if negative_prompt:
-        lines.append(f"Negative prompt: {negative_prompt}")
-    lines.append(", ".join(f"{k}: {value(v)}" for k, v in settings.items()))
-    return "\n".join(lines)
-
-
-def fit_rgba(rgba: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Resize an RGBA init image to the generation size in premultiplied form (no dark or
-    coloured fringes from the invisible pixels)."""
-    if rgba.shape[:2] == (height, width):
-        return rgba
-    image = Image.fromarray(rgba, "RGBA").convert("RGBa").resize((width, height), Image.Resampling.LANCZOS)
-    return np.asarray(image.convert("RGBA"))

@@ -1,5 +1,6 @@
-"""The "Cutout (rembg fallback)" of the Forge panel: cut out every image that LayerDiffuse did
-not already make transparent (another checkpoint, LayerDiffuse off, an opaque method).
+"""The "Cutout (rembg fallback)" of the Forge panel: cut out every image that is not already
+transparent (another checkpoint, LayerDiffuse off, an opaque method); an image with alpha of
+its own (a native-RGBA model such as Qwen-Image-2.1 in Forge Neo) is kept as it is.
 
 Results are shown and saved like the transparent outputs: the cutout becomes the main image
 (its pixels kept through Forge's stealth-infotext step), a checkerboard preview follows as an
@@ -14,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..cutout.options import CutoutSettings
+from ..images import has_real_alpha
 from ..params import LayerDiffuseParams
 from ..settings import name_key
 from .job import Job
@@ -66,6 +68,9 @@ def cut_out_image(p: Any, pp: Any, job: Job) -> None:
     from ..cutout import CutoutError, cut_out
     from ..cutout.rembg_backend import CutoutModelError, CutoutUnavailable
 
+    if has_real_alpha(pp.image):  # a native-RGBA model (Qwen-Image-2.1 in Forge Neo) made it transparent
+        job.note(p, f"image {p.batch_index + 1} already has transparency of its own; it was not cut out")
+        return
     try:
         result = cut_out(np.asarray(pp.image.convert("RGB")), job.cutout)
     except CutoutError as exc:

@@ -62,10 +62,14 @@ def process(p: Any, *args: Any) -> None:
     if params.method.family is Family.FLUX and job.host.generation < 2:
         raise ValueError(f"{job.host.label} has no Flux; {params.method.value} needs current Forge (August 2024 "
                          "or later), or run it outside Forge with `python -m lib_layerdiffuse generate`")
+    if params.method.family.native_rgba:
+        raise ValueError(f"{params.method.value} is for the diffusers engine (`python -m lib_layerdiffuse "
+                         f"generate`); in a WebUI that runs {params.method.family.label} (Forge Neo), its own "
+                         "engine makes the RGBA image: switch LayerDiffuse off")
     diffusion_model = p.sd_model.forge_objects.unet.model.diffusion_model
     job.family = family_of_forge_model(diffusion_model, "the loaded checkpoint")
     job.params = params = LayerDiffuseParams.from_script_args(*args, family=job.family)
-    check_method_family(params.method, job.family)
+    check_method_family(params.method, job.family, host=job.host.label)
     params.require_condition_images()
     spec = params.method.spec
     if p.batch_size % spec.frame_count:

@@ -106,7 +106,7 @@ def build_ui(script: Any, is_img2img: bool) -> list:
             gr.Markdown("\n".join(f"- {n}" for n in notes))
         enabled = gr.Checkbox(label=meta["enabled"]["label"], value=_DEFAULTS.enabled,
                               elem_id=script.elem_id("enabled"))
-        method = gr.Dropdown(label=meta["method"]["label"], choices=Method.choices(),
+        method = gr.Dropdown(label=meta["method"]["label"], choices=Method.choices(forge=True),
                              value=_DEFAULTS.method.value, type="value", elem_id=script.elem_id("method"))
         hint = gr.Markdown(method_hint(_DEFAULTS.method))
         with gr.Row():
