@@ -22,12 +22,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     for m in Method:
         states = [statuses[f].state for f in m.weight_files]
         present = sum(state in USABLE + (State.PRESENT,) for state in states)
-        ready = f"{len(states)} file{'s' * (len(states) > 1)} needed, {present} present"
+        ready = f"{len(states)} file{'s' * (len(states) != 1)} needed, {present} present"
         if State.PRESENT in states:
             ready += " (not verified yet)"
         if all(state in USABLE for state in states):
             ready = "ready" if State.UNPINNED not in states else "ready (with unpinned files)"
-        out.write(f"  {m.name:<18} {m.value}\n  {'':<18} {m.family.label}; {', '.join(m.weight_files)}; {ready}\n")
+        files = ", ".join(m.weight_files) or "no weight files (the model's own VAE makes the alpha)"
+        out.write(f"  {m.name:<18} {m.value}\n  {'':<18} {m.family.label}; {files}; {ready}\n")
         if m.spec.licence:
             out.write(f"  {'':<18} Licence: {m.spec.licence}\n")
     out.write("\nWeight files:\n")
@@ -304,10 +305,16 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from .batch import load_job, run_job
 
     job = load_job(args.job)
+    generated = [it for it in job.items if not it.decompose]
+    splits = len(job.items) - len(generated)
+    if splits and (args.forge_url or args.ray):
+        raise ValueError(f"{args.job}: its {splits} [[decompose]] entries run on this machine with Qwen-Image-Layered "
+                         f"(no WebUI runs it, and they are not sharded over Ray): run them without "
+                         f"{'--forge-url' if args.forge_url else '--ray'}, or put them in a job of their own")
     if args.forge_url:
         from .batch.forge_api import ForgeEngine
 
-        missing = [it.key for it in job.items if not it.settings.get("method")]
+        missing = [it.key for it in generated if not it.settings.get("method")]
         if missing:
             raise ValueError(f"{args.job}: {len(missing)} items have no method; through Forge every item needs one "
                              "(method = ... at the top of the job file or in the item)")
@@ -318,16 +325,24 @@ def cmd_batch(args: argparse.Namespace) -> int:
         return _batch_exports(args)
     from .engine import check_method_family, locate_model
 
-    local = f"set `model` in the job file {args.job} to a local .safetensors checkpoint or diffusers folder"
-    family = locate_model(job.model, args.offline, local=local).family
-    methods = {Method.parse(it.settings.get("method") or Method.default(family), family=family) for it in job.items}
-    for method in methods:
-        check_method_family(method, family)
+    first = None
     store = WeightStore(args.models_dir, allow_download=not args.offline, progress=not args.quiet)
-    for name in sorted({n for m in methods for n in m.weight_files}):
-        store.ensure(name)
+    if generated:
+        local = f"set `model` in the job file {args.job} to a local .safetensors checkpoint or diffusers folder"
+        family = locate_model(job.model, args.offline, local=local).family
+        methods = {Method.parse(it.settings.get("method") or Method.default(family), family=family)
+                   for it in generated}
+        for method in methods:
+            check_method_family(method, family)
+        for name in sorted({n for m in methods for n in m.weight_files}):
+            store.ensure(name)
+        first = sorted(methods, key=str)[0]
+    if splits:
+        from .engine.family import locate_layered_model
+
+        locate_layered_model(job.layers_model, args.offline,
+                             local=f"set `layers_model` in the job file {args.job} to a local diffusers folder")
     print(f"{len(job.items)} items in {args.job}; outputs and manifest in {args.out}", file=sys.stderr)
-    first = sorted(methods, key=str)[0]
     if args.ray:
         import functools
 
@@ -338,9 +353,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
                                  address=None if args.ray == "local" else args.ray, workers=args.workers,
                                  batch_size=args.batch_size, progress=not args.quiet)
     else:
+        def decomposer(model: str):
+            from .layers.decompose import LayerDecomposer
+
+            return LayerDecomposer.from_model(model, device=args.device, dtype=_torch_dtype(args),
+                                              local_files_only=args.offline, progress=not args.quiet)
+
         summary = run_job(job, args.out, lambda model: _load_engine(
             argparse.Namespace(**{**vars(args), "model": model}), first, store),
-            progress=not args.quiet, batch_size=args.batch_size)
+            progress=not args.quiet, batch_size=args.batch_size, decomposer_for=decomposer)
     print(summary.line(), file=sys.stderr)
     return _batch_exports(args)
 
@@ -627,7 +648,8 @@ def cmd_app(args: argparse.Namespace) -> int:
 
     backend = Backend(args.model, models_dir=args.models_dir, offline=args.offline, device=args.device,
                       dtype=_torch_dtype(args), passes=args.passes, out_dir=args.out,
-                      cutout_models_dir=args.cutout_models_dir, providers=_providers(args), on_checked=report)
+                      cutout_models_dir=args.cutout_models_dir, providers=_providers(args), on_checked=report,
+                      **({"layers_model": args.layers_model} if args.layers_model else {}))
     serve(backend, host=args.host, port=args.port, open_browser=args.open)
     return 0
 
@@ -651,6 +673,8 @@ def _add_app(sub, common: argparse.ArgumentParser) -> None:
     app.add_argument("--offline", action="store_true",
                      help="never download: the model from the Hugging Face cache, weight files and cutout "
                           "models from their folders; the page says what is missing and where it goes")
+    app.add_argument("--layers-model", help="the Layers tab's Qwen-Image-Layered: hub id or diffusers folder "
+                                            "(default Qwen/Qwen-Image-Layered)")
     app.add_argument("--providers", help="onnxruntime execution providers for the cutout models")
     app.add_argument("--cutout-models-dir", help="rembg's model folder (default: U2NET_HOME, Forge's "
                                                  "models/u2net, or the project's models/u2net)")

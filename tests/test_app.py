@@ -495,3 +495,52 @@ def test_app_command_without_gradio_says_how_to_install_it(monkeypatch, capsys):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
     assert main(["app", "--offline"]) == 1
     assert 'needs gradio: pip install -e ".[app]"' in capsys.readouterr().err
+
+
+# ---- Qwen-Image: native RGBA and the Layers tab -------------------------------------------
+
+@pytest.fixture(scope="module")
+def qwen_engines():
+    from lib_layerdiffuse.layers.decompose import LayerDecomposer
+    from lib_layerdiffuse.testing.qwen import tiny_layered_pipeline, tiny_qwen21_pipeline
+
+    return LayerDiffuse(tiny_qwen21_pipeline(), progress=False), LayerDecomposer(tiny_layered_pipeline(), progress=False)
+
+
+def test_a_qwen_image_model_offers_its_native_method_without_weights(qwen_engines, tmp_path):
+    engine, _ = qwen_engines
+    backend = Backend("tiny-qwen", engine=engine, out_dir=tmp_path / "out", models_dir=str(tmp_path / "w"))
+    assert backend.methods() == [Method.QWEN21_RGBA] and backend.default_size() == 1024
+    line, details = backend.weights_status(Method.QWEN21_RGBA.value)
+    assert "no LayerDiffuse weights" in line and not details
+    # the page sends its img2img strength with every generation: not a Qwen setting, dropped
+    out = backend.generate("a fox", Method.QWEN21_RGBA.value, steps=2, seed=3, width=64, height=32, cfg=1.0,
+                           strength=0.7, weight=1.0, stop_at=1.0, init_image=None)
+    with Image.open(out.files[0]) as img:
+        assert img.mode == "RGBA" and "(Qwen-Image-2.1) Native RGBA" in img.text["parameters"]
+
+
+def test_the_layers_tab_writes_layers_psd_and_zip_and_says_what_is_empty(qwen_engines, tmp_path):
+    _, decomposer = qwen_engines
+    backend = Backend(NOT_CACHED, offline=True, out_dir=tmp_path / "out", models_dir=str(tmp_path / "w"),
+                      decomposer=decomposer)
+    assert not backend.layers_state().problem and "Apache" in backend.layers_status()[0]
+    image = np.zeros((48, 64, 4), np.uint8)
+    image[..., 3] = 255
+    stages = []
+    out = backend.decompose(image, 2, "a poster", steps=2, seed=1, on_progress=lambda *a: stages.append(a[0]))
+    assert [name for _, name in out.shown] == ["Layer 1 (bottom)", "Layer 2 (top)"]
+    assert [p.rsplit(".", 1)[1] for p in out.files] == ["png", "png", "psd", "zip"]
+    assert "differ from the image by" in out.notes[0] and "Layers: 2" in out.infotext and "Sampling" in stages
+    with pytest.raises(ValueError, match="upload the image"):
+        backend.decompose(None, 2)
+
+
+def test_the_layers_model_that_is_not_there_is_said_and_splitting_is_off(tmp_path):
+    backend = offline_backend(tmp_path)
+    line, details = backend.layers_status()
+    assert "Model not downloaded" in line and "Qwen/Qwen-Image-Layered" in line and "hf download" in details
+    with pytest.raises(ModelNotReadyError, match="not in the Hugging Face cache"):
+        backend.decompose(np.zeros((8, 8, 4), np.uint8), 2)
+    wrong = Backend(NOT_CACHED, offline=True, out_dir=tmp_path / "o", layers_model=str(tmp_path))
+    assert "Model cannot be used" in wrong.layers_status()[0]

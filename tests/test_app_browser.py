@@ -21,11 +21,13 @@ except ImportError:  # the browser fixture says what is missing
 from lib_layerdiffuse.app import Backend
 from lib_layerdiffuse.cutout.metrics import sad
 from lib_layerdiffuse.engine import LayerDiffuse
+from lib_layerdiffuse.layers.decompose import LayerDecomposer
 from lib_layerdiffuse.methods import Method
 from lib_layerdiffuse.testing.browser import find_browser, launch_chromium, running_app
 from lib_layerdiffuse.testing.composites import synthetic_case
 from lib_layerdiffuse.testing.layer_files import write_unet_files
 from lib_layerdiffuse.testing.pipelines import tiny_pipeline
+from lib_layerdiffuse.testing.qwen import tiny_layered_pipeline
 from lib_layerdiffuse.testing.unet_specs import TINY
 from lib_layerdiffuse.weights import WeightStore
 
@@ -67,7 +69,9 @@ def tiny_app(tmp_path_factory):
     folder = tmp_path_factory.mktemp("browser-weights")
     store = WeightStore(folder, allow_download=False, progress=False, catalog=write_unet_files(folder, TINY["sdxl"]))
     engine = LayerDiffuse(tiny_pipeline("sdxl"), store=store, progress=False, decoder_passes=1)
-    backend = Backend("tiny-sdxl", store=store, engine=engine, passes=1, out_dir=tmp_path_factory.mktemp("out"))
+    decomposer = LayerDecomposer(tiny_layered_pipeline(), progress=False)
+    backend = Backend("tiny-sdxl", store=store, engine=engine, passes=1, out_dir=tmp_path_factory.mktemp("out"),
+                      decomposer=decomposer)
     with running_app(backend) as url:
         yield url, backend
 
@@ -329,3 +333,35 @@ def test_the_page_is_compact_and_each_tab_states_what_it_needs(page, offline_app
     assert page.input_value("#ld-batch-method input") == Method.FG_ONLY_ATTN.value  # not blank
     expect(page.locator("#ld-batch-run")).to_be_disabled()
     expect(page.locator("#ld-batch-why")).to_contain_text("Generating is off")
+
+
+def test_layers_tab_splits_an_image_into_layers_with_psd_and_zip(page, tiny_app, tmp_path):
+    url, _ = tiny_app
+    page.goto(url)
+    page.get_by_role("tab", name="Layers").click()
+    expect(page.locator("#ld-layers-run")).to_be_enabled(timeout=WAIT_MS)
+    expect(page.locator("#ld-layers-status")).to_contain_text("Apache")
+    poster = np.zeros((48, 64, 4), np.uint8)
+    poster[..., 3] = 255
+    poster[12:36, 16:48] = (230, 200, 30, 255)
+    upload(page, "#ld-layers-image", poster, tmp_path / "poster.png")
+    page.fill("#ld-layers-prompt textarea", "a poster")
+    set_number(page, "#ld-layers-count", 2)
+    set_number(page, "#ld-layers-steps", 2)
+    page.click("#ld-layers-run")
+    page.wait_for_selector("#ld-layers-gallery img", timeout=WAIT_MS)
+    expect(page.locator("#ld-layers-gallery img")).to_have_count(2, timeout=WAIT_MS)
+    links = page.locator("#ld-layers-files a")
+    names = [links.nth(i).inner_text() for i in range(links.count())]
+    assert [n.rsplit(".", 1)[-1] for n in names] == ["png", "png", "psd", "zip"], names
+    layer = download(page, links.first)
+    assert layer.mode == "RGBA" and layer.size == (736, 544) and "Layers: 2" in layer.text["parameters"]
+    expect(page.locator("#ld-layers-notes")).to_contain_text("differ from the image by")
+
+
+def test_layers_tab_offline_without_the_model_says_so(page, offline_app):
+    url, _ = offline_app
+    page.goto(url)
+    page.get_by_role("tab", name="Layers").click()
+    expect(page.locator("#ld-layers-status")).to_contain_text("Model not downloaded", timeout=WAIT_MS)
+    expect(page.locator("#ld-layers-run")).to_be_disabled()

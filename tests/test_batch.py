@@ -377,6 +377,8 @@ class _FakeForgeAPI:
         import base64
         import io
 
+        if "alwayson_scripts" not in payload:  # Forge Neo's own Qwen-Image-2.1 engine: RGBA, no LayerDiffuse keys
+            return self.native(payload)
         layer = payload["alwayson_scripts"]["LayerDiffuse"]["args"][0]
         if "SDXL" in layer["method"]:
             return {"images": [], "info": json.dumps({"infotexts": [
@@ -393,9 +395,56 @@ class _FakeForgeAPI:
         text = f"{payload['prompt']}\nSteps: 2, Seed: {payload['seed']}, layerdiffusion_method: {layer['method']}"
         return {"images": [main, original], "info": json.dumps({"infotexts": [text]})}
 
+    def native(self, payload):
+        import base64
+        import io
+
+        rgba = np.zeros((64, 64, 4), np.uint8)
+        rgba[8:40, 8:56] = (30, 90, 200, 255)
+        rgba[40:48, 8:56, 3] = 100
+        buffer = io.BytesIO()
+        Image.fromarray(rgba if self.rgba else rgba[..., :3]).save(buffer, format="PNG")
+        text = f"{payload['prompt']}\nSteps: 2, Seed: {payload['seed']}, Model: qwen_image_2.1_bf16"
+        return {"images": [base64.b64encode(buffer.getvalue()).decode()], "info": json.dumps({"infotexts": [text]})}
+
+    rgba = True
+
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def test_batch_through_forge_neo_keeps_its_qwen_image_rgba(tmp_path, capsys):
+    """Forge Neo runs Qwen-Image-2.1 with its own engine: the job's method says so, LayerDiffuse is
+    not sent, and the RGBA Neo returns is what the manifest and the alpha checks see."""
+    from lib_layerdiffuse.cli import main
+
+    path = job_file(tmp_path, """
+        model = "qwen_image_2.1_bf16.safetensors"
+        method = "QWEN21_RGBA"
+        [defaults]
+        size = "64x64"
+        [matrix]
+        prompts = ["a glass teapot"]
+        """)
+    forge = _FakeForgeAPI()
+    try:
+        out = tmp_path / "out"
+        assert main(["batch", str(path), "--out", str(out), "--forge-url", forge.url, "-q"]) == 0, \
+            capsys.readouterr().err
+        (endpoint, payload), = forge.payloads
+        assert "alwayson_scripts" not in payload
+        assert payload["override_settings"] == {"sd_model_checkpoint": "qwen_image_2.1_bf16.safetensors"}
+        record, = Manifest(out).records.values()
+        entry, = record["files"]
+        assert entry["transparent"] and entry["qa"]["flags"] == []
+        with Image.open(out / entry["name"]) as saved:
+            assert saved.mode == "RGBA" and sorted(set(np.asarray(saved)[..., 3].ravel())) == [0, 100, 255]
+        forge.rgba = False  # a WebUI whose Qwen engine returns RGB: said, not saved as transparent
+        assert main(["batch", str(path), "--out", str(tmp_path / "o2"), "--forge-url", forge.url, "-q"]) != 0
+        assert "without alpha" in capsys.readouterr().err
+    finally:
+        forge.close()
 
 
 def test_batch_through_forges_api_keeps_the_same_manifest(tmp_path, capsys):

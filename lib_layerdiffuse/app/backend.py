@@ -18,9 +18,11 @@ from typing import Any, Callable, Optional, Sequence, Union
 from ..progress import ProgressCallback as Progress
 from ..methods import Family, Method
 from ..weights import WeightStore
-from .readiness import DEFAULT_MODEL, ModelState, check_model, model_summary, weights_summary
+from ..layers.options import DEFAULT_MODEL as DEFAULT_LAYERS_MODEL
+from .readiness import (DEFAULT_MODEL, ModelState, check_layers_model, check_model, layers_summary, model_summary,
+                        weights_summary)
 
-FAMILY_SIZE = {Family.SDXL: 1024, Family.SD15: 512, Family.FLUX: 1024}
+FAMILY_SIZE = {Family.SDXL: 1024, Family.SD15: 512, Family.FLUX: 1024, Family.QWEN21: 1024}
 
 
 class ModelNotReadyError(RuntimeError):
@@ -49,15 +51,21 @@ class Backend:
     `engine` passes a ready `LayerDiffuse` (tests, notebooks); otherwise the model is checked
     in the background (`on_checked` gets the result) and loads on the first generation.
     `offline` means no downloads at all: hub models come from the Hugging Face cache, and weight
-    files and cutout models must be present.
+    files and cutout models must be present. `layers_model` is the Layers tab's Qwen-Image-Layered
+    (checked when the page asks, loaded on the first split; `decomposer` passes a ready one).
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, *, store: Optional[WeightStore] = None,
                  models_dir: Optional[str] = None, offline: bool = False, device: Optional[str] = None,
                  dtype=None, passes: int = 8, out_dir: Union[str, Path] = "outputs",
                  cutout_models_dir: Optional[str] = None, providers: Optional[Sequence[str]] = None,
-                 engine=None, on_checked: Optional[Callable[[ModelState], None]] = None):
+                 engine=None, on_checked: Optional[Callable[[ModelState], None]] = None,
+                 layers_model: str = DEFAULT_LAYERS_MODEL, decomposer=None):
         self.model = model
+        self.layers_model = layers_model
+        self._decomposer = decomposer
+        self._layers_state: Optional[ModelState] = (
+            ModelState(layers_model, None, "given to the app") if decomposer is not None else None)
         self.offline = offline
         self.store = store or WeightStore(models_dir, allow_download=not offline)
         self.device, self.dtype, self.passes = device, dtype, passes
@@ -173,6 +181,32 @@ class Backend:
             on_progress(f"Checking weight file {name}", i, len(names))
             self.store.ensure(name)
 
+    # ---- the layers model ----------------------------------------------------------------
+
+    def layers_state(self) -> ModelState:
+        """Whether the Layers tab's model can be had (checked once, without loading it)."""
+        if self._layers_state is None:
+            self._layers_state = check_layers_model(self.layers_model, self.offline)
+        return self._layers_state
+
+    def layers_status(self) -> tuple[str, str]:
+        return layers_summary(self.layers_state())
+
+    def decomposer(self, on_progress: Progress = _no_progress):
+        """The loaded `LayerDecomposer`, loading Qwen-Image-Layered on first use."""
+        state = self.layers_state()
+        if state.problem:
+            raise ModelNotReadyError(state.problem.replace("**", ""))
+        with self._load_lock:
+            if self._decomposer is None:
+                from ..layers.decompose import LayerDecomposer
+
+                on_progress(f"Loading model {self.layers_model}", 0, 1)
+                self._decomposer = LayerDecomposer.from_model(self.layers_model, device=self.device, dtype=self.dtype,
+                                                              local_files_only=self.offline)
+                on_progress(f"Loading model {self.layers_model}", 1, 1)
+        return self._decomposer
+
     # ---- actions -------------------------------------------------------------------------
 
     def generate(self, prompt: str, method: Any, passes: Optional[int] = None,
@@ -186,6 +220,8 @@ class Backend:
         self._fetch_weights(method, on_progress)
         engine = self.engine(on_progress)
         engine.decoder_passes = passes or self.passes
+        if method.family.native_rgba:  # no denoising strength: the init image is edited by the prompt
+            settings.pop("strength", None)
         result = engine.generate(prompt, method, on_progress=on_progress, **settings)
         paths = result.save(self._folder(), stem=self._stem("layerdiffuse"))
         shown = [(str(p), f"{im.frame} · {'transparent' if im.transparent else 'opaque'}")
@@ -276,6 +312,29 @@ class Backend:
         captions = ["new background", "cutout · transparent"]
         return Outputs([(str(p), c) for p, c in zip(paths, captions)], [str(p) for p in paths],
                        result.infotext, notes + list(cut.notes))
+
+    def decompose(self, image: Any, layers: int, prompt: str = "", steps: Optional[int] = None,
+                  seed: Optional[int] = None, resolution: Optional[int] = None,
+                  on_progress: Progress = _no_progress) -> Outputs:
+        """Split `image` into `layers` RGBA layers: the layer PNGs (1 = bottom), a layered PSD and
+        a ZIP of them; the notes say how far the layers put together are from the image and which
+        came out empty."""
+        from ..layers.options import RESOLUTIONS
+
+        if image is None:
+            raise ValueError("upload the image to split into layers")
+        decomposer = self.decomposer(on_progress)
+        result = decomposer.decompose(image, layers, prompt=prompt or "", steps=steps, seed=seed,
+                                      resolution=resolution or RESOLUTIONS[0], on_progress=on_progress)
+        paths = result.save(self._folder(), self._stem("layers"), archive=True)
+        layer_paths = paths[:len(result.layers)]
+        report = result.report()
+        notes = [f"The layers put together differ from the image by {report['composite_error']:.2f} of 255 on "
+                 "average (premultiplied colour and alpha)."]
+        if report["empty"]:
+            notes.append(f"Empty layers (nothing to see): {', '.join(map(str, report['empty']))}.")
+        return Outputs([(str(p), name) for p, name in zip(layer_paths, result.names())], [str(p) for p in paths],
+                       result.infotext, notes)
 
     def _cut(self, image: Any, settings, on_progress: Progress):
         from ..cutout import cut_out

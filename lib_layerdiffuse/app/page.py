@@ -1,4 +1,4 @@
-"""The gradio page: Generate, Cutout and Replace background tabs over one `Backend`.
+"""The gradio page: Generate, Cutout, Replace background, Batch and Layers tabs over one `Backend`.
 
 Transparent results are shown over a checkerboard (page CSS behind the real RGBA image, so
 what is downloaded is the PNG with alpha and parameters). Generation and background
@@ -17,6 +17,8 @@ from ..engine.generate import DEFAULT_CFG, DEFAULT_STEPS
 from ..progress import ProgressCallback
 from ..engine.samplers import SAMPLERS
 from ..form import cutout_controls, input_visibility, method_hint
+from ..layers.options import DEFAULT_LAYERS, MAX_LAYERS, RESOLUTIONS
+from ..layers.options import DEFAULT_STEPS as LAYERS_STEPS
 from ..methods import Family, Method
 from ..params import LayerDiffuseParams, ResizeMode
 from .backend import FAMILY_SIZE, Backend, Outputs
@@ -107,11 +109,12 @@ def _shown(out: Outputs) -> tuple:
     return out.shown, out.files, out.infotext, "\n".join(f"- {n}" for n in out.notes)
 
 
-def _results(gr, prefix: str, info_label: str) -> list:
-    """Gallery (over a checkerboard), downloadable PNG files, parameters text, notes."""
+def _results(gr, prefix: str, info_label: str,
+             files_label: str = "PNG files (alpha and parameters embedded)") -> list:
+    """Gallery (over a checkerboard), downloadable files, parameters text, notes."""
     gallery = gr.Gallery(label="Results", columns=2, height="auto", object_fit="contain", format="png",
                          elem_id=f"{prefix}-gallery", elem_classes=["ld-checker"])
-    files = gr.File(label="PNG files (alpha and parameters embedded)", file_count="multiple",
+    files = gr.File(label=files_label, file_count="multiple",
                     interactive=False, elem_id=f"{prefix}-files")
     info = gr.Textbox(label=info_label, lines=3, interactive=False, elem_id=f"{prefix}-info")
     notes = gr.Markdown(elem_id=f"{prefix}-notes")
@@ -146,10 +149,6 @@ def _method_family(method: str) -> Optional[Family]:
         return Method.parse(method).family
     except ValueError:
         return None
-
-
-def _is_flux(method: str) -> bool:
-    return _method_family(method) is Family.FLUX
 
 
 def _model_view(backend: Backend, wait: bool) -> _ModelView:
@@ -258,16 +257,24 @@ def _generate_tab(gr, backend: Backend) -> tuple[Callable, list]:
         updates += [gr.update(visible=vis[f"{n}_prompt"]) for n in _LAYERS]
         # values that stay are not sent back: the user may have changed them since this event left
         updates.append(gr.update() if int(current_batch) % frames == 0 else gr.update(value=frames))
-        flux = _is_flux(value)  # guidance-distilled: its own guidance scale, its own scheduler
-        updates.append(gr.update(label="Distilled CFG scale", value=FLUX_GUIDANCE) if flux else
-                       gr.update(label="CFG scale"))
-        updates.append(gr.update(visible=not flux, value=DEFAULT_SAMPLER))
+        family = _method_family(value)
+        flux = family is Family.FLUX  # guidance-distilled: its own guidance scale, its own scheduler
+        native = family is not None and family.native_rgba  # no LayerDiffuse weights, true CFG off by default
+        if flux:
+            updates.append(gr.update(label="Distilled CFG scale", value=FLUX_GUIDANCE))
+        elif native:
+            updates.append(gr.update(label="True CFG scale (1: off, the model's default)", value=1.0))
+        else:
+            updates.append(gr.update(label="CFG scale"))
+        updates.append(gr.update(visible=not (flux or native), value=DEFAULT_SAMPLER))
+        updates += [gr.update(visible=not native, value=1.0) for _ in ("weight", "stop_at")]
         size = _family_size(value, width_value, height_value, backend)
         updates += [gr.update() if size is None else gr.update(value=size) for _ in ("width", "height")]
         return updates
 
     method.change(on_method, inputs=[method, batch, width, height],
-                  outputs=[hint, *weights, *images, resize_mode, *prompts, batch, cfg, sampler, width, height],
+                  outputs=[hint, *weights, *images, resize_mode, *prompts, batch, cfg, sampler, weight, stop_at,
+                           width, height],
                   show_progress="hidden", queue=False)
 
     def generate(prompt_text, negative_text, method_value, fg, bg, blend, resize, fg_p, bg_p, blend_p, w_value,
@@ -458,6 +465,50 @@ def _replace_tab(gr, backend: Backend) -> tuple[Callable, list]:
     return on_load, [run, why, *weights]
 
 
+def _layers_tab(gr, backend: Backend) -> tuple[Callable, list]:
+    """Build the tab; returns the page-load handler (the layers model's check) and its outputs."""
+    with gr.Row():
+        with gr.Column(scale=5):
+            gr.Markdown("Split an image into transparent layers with Qwen-Image-Layered: every layer over the full "
+                        "canvas (1 = bottom), a layered PSD for image editors and a ZIP of everything. The notes say "
+                        "how far the layers put back together are from the image, and which came out empty.")
+            image = _image(gr, "Image", "ld-layers-image")
+            prompt = gr.Textbox(label="What the image shows (empty: the model describes it itself)", lines=2,
+                                elem_id="ld-layers-prompt")
+            with gr.Row():
+                count = gr.Slider(label="Layers", minimum=1, maximum=MAX_LAYERS, step=1, value=DEFAULT_LAYERS,
+                                  elem_id="ld-layers-count")
+                steps = gr.Slider(label="Steps", minimum=1, maximum=150, step=1, value=LAYERS_STEPS,
+                                  elem_id="ld-layers-steps")
+            with gr.Row():
+                seed = gr.Number(label="Seed (-1: random)", value=-1, precision=0, elem_id="ld-layers-seed")
+                resolution = gr.Radio(label="Size bucket (pixels, square in area)", choices=list(RESOLUTIONS),
+                                      value=RESOLUTIONS[0], elem_id="ld-layers-resolution")
+        with gr.Column(scale=6):
+            run = gr.Button("Split into layers", variant="primary", interactive=False, elem_id="ld-layers-run")
+            status = _status_block(gr, "ld-layers-status", ("Checking the layers model ...", ""))
+            outputs = _results(gr, "ld-layers", "Parameters", "Layer PNGs (1 = bottom), the PSD and a ZIP")
+
+    def split(image_value, prompt_text, count_value, steps_value, seed_value, resolution_value,
+              progress=gr.Progress(track_tqdm=True)):
+        try:
+            out = backend.decompose(_uploaded(image_value, "Image"), int(count_value), prompt_text or "",
+                                    steps=int(steps_value), seed=_seed(seed_value), resolution=int(resolution_value),
+                                    on_progress=_reporter(progress))
+        except Exception as exc:
+            raise _user_error(gr, exc) from exc
+        return _shown(out)
+
+    run.click(split, inputs=[image, prompt, count, steps, seed, resolution], outputs=outputs, concurrency_limit=1,
+              concurrency_id=MODEL_QUEUE, preprocess=False)
+
+    def on_load():
+        return (gr.update(interactive=not backend.layers_state().problem),
+                *_status_values(gr, backend.layers_status()))
+
+    return on_load, [run, *status]
+
+
 def _replace_ready(backend: Backend, background) -> bool:
     """A given background needs no model; generating one needs the model ready (as Generate)."""
     return background is not None or (backend.checked and backend.state.ready)
@@ -491,6 +542,8 @@ def build_page(backend: Backend):
                 loads.append(_replace_tab(gr, backend))
             with gr.Tab("Batch", id="batch"):
                 loads.append(_batch_tab(gr, backend))
+            with gr.Tab("Layers", id="layers"):
+                loads.append(_layers_tab(gr, backend))
 
         def load():
             values = []

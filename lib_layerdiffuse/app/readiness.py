@@ -72,6 +72,29 @@ OFF_NOTE = ("Generating is off until then. The **Cutout** tab works without it (
             "download), and so does background replacement with a given background image.")
 
 
+def check_layers_model(model: str, offline: bool) -> ModelState:
+    """`check_model` for the Layers tab's Qwen-Image-Layered model (`locate_layered_model`)."""
+    from ..engine.family import ModelNotAvailableError, UnsupportedModelError, locate_layered_model
+
+    try:
+        found = locate_layered_model(model, offline)
+    except ModelNotAvailableError as exc:
+        return ModelState(model, None, "", f"**{exc.title}:** {exc}", title=exc.title)
+    except UnsupportedModelError as exc:
+        return ModelState(model, None, "", f"**Model cannot be used:** {exc}", title="Model cannot be used")
+    return ModelState(model, None, found.source, local_only=found.local_only)
+
+
+def layers_summary(state: ModelState) -> tuple[str, str]:
+    """(one line, details) on the Layers tab's model, with its licence."""
+    from ..layers.options import LICENCE
+
+    if not state.problem:
+        return f"Layers model: `{state.model}` ({state.source}). {LICENCE}", ""
+    return (f"**{state.title}:** `{state.model}`. Splitting into layers is off; start the app with "
+            "`--layers-model` naming a local Qwen-Image-Layered folder, or download it.", state.problem)
+
+
 def model_summary(state: ModelState) -> tuple[str, str]:
     """(one line, details) on the model for the top of the page; details (what is missing and
     what to do) only when it cannot be used."""
@@ -85,6 +108,8 @@ def model_summary(state: ModelState) -> tuple[str, str]:
 def weights_summary(store: WeightStore, method: Method) -> tuple[str, str]:
     """(one line, details) on the weight files of `method`: details list each file that is not
     there with its URL and target path (empty when all are ready)."""
+    if method.family.native_rgba:
+        return f"{method.name}: no LayerDiffuse weights; the model's own VAE makes the alpha.", ""
     absent = [s for s in store.statuses(method.weight_files)
               if s.state in (State.MISSING, State.PARTIAL, State.CORRUPT, State.NOT_OFFICIAL)]
     if not absent:

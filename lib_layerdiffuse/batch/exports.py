@@ -81,7 +81,7 @@ def export_psds(folder: "str | Path") -> list[Path]:
     written = []
     for key, record in Manifest(folder).records.items():
         frames = {e["frame"]: e for e in record.get("files", [])}
-        if record.get("status") != "done" or len(frames) < 2:
+        if record.get("status") != "done" or len(frames) < 2 or record.get("kind") == "decompose":  # has its own
             continue
         layers = []
         for frame in FRAME_ORDER:

@@ -2,7 +2,8 @@
 (txt2img, or img2img with an init image) with LayerDiffuse's named script arguments, and the
 images come back as a `LayerResult`, so the manifest, alpha checks and exports are the same as
 on diffusers. The checkpoint is the job's `model` (Forge's checkpoint name or title; "forge"
-keeps the one Forge has loaded)."""
+keeps the one Forge has loaded). A native-RGBA method (Qwen-Image-2.1, which Forge Neo runs
+with its own engine) is sent without LayerDiffuse, and the RGBA images Forge returns are kept."""
 
 from __future__ import annotations
 
@@ -64,7 +65,9 @@ class ForgeEngine:
                 layer[name] = _png_base64(to_rgba_uint8(image, name))
         payload: dict[str, Any] = {
             "prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "batch_size": spec.frame_count,
-            "send_images": True, "save_images": False, "alwayson_scripts": {SCRIPT: {"args": [layer]}}}
+            "send_images": True, "save_images": False}
+        if not parsed.family.native_rgba:  # the host's own engine makes RGBA: LayerDiffuse stays off
+            payload["alwayson_scripts"] = {SCRIPT: {"args": [layer]}}
         for key, value in (("steps", steps), ("cfg_scale", cfg), ("width", width), ("height", height),
                            ("sampler_name", sampler)):
             if value is not None:
@@ -111,7 +114,9 @@ class ForgeEngine:
             image.load()
             transparent = i in spec.transparent
             if transparent and image.mode != "RGBA":
+                why = (f"does this WebUI's {method.family.label} engine return RGBA (Forge Neo with its RGBA VAE)?"
+                       if method.family.native_rgba else "is the LayerDiffuse extension installed and enabled there?")
                 raise RuntimeError(f"Forge sent the transparent {spec.frames[i]} image without alpha ({image.mode}); "
-                                   "is the LayerDiffuse extension installed and enabled there?")
+                                   + why)
             out.append(LayerImage(image, spec.frames[i], transparent, image.convert("RGB"), index=i))
         return LayerResult(out, method, seed, infotexts[0])

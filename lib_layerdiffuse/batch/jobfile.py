@@ -19,6 +19,12 @@
     retry = 1                  # regenerate with the next seed when the alpha check fails
     trim = 8                   # crop to the alpha's bounding box plus 8 px
 
+    [[decompose]]              # split an image into RGBA layers (Qwen-Image-Layered,
+    image = "poster.png"       # `layers_model`, default Qwen/Qwen-Image-Layered)
+    layers = 4
+
+A job of decompose entries only needs no `model`.
+
 An item without a seed gets one derived from its settings, so the same item always gives the
 same image whatever the order or the subset run. Errors name the file, the line and the field.
 """
@@ -34,6 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ..layers.options import DEFAULT_LAYERS, MAX_LAYERS, RESOLUTIONS
+from ..layers.options import DEFAULT_MODEL as DEFAULT_LAYERS_MODEL
+
 SETTINGS: dict[str, tuple[type, ...]] = {  # field -> accepted types
     "prompt": (str,), "negative_prompt": (str,), "method": (str,), "sampler": (str,),
     "steps": (int,), "cfg": (int, float), "seed": (int,), "width": (int,), "height": (int,), "size": (str,),
@@ -43,7 +52,10 @@ SETTINGS: dict[str, tuple[type, ...]] = {  # field -> accepted types
 }
 IMAGES = ("fg", "bg", "blend", "init")
 MATRIX = {"prompts": "prompt", "seeds": "seed", "methods": "method", "sizes": "size"}
-TOP = ("model", "method", "defaults", "matrix", "items", "qa")
+TOP = ("model", "method", "defaults", "matrix", "items", "qa", "decompose", "layers_model")
+DECOMPOSE_SETTINGS: dict[str, tuple[type, ...]] = {
+    "image": (str,), "layers": (int,), "prompt": (str,), "steps": (int,), "cfg": (int, float), "seed": (int,),
+    "resolution": (int,)}
 QA_FIELDS = {"retry": (int,), "trim": (int, bool), "checks": (list,)}
 SEED_RANGE = 2 ** 31
 
@@ -60,16 +72,24 @@ class Item:
     key: str
 
     @property
+    def decompose(self) -> bool:
+        """An image to split into layers (a `[[decompose]]` entry), not one to generate."""
+        return bool(self.settings.get("decompose"))
+
+    @property
     def group(self) -> tuple:
         """Items that share a method and a size run one after another on one patched model."""
+        if self.decompose:
+            return "decompose", self.settings["resolution"], self.settings["layers"]
         return self.settings.get("method", ""), self.settings["width"], self.settings["height"]
 
 
 @dataclass
 class Job:
     path: Path
-    model: str
+    model: str  # "" when the job only decomposes
     items: list[Item]
+    layers_model: str = ""  # the decompose entries' model
     retry: int = 0
     trim: Optional[int] = None
     checks: tuple[str, ...] = ("empty", "opaque", "cut", "noise")
@@ -191,8 +211,9 @@ class _Validator:
         unknown = [k for k in data if k not in TOP]
         if unknown:
             raise self.error((unknown[0],), f"unknown field; a job file has {', '.join(TOP)}")
-        model = data.get("model")
-        if not isinstance(model, str) or not model.strip():
+        generates = any(k in data for k in ("matrix", "items"))
+        model = data.get("model", "" if not generates and "decompose" in data else None)
+        if not isinstance(model, str) or generates and not model.strip():
             raise self.error(("model",) if "model" in data else (),
                              "`model` must name the model (a hub id, a diffusers folder or a .safetensors file)")
         defaults = self.settings(self.table(data, "defaults"), ("defaults",))
@@ -206,15 +227,49 @@ class _Validator:
             if not isinstance(entry, dict):
                 raise self.error(("items", i), "each item is a table of settings (prompt, seed, size, ...)")
             items.append(({**defaults, **self.settings(entry, ("items", i))}, ("items", i)))
-        if not items:
-            raise self.error((), "no items: give [matrix] prompts or [[items]] entries")
+        layers_model = self.typed(data.get("layers_model", DEFAULT_LAYERS_MODEL), ("layers_model",), (str,)).strip()
+        splits = self.decompositions(data.get("decompose", []), layers_model)
+        if not items and not splits:
+            raise self.error((), "no items: give [matrix] prompts, [[items]] entries or [[decompose]] images")
         qa = self.qa(self.table(data, "qa"))
-        done = [self.item(settings, model, at) for settings, at in items]
+        done = [self.item(settings, model, at) for settings, at in items] + splits
         keys = [it.key for it in done]
         if len(set(keys)) != len(keys):
             twice = next(k for k in keys if keys.count(k) > 1)
             raise self.error((), f"two items have the same settings (item {twice}); give them different seeds")
-        return Job(self.path, model.strip(), done, **qa)
+        return Job(self.path, model.strip(), done, layers_model, **qa)
+
+    def decompositions(self, listed: Any, model: str) -> list[Item]:
+        """The `[[decompose]]` entries as items: an image, its layer count and the model's settings."""
+        if not isinstance(listed, list):
+            raise self.error(("decompose",), "`decompose` is a list of tables ([[decompose]] in TOML)")
+        out = []
+        for i, entry in enumerate(listed):
+            at = ("decompose", i)
+            if not isinstance(entry, dict) or "image" not in entry:
+                raise self.error(at, "each [[decompose]] entry needs `image` (a path relative to the job file)")
+            settings: dict[str, Any] = {"decompose": True, "layers": DEFAULT_LAYERS, "resolution": RESOLUTIONS[0]}
+            for key, value in entry.items():
+                if key not in DECOMPOSE_SETTINGS:
+                    raise self.error(at + (key,), f"unknown setting; [[decompose]] has {', '.join(DECOMPOSE_SETTINGS)}")
+                settings[key] = self.typed(value, at + (key,), DECOMPOSE_SETTINGS[key])
+            image = (self.path.parent / settings["image"]).resolve()
+            if not image.is_file():
+                raise self.error(at + ("image",), f"no such image file: {image}")
+            settings["image"] = str(image)
+            if not 1 <= settings["layers"] <= MAX_LAYERS:
+                raise self.error(at + ("layers",), f"must be 1 .. {MAX_LAYERS} (got {settings['layers']})")
+            if settings["resolution"] not in RESOLUTIONS:
+                raise self.error(at + ("resolution",), f"must be one of {', '.join(map(str, RESOLUTIONS))} "
+                                                       f"(got {settings['resolution']})")
+            if settings.get("steps", 1) < 1:
+                raise self.error(at + ("steps",), f"must be at least 1 (got {settings['steps']})")
+            if not 0 <= settings.get("seed", 0) < SEED_RANGE:
+                raise self.error(at + ("seed",), f"must be in 0 .. {SEED_RANGE - 1} (got {settings['seed']})")
+            if "seed" not in settings:
+                settings["seed"] = int(_digest(model, settings)[:8], 16) % SEED_RANGE
+            out.append(Item(settings, _digest(model, settings)[:12]))
+        return out
 
     def table(self, data: dict, name: str) -> dict:
         value = data.get(name, {})

@@ -5,7 +5,11 @@ The failures users meet in batch runs, each found from the alpha channel alone:
 - "opaque": nothing is transparent, the "pink hue / no transparency" result of a checkpoint the
   patch does not suit;
 - "cut": the subject runs into the frame, so the asset is cropped;
-- "noise": the alpha is speckle rather than a shape (many small islands, no dominant one).
+- "noise": the alpha is speckle rather than a shape (many small islands, no dominant one);
+and the two that users report for native-RGBA decoders (Qwen-Image-2.1), off by default:
+- "specks": many pixels of alpha 1..SPECK_ALPHA, invisible over white, plain over a dark layer;
+- "grid": alpha steps along the decoder's 16-px tile lines in the near-transparent background.
+`engine.qwen.clean_alpha` (the alpha floor) clears both where they stay under the floor.
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-CHECKS = ("empty", "opaque", "cut", "noise")
+CHECKS = ("empty", "opaque", "cut", "noise", "specks", "grid")
+DEFAULT_CHECKS = CHECKS[:4]
 SOLID = 128  # alpha at or above this counts as subject
 EMPTY_FRACTION = 0.002  # less subject than this is "empty"
 OPAQUE_ALPHA, OPAQUE_FRACTION = 250, 0.995  # this share of pixels at least this opaque: "opaque"
 CUT_FRACTION = 0.25  # subject along more than this share of one side: "cut"
 NOISE_ISLANDS, NOISE_LARGEST = 40, 0.5  # more islands than this and the largest under this share: "noise"
+SPECK_ALPHA, SPECK_FRACTION = 5, 0.01  # more than this share of pixels at alpha 1..5: "specks"
+GRID_PERIOD, GRID_BACKGROUND = 16, 64  # the RGBA decoder's tile, in pixels; alpha under this is background
+GRID_RATIO, GRID_STEP = 2.0, 0.5  # tile-line steps this many times the others, and at least this large: "grid"
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,8 @@ class AlphaReport:
     flags: tuple[str, ...]
     coverage: float  # share of the image that is subject
     bbox: Optional[tuple[int, int, int, int]]  # (left, top, right, bottom) of the subject, exclusive
+    specks: float = 0.0  # share of pixels at alpha 1..SPECK_ALPHA
+    grid: float = 0.0  # alpha steps on GRID_PERIOD tile lines against the others, in the background
 
     @property
     def passed(self) -> bool:
@@ -36,10 +46,11 @@ class AlphaReport:
 
     def to_dict(self) -> dict:
         return {"flags": list(self.flags), "coverage": round(self.coverage, 4),
-                "bbox": list(self.bbox) if self.bbox else None}
+                "bbox": list(self.bbox) if self.bbox else None, "specks": round(self.specks, 4),
+                "grid": round(self.grid, 2)}
 
 
-def check_alpha(alpha: np.ndarray, checks: tuple[str, ...] = CHECKS) -> AlphaReport:
+def check_alpha(alpha: np.ndarray, checks: tuple[str, ...] = DEFAULT_CHECKS) -> AlphaReport:
     """Run `checks` on an HxW uint8 alpha channel."""
     solid = alpha >= SOLID
     coverage = float(solid.mean())
@@ -52,7 +63,32 @@ def check_alpha(alpha: np.ndarray, checks: tuple[str, ...] = CHECKS) -> AlphaRep
         flags.append("cut")
     if "noise" in checks and not flags and _speckled(solid):
         flags.append("noise")
-    return AlphaReport(tuple(flags), coverage, _bbox(alpha > 0))
+    specks = float(((alpha > 0) & (alpha <= SPECK_ALPHA)).mean())
+    if "specks" in checks and specks > SPECK_FRACTION:
+        flags.append("specks")
+    grid, step = grid_strength(alpha)
+    if "grid" in checks and grid > GRID_RATIO and step >= GRID_STEP:
+        flags.append("grid")
+    return AlphaReport(tuple(flags), coverage, _bbox(alpha > 0), specks, grid)
+
+
+def grid_strength(alpha: np.ndarray, period: int = GRID_PERIOD) -> tuple[float, float]:
+    """(ratio, mean step): how much larger the alpha steps across the `period`-pixel tile lines
+    are than those across the other pixel lines, in the near-transparent background, and the
+    mean step on the tile lines (alpha units). 0 where there is no background to measure."""
+    a = alpha.astype(np.float32)
+    on, off = [], []
+    for steps, high in ((np.abs(np.diff(a, axis=1)), np.maximum(a[:, 1:], a[:, :-1])),
+                        (np.abs(np.diff(a, axis=0)).T, np.maximum(a[1:], a[:-1]).T)):
+        background = high < GRID_BACKGROUND  # both pixels near-transparent: no subject edge counted
+        lines = (np.arange(steps.shape[1]) + 1) % period == 0
+        on.append(steps[:, lines][background[:, lines]])
+        off.append(steps[:, ~lines][background[:, ~lines]])
+    on_steps, off_steps = np.concatenate(on), np.concatenate(off)
+    if on_steps.size == 0 or off_steps.size == 0:
+        return 0.0, 0.0
+    step = float(on_steps.mean())
+    return step / (float(off_steps.mean()) + 0.05), step
 
 
 def _cut(solid: np.ndarray) -> bool:

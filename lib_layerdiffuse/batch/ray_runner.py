@@ -55,6 +55,8 @@ def run_job_on_ray(job: Job, out: "str | Path", engine_for: Callable[[str], Any]
     import ray
 
     start = time.perf_counter()
+    if any(it.decompose for it in job.items):
+        raise ValueError(f"{job.path}: [[decompose]] entries run on one machine (run_job), not on Ray")
     out, manifest, summary, todo = open_run(job, out)
     if not todo:
         summary.seconds = time.perf_counter() - start

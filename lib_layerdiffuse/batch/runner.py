@@ -14,10 +14,10 @@ from typing import Any, Callable, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..atomic import write_atomic
 from ..images import read_image_file, save_png
 from ..methods import Method
 from .jobfile import IMAGES, SEED_RANGE, Item, Job
-from ..atomic import write_atomic
 from .manifest import Manifest
 from .qa import check_alpha, trim
 
@@ -48,15 +48,22 @@ class BatchSummary:
 
 
 def run_job(job: Job, out: "str | Path", engine_for: Callable[[str], Any], progress: bool = True,
-            batch_size: Optional[int] = None) -> BatchSummary:
+            batch_size: Optional[int] = None,
+            decomposer_for: Optional[Callable[[str], Any]] = None) -> BatchSummary:
     """Make every item of `job` that `out`'s manifest does not list as done. `engine_for(model)`
     gives the generation engine (a `LayerDiffuse`), asked for once and only when there is work.
     Items that differ only in prompt and seed are sampled `batch_size` at a time when the engine
     can (`generate_each`: one-frame methods, no init image); each still gets its own seed's image.
     `batch_size` defaults to `default_batch_size()`; a batch that runs out of device memory is
-    halved (and the smaller size kept for the rest of the run) until it fits."""
+    halved (and the smaller size kept for the rest of the run) until it fits. `[[decompose]]`
+    items run first, one at a time, on `decomposer_for(job.layers_model)` (default: load it with
+    `LayerDecomposer.from_model`)."""
     start = time.perf_counter()
     out, manifest, summary, todo = open_run(job, out)
+    splits = [it for it in todo if it.decompose]
+    todo = [it for it in todo if not it.decompose]
+    if splits:
+        _decompose_all(job, splits, out, manifest, summary, decomposer_for, progress)
     todo.sort(key=lambda it: tuple(str(g) for g in it.group))  # stable: job order inside a group
     engine = engine_for(job.model) if todo else None
     batch_size = batch_size or default_batch_size()
@@ -102,6 +109,45 @@ def run_job(job: Job, out: "str | Path", engine_for: Callable[[str], Any], progr
         done.result()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _decompose_all(job: Job, items: list[Item], out: Path, manifest: Manifest, summary: BatchSummary,
+                   decomposer_for: Optional[Callable[[str], Any]], progress: bool) -> None:
+    if decomposer_for is None:
+        from ..layers.decompose import LayerDecomposer
+
+        decomposer_for = LayerDecomposer.from_model
+    decomposer = decomposer_for(job.layers_model)
+    for item in tqdm(items, desc="decompose", unit="image", disable=not progress):
+        manifest.append(_decompose(job, item, decomposer, out))
+        summary.count(manifest.records[item.key])
+
+
+def _decompose(job: Job, item: Item, decomposer, out: Path) -> dict:
+    """Split one image, write its layers (PNG, 1 = bottom) and its PSD atomically; its record,
+    with how far the layers put together are from the image and which came out empty."""
+    from ..atomic import sha256_file
+    from ..layers.files import layered_psd
+
+    started = time.perf_counter()
+    s = item.settings
+    result = decomposer.decompose(read_image_file(s["image"], "image"), s["layers"], prompt=s.get("prompt", ""),
+                                  steps=s.get("steps"), cfg=s.get("cfg"), seed=s["seed"], resolution=s["resolution"])
+    empty = set(result.empty)
+    files = []
+    for i, layer in enumerate(result.layers):
+        name = f"{item.key}-layer-{i + 1}.png"
+        digest = write_atomic(out / name, lambda path, layer=layer: save_png(layer, path, result.infotext,
+                                                                            result.settings))
+        files.append({"name": name, "frame": f"layer {i + 1}", "transparent": True, "sha256": digest,
+                      "size": list(layer.size), "qa": {"flags": ["empty"] if i in empty else []}})
+    psd = layered_psd(list(zip(result.names(), result.layers)), out / f"{item.key}.psd")
+    files.append({"name": psd.name, "frame": "psd", "transparent": False, "sha256": sha256_file(psd, progress=False),
+                  "size": list(result.source.size)})
+    return {"key": item.key, "status": "done", "kind": "decompose", "model": job.layers_model, "settings": s,
+            "seed": result.seed, "attempts": 1, "method": "Qwen-Image-Layered", "files": files,
+            "layers": result.report(), "infotext": result.infotext,
+            "seconds": round(time.perf_counter() - started, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def default_batch_size() -> int:

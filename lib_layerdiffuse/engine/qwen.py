@@ -164,7 +164,8 @@ class QwenImage21Engine:
     def generate_each(self, items: Sequence[tuple[str, int]], method: Union[Method, str, None] = None, *,
                       on_progress: Optional[ProgressCallback] = None, **shared: Any) -> list[LayerResult]:
         """One image per (prompt, seed) of `items`, sampled together; each is the image
-        `generate(prompt, seed=seed, **shared)` makes alone (its own noise generator)."""
+        `generate(prompt, seed=seed, **shared)` makes alone (its own noise generator), up to the
+        float rounding of batched matrix products (a few values off by 1 of 255)."""
         if not items:
             raise ValueError("generate_each needs at least one (prompt, seed)")
         unknown = sorted(set(shared) - {"negative_prompt", "steps", "cfg", "width", "height", "alpha_floor",
