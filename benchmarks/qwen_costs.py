@@ -116,7 +116,6 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     pipe = small_pipeline() if args.size == "small" else qwen.tiny_qwen21_pipeline()
     direct, wrapped, ratio = wrapper_cost(pipe, args.px, args.steps, args.repeats)
     print(f"Qwen-Image-2.1 wrapper ({args.size} pipeline, {args.px}x{args.px}, {args.steps} steps, median of "

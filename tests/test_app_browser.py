@@ -352,7 +352,7 @@ def test_layers_tab_splits_an_image_into_layers_with_psd_and_zip(page, tiny_app,
     page.wait_for_selector("#ld-layers-gallery img", timeout=WAIT_MS)
     expect(page.locator("#ld-layers-gallery img")).to_have_count(2, timeout=WAIT_MS)
     links = page.locator("#ld-layers-files a")
-    names = [links.nth(i).inner_text() for i in range(links.count())]
+    names = [links.nth(i).get_attribute("download") or links.nth(i).get_attribute("href") for i in range(links.count())]
     assert [n.rsplit(".", 1)[-1] for n in names] == ["png", "png", "psd", "zip"], names
     layer = download(page, links.first)
     assert layer.mode == "RGBA" and layer.size == (736, 544) and "Layers: 2" in layer.text["parameters"]

@@ -60,7 +60,8 @@ def as_array(image) -> np.ndarray:
     return np.asarray(image, dtype=np.float32)
 
 
-@pytest.mark.parametrize("method", [m for m in Method if m.family is not Family.FLUX], ids=lambda m: m.name)  # Flux: test_flux.py
+@pytest.mark.parametrize("method", [m for m in Method if m.family in (Family.SD15, Family.SDXL)],
+                         ids=lambda m: m.name)  # Flux: test_flux.py; Qwen-Image: test_qwen.py
 def test_every_method_generates_its_frames_and_restores_the_unet(method, engines):
     engine = engines[method.family.value]
     unet = engine.pipe.unet

@@ -837,7 +837,7 @@ def test_script_file_imports_and_builds_the_panel(forge, gradio, monkeypatch):
         assert comp.kwargs["label"] == f.metadata["label"]
         value = getattr(defaults, f.name)
         assert comp.value == (value.value if hasattr(value, "value") else value)
-    assert components[1].kwargs["choices"] == Method.choices()
+    assert components[1].kwargs["choices"] == Method.choices(forge=True)  # Qwen-Image-2.1 runs on the host's engine
     stealth_note = any("Stealth" in (c.value or "") for c in ff.Component.created if type(c).__name__ == "Markdown")
     assert stealth_note is (forge.generation != 3)  # Neo has no stealth infotext: no warning
     # hooks delegate: a whole job through the script object
@@ -985,7 +985,8 @@ def test_flux_and_sd_methods_refuse_the_other_family(forge, family, method, mess
 
 def test_patch_kinds_cover_every_method():
     kinds = {m.spec.patch_kind for m in Method}
-    assert kinds == {PatchKind.LORA, PatchKind.DIFF, PatchKind.ATTENTION_SHARING, PatchKind.TRANSFORMER_LORA}
+    assert kinds == {PatchKind.LORA, PatchKind.DIFF, PatchKind.ATTENTION_SHARING, PatchKind.TRANSFORMER_LORA,
+                     PatchKind.NATIVE}
 
 
 # ---- the cutout (rembg fallback) --------------------------------------------------------

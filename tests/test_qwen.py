@@ -27,7 +27,6 @@ SIZE = dict(width=64, height=32)
 
 @pytest.fixture(scope="module")
 def pipe():
-    torch.set_num_threads(1)
     return tiny_qwen21_pipeline()
 
 
