@@ -93,6 +93,14 @@ def test_a_single_transformer_file_is_known_and_asked_for_the_whole_model(tmp_pa
         LayerDiffuse.from_model(str(path), local_files_only=True)
 
 
+def test_the_native_method_is_refused_on_layerdiffuse_models_by_name():
+    from lib_layerdiffuse.engine.family import check_method_family
+
+    for family in (Family.SD15, Family.SDXL, Family.FLUX):
+        with pytest.raises(UnsupportedModelError, match=f"needs a Qwen-Image-2.1 model, but the model is {family.label}"):
+            check_method_family(Method.QWEN21_RGBA, family)
+
+
 def test_methods_of_the_family():
     assert Method.default(Family.QWEN21) is Method.QWEN21_RGBA
     assert Method.parse("Native RGBA") is Method.QWEN21_RGBA

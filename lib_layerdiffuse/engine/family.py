@@ -372,17 +372,22 @@ def compatibility_warning(model: str) -> Optional[str]:
             "models (Lightning, Turbo, LCM, Hyper): expect poor or no transparency")
 
 
+def _article(family: Family) -> str:
+    """"an SD1.5" / "an SDXL" (said "ess-dee"), "a Flux.1" / "a Qwen-Image-2.1"."""
+    return "an" if family.label.startswith("S") else "a"
+
+
 def check_method_family(method: Method, family: Family, host: Optional[str] = None) -> None:
     """Raise UnsupportedModelError when `method` is for another family; `host` (a WebUI's name)
     when the method runs in a WebUI, where a native-RGBA model runs on the WebUI's own engine."""
     if method.family is not family and family.native_rgba and host:
         raise UnsupportedModelError(
-            f"method {method.value!r} needs {'a' if method.family is Family.FLUX else 'an'} {method.family.label} "
+            f"method {method.value!r} needs {_article(method.family)} {method.family.label} "
             f"model, but the loaded checkpoint is {family.label}, which makes transparent images itself: "
             f"{host} runs it with its own engine, so switch LayerDiffuse off for it")
     if method.family is not family:
         others = ", ".join(m.name for m in Method if m.family is family)
         raise UnsupportedModelError(
-            f"method {method.value!r} needs {'a' if method.family is Family.FLUX else 'an'} {method.family.label} "
+            f"method {method.value!r} needs {_article(method.family)} {method.family.label} "
             f"model, but the model is "
             f"{family.label}; methods for {family.label}: {others}")
