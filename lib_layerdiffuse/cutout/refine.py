@@ -25,7 +25,8 @@ from ..vae.pixels import to_uint8
 
 MATTING_TILE = 448
 MATTING_MARGIN = 32
-MATTING_GROWTH = 4  # a context lacking an anchor grows to at most this many margins
+MATTING_GROWTH = 16  # a context lacking an anchor grows to at most this many margins (512 px: a jacket cut
+# by the frame runs that far from its sure part at 2048 px; 4 margins left man_crop worse than the key)
 COLOR_TILE = 1024
 COLOR_MARGIN = 48
 FILL_PIXELS = 1 << 20  # the transparent-colour fill runs at most this large, then is scaled up
