@@ -35,10 +35,17 @@ class ModelState:
 def check_model(model: str, offline: bool) -> ModelState:
     """Where `model` (a .safetensors file, a diffusers folder or a hub id) would load from and
     its family, without loading it (`engine.family.locate_model`), as the page shows it."""
-    from ..engine.family import ModelNotAvailableError, UnsupportedModelError, locate_model
+    from ..engine.family import locate_model
+
+    return _located(model, lambda: locate_model(model, offline))
+
+
+def _located(model: str, locate) -> ModelState:
+    """The page's ModelState of `locate()` (a `ModelLocation`), or of the problem it raised."""
+    from ..engine.family import ModelNotAvailableError, UnsupportedModelError
 
     try:
-        found = locate_model(model, offline)
+        found = locate()
     except ModelNotAvailableError as exc:
         return ModelState(model, None, "", f"**{exc.title}:** {exc}", title=exc.title)
     except UnsupportedModelError as exc:
@@ -74,15 +81,9 @@ OFF_NOTE = ("Generating is off until then. The **Cutout** tab works without it (
 
 def check_layers_model(model: str, offline: bool) -> ModelState:
     """`check_model` for the Layers tab's Qwen-Image-Layered model (`locate_layered_model`)."""
-    from ..engine.family import ModelNotAvailableError, UnsupportedModelError, locate_layered_model
+    from ..engine.family import locate_layered_model
 
-    try:
-        found = locate_layered_model(model, offline)
-    except ModelNotAvailableError as exc:
-        return ModelState(model, None, "", f"**{exc.title}:** {exc}", title=exc.title)
-    except UnsupportedModelError as exc:
-        return ModelState(model, None, "", f"**Model cannot be used:** {exc}", title="Model cannot be used")
-    return ModelState(model, None, found.source, local_only=found.local_only)
+    return _located(model, lambda: locate_layered_model(model, offline))
 
 
 def layers_summary(state: ModelState) -> tuple[str, str]:

@@ -30,7 +30,7 @@ from ..methods import Method
 from ..params import LayerDiffuseParams
 from ..progress import ProgressCallback
 from ..vae.pixels import checkerboard, to_uint8
-from .basics import fit_rgba, format_infotext, positive_int
+from .basics import fit_rgba, format_infotext, positive_int, step_reporter
 from .family import UnsupportedModelError, check_method_family, family_of_transformer
 from .outputs import LayerImage, LayerResult
 
@@ -202,10 +202,7 @@ class QwenImage21Engine:
             # the image to edit at the output's own size (the pipeline's default is 1024x1024's area)
             call["output_resolution"] = int(round((req.width * req.height) ** 0.5))
         if on_progress is not None:
-            def report(pipe_, step: int, timestep, tensors: dict) -> dict:
-                on_progress("Sampling", step + 1, req.steps)
-                return {}
-            call["callback_on_step_end"] = report
+            call["callback_on_step_end"] = step_reporter(on_progress, req.steps)
         pixels = np.asarray(pipe(**call).images, dtype=np.float32)  # (B, H, W, 4) in [0, 1], straight alpha
         images = []
         for index, image in enumerate(pixels):

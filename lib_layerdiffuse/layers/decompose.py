@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..engine.basics import fit_rgba, format_infotext, positive_int
+from ..engine.basics import fit_rgba, format_infotext, positive_int, step_reporter
 from ..engine.family import QWEN_TRANSFORMER, UnsupportedModelError, locate_layered_model
 from ..images import save_png, to_rgba_uint8
 from ..progress import ProgressCallback
@@ -158,10 +158,7 @@ class LayerDecomposer:
             negative_prompt=negative_prompt if cfg > 1.0 else None, true_cfg_scale=cfg, layers=layers, num_inference_steps=steps, resolution=resolution,
             generator=torch.Generator("cpu").manual_seed(seed), output_type="np", use_en_prompt=True)
         if on_progress is not None:
-            def report(pipe_, step: int, timestep, tensors: dict) -> dict:
-                on_progress("Sampling", step + 1, steps)
-                return {}
-            call["callback_on_step_end"] = report
+            call["callback_on_step_end"] = step_reporter(on_progress, steps)
         out = np.asarray(self.pipe(**call).images[0], np.float32)  # (layers, H, W, 4) in [0, 1]
         pictures = [Image.fromarray(to_uint8(layer), "RGBA") for layer in out]
         height, width = out.shape[1:3]
