@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from lib_layerdiffuse.batch import load_job, run_job  # noqa: E402
 from lib_layerdiffuse.methods import Method  # noqa: E402
-from lib_layerdiffuse.testing.layer_files import write_unet_files  # noqa: E402
 from lib_layerdiffuse.testing.batch import tiny_engine  # noqa: E402
+from lib_layerdiffuse.testing.layer_files import write_unet_files  # noqa: E402
 from lib_layerdiffuse.testing.unet_specs import TINY  # noqa: E402
 
 METHODS = {"sdxl": Method.FG_ONLY_CONV, "sd15": Method.FG_ONLY_ATTN_SD15}

@@ -29,8 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib_layerdiffuse.engine.sharing import (AttentionSharingWeights, SharingState,  # noqa: E402
-                                             install_attention_sharing)
+from lib_layerdiffuse.engine.sharing import AttentionSharingWeights, SharingState, install_attention_sharing  # noqa: E402
 from lib_layerdiffuse.engine.unet_hook import UNetStepHook  # noqa: E402
 from lib_layerdiffuse.patches import apply_frozen_patches, parse_frozen_patches  # noqa: E402
 from lib_layerdiffuse.testing.layer_files import unet_file_layout  # noqa: E402

@@ -40,12 +40,11 @@ sys.path.insert(0, str(HERE))
 
 from decoder_speed import build_model  # noqa: E402
 from engine_overhead import PATCH_FILES, random_tensors, random_unet, unet_inputs  # noqa: E402
-from lib_layerdiffuse.engine.sharing import (AttentionSharingWeights, SharingState,  # noqa: E402
-                                             install_attention_sharing)
+from lib_layerdiffuse.engine.sharing import AttentionSharingWeights, SharingState, install_attention_sharing  # noqa: E402
 from lib_layerdiffuse.engine.unet_hook import UNetStepHook  # noqa: E402
 from lib_layerdiffuse.patches import apply_frozen_patches, parse_frozen_patches  # noqa: E402
-from lib_layerdiffuse.testing.reference_decode import reference_tta  # noqa: E402
 from lib_layerdiffuse.testing.layer_files import TINY_DECODER_CONFIG, unet_file_layout  # noqa: E402
+from lib_layerdiffuse.testing.reference_decode import reference_tta  # noqa: E402
 from lib_layerdiffuse.vae import augment, estimate_augmented  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

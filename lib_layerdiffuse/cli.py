@@ -276,8 +276,15 @@ def cmd_decompose(args: argparse.Namespace) -> int:
 
 
 def _add_decompose(sub, common: argparse.ArgumentParser) -> None:
-    from .layers.options import (DEFAULT_CFG, DEFAULT_LAYERS, DEFAULT_MODEL, DEFAULT_STEPS, LICENCE, MAX_LAYERS,
-                                 RESOLUTIONS)
+    from .layers.options import (
+        DEFAULT_CFG,
+        DEFAULT_LAYERS,
+        DEFAULT_MODEL,
+        DEFAULT_STEPS,
+        LICENCE,
+        MAX_LAYERS,
+        RESOLUTIONS,
+    )
 
     dec = sub.add_parser("decompose", parents=[common], help="split an image into RGBA layers (Qwen-Image-Layered)",
                          description="Split an image into transparent layers with Qwen-Image-Layered: every layer "

@@ -213,10 +213,15 @@ class Method(enum.Enum):
         return own.get(Family(family), cls.FG_ONLY_ATTN) if family is not None else cls.FG_ONLY_ATTN
 
     @classmethod
-    def choices(cls, forge: bool = False) -> list[str]:
+    def choices(cls, forge: bool = False, first: Union[Family, str, None] = None) -> list[str]:
         """Display strings in dropdown order; with `forge`, the methods the Forge panel runs (a
-        model with native RGBA runs on the host's own engine, without the panel)."""
-        return [m.value for m in cls if not (forge and m.family.native_rgba)]
+        model with native RGBA runs on the host's own engine, without the panel); with `first`,
+        that family's methods come first (the loaded checkpoint's)."""
+        shown = [m for m in cls if not (forge and m.family.native_rgba)]
+        if first is not None:
+            family = Family(first)
+            shown.sort(key=lambda m: m.family is not family)  # stable: each group keeps its order
+        return [m.value for m in shown]
 
     @classmethod
     def parse(cls, text: Union[str, "Method"], family: Union[Family, str, None] = None) -> "Method":

@@ -1,11 +1,14 @@
 """LayerDiffuse for Stable Diffusion WebUI Forge: transparent images and layers.
 
-Forge loads this file; everything it does lives in `lib_layerdiffuse.forge`.
+Forge loads this file; everything it does lives in `lib_layerdiffuse.forge`. The WebUI registers
+every class defined here: the txt2img/img2img panel (a Script) and the Extras tab's cutout (a
+postprocessing script). Only modules are imported, never classes: an imported base class would
+be registered as a script of its own.
 """
 
-from modules import script_callbacks, scripts
+from modules import script_callbacks, scripts, scripts_postprocessing
 
-from lib_layerdiffuse.forge import hooks, saving, ui
+from lib_layerdiffuse.forge import endpoints, extras, hooks, saving, settings_page, ui
 
 
 class LayerDiffuseForForge(scripts.Script):
@@ -42,5 +45,19 @@ class LayerDiffuseForForge(scripts.Script):
         hooks.postprocess(p, processed)
 
 
+class LayerDiffuseCutoutForExtras(scripts_postprocessing.ScriptPostprocessing):
+    name = extras.NAME
+    order = extras.ORDER
+
+    def ui(self):
+        return extras.build_ui()
+
+    def process(self, pp, **args):
+        extras.process(pp, **args)
+
+
 script_callbacks.on_before_image_saved(saving.restore_alpha)
 script_callbacks.on_image_grid(saving.remember_grid)
+script_callbacks.on_ui_settings(settings_page.register)
+script_callbacks.on_app_started(endpoints.register)
+script_callbacks.on_after_component(ui.attach_to_checkpoint)

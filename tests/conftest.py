@@ -11,6 +11,8 @@ os.environ.pop("HF_ENDPOINT", None)
 
 from lib_layerdiffuse.testing.network import loopback_only  # noqa: E402
 
+pytest_plugins = ("forge_fixtures",)  # the fake Forge hosts, for test_forge*.py
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _loopback_only():

@@ -28,9 +28,12 @@ patcher's object patches go into the model when it is loaded.
 from __future__ import annotations
 
 import copy
+import itertools
 import sys
+import threading
 import types
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -1007,6 +1010,13 @@ class Component:
 Component.created = []
 
 
+class InputAccordion(Component):
+    """modules.ui_components.InputAccordion: a checkbox shown as an accordion (`value` first)."""
+
+    def __init__(self, value, **kwargs):
+        super().__init__(value, **kwargs)
+
+
 def fake_gradio() -> types.ModuleType:
     names = ("Blocks", "Accordion", "Row", "Column", "Group", "Checkbox", "Dropdown", "Slider", "Radio",
              "Textbox", "Image", "Markdown", "HTML", "ColorPicker")
@@ -1070,9 +1080,12 @@ def webui_modules(opts: Any, saved: list, generation: int = 2) -> dict[str, type
     grid_callbacks: list = []
 
     def save_image(image, path, basename, seed=None, prompt=None, extension="png", info=None, p=None, suffix="",
-                   grid=False, forced_filename=None, **kw):
+                   grid=False, forced_filename=None, pnginfo_section_name="parameters", existing_info=None, **kw):
         filename = f"{path}/{forced_filename or f'{basename or seed}{suffix}'}.{extension}"
-        params = ImageSaveParams(image, p, filename, {"parameters": info} if info is not None else {})
+        pnginfo = dict(existing_info or {})
+        if info is not None:
+            pnginfo[pnginfo_section_name] = info
+        params = ImageSaveParams(image, p, filename, pnginfo)
         if generation == 2 and opts.enable_pnginfo and filename.endswith(".png") and "parameters" in params.pnginfo:
             mode = opts.data.get("stealth_pnginfo_option", "Alpha")
             if mode and mode != "None":
@@ -1082,7 +1095,8 @@ def webui_modules(opts: Any, saved: list, generation: int = 2) -> dict[str, type
         # what goes into the file: Forge's writer drops the alpha for JPEG and WebP
         file = params.image.convert("RGB") if extension in ("jpg", "jpeg", "webp") else params.image.copy()
         saved.append(dict(image=params.image, file=file, extension=extension, info=info,
-                          suffix=suffix, grid=grid, filename=filename))
+                          suffix=suffix, grid=grid, filename=filename, pnginfo=dict(params.pnginfo)))
+        image.already_saved_as = filename
         return filename, None
 
     def image_grid(imgs, batch_size=1, rows=None):
@@ -1127,16 +1141,204 @@ def webui_modules(opts: Any, saved: list, generation: int = 2) -> dict[str, type
     def early_resize_image(resize_mode, im, width, height, upscaler_name=None):
         return im.resize((width, height))
 
+    def add_option(key, info):
+        opts.data_labels[key] = info
+        opts.data.setdefault(key, info.default)
+
+    if opts is not None:
+        if not hasattr(opts, "data"):
+            opts.data = {}
+        opts.data_labels, opts.add_option = {}, add_option
+    state = State()
+    postproc = _module("modules.scripts_postprocessing", ScriptPostprocessing=ScriptPostprocessing,
+                       PostprocessedImage=PostprocessedImage)
+    runner = PostprocessingRunner(state)
+    shared = _module("modules.shared", opts=opts, cmd_opts=types.SimpleNamespace(api=True), state=state,
+                     OptionInfo=OptionInfo)
+    images = _module("modules.images", save_image=save_image, image_grid=image_grid,
+                     draw_grid_annotations=draw_grid_annotations,
+                     resize_image=resize_image if generation >= 2 else early_resize_image)
+    registered = {name: [] for name in ("ui_settings", "app_started", "after_component")}
     return {
         "modules": _module("modules"),
-        "modules.scripts": _module("modules.scripts", Script=Script, AlwaysVisible=object()),
+        "modules.scripts": _module("modules.scripts", Script=Script, AlwaysVisible=object(), scripts_postproc=runner),
+        "modules.scripts_postprocessing": postproc,
         "modules.script_callbacks": _module("modules.script_callbacks", before_image_saved=callbacks,
                                             on_before_image_saved=callbacks.append, image_grid=grid_callbacks,
-                                            on_image_grid=grid_callbacks.append),
-        "modules.shared": _module("modules.shared", opts=opts, cmd_opts=types.SimpleNamespace()),
-        "modules.images": _module("modules.images", save_image=save_image, image_grid=image_grid,
-                                  draw_grid_annotations=draw_grid_annotations,
-                                  resize_image=resize_image if generation >= 2 else early_resize_image),
+                                            on_image_grid=grid_callbacks.append, registered=registered,
+                                            **{f"on_{name}": registered[name].append for name in registered}),
+        "modules.shared": shared,
+        "modules.images": images,
         "modules.processing": _module("modules.processing",
                                       create_infotext=lambda p, *a, index=0, **kw: f"{p.prompts[index]}, Seed: {p.seeds[index]}"),
+        "modules.ui_components": _module("modules.ui_components", InputAccordion=InputAccordion),
+        "modules.call_queue": _module("modules.call_queue", queue_lock=threading.Lock()),
+        "modules.postprocessing": _module("modules.postprocessing",
+                                          run_postprocessing=postprocessing_run(opts, state, runner, images,
+                                                                                generation)),
+        "modules.sd_models": _module("modules.sd_models", model_data=types.SimpleNamespace(sd_model=None),
+                                     checkpoints={}, get_closet_checkpoint_match=lambda title: None),
     }
+
+
+class OptionInfo:
+    """modules.shared.OptionInfo (the same signature in the three hosts)."""
+
+    def __init__(self, default=None, label="", component=None, component_args=None, onchange=None,
+                 section=None, refresh=None, comment_before="", comment_after="", infotext=None,
+                 restrict_api=False, category_id=None):
+        self.default, self.label, self.component, self.component_args = default, label, component, component_args
+        self.section, self.comment_after = section, ""
+
+    def info(self, text):
+        self.comment_after += f"<span class='info'>({text})</span>"
+        return self
+
+
+class State:
+    """modules.shared.state as Extras drives it."""
+
+    _stamps = itertools.count()
+
+    def __init__(self):
+        self.job_timestamp, self.job_count, self.job_no = "0", 0, 0
+        self.textinfo, self.skipped, self.interrupted = None, False, False
+
+    def begin(self, job=""):
+        self.job_timestamp, self.job_no = f"2026{next(self._stamps):010d}", 0
+
+    def nextjob(self):
+        self.job_no += 1
+
+
+class PostprocessedImage:
+    """modules.scripts_postprocessing.PostprocessedImage (fields shared by the three hosts)."""
+
+    def __init__(self, image):
+        self.image, self.info, self.extra_images = image, {}, []
+        self.nametags, self.disable_processing, self.caption = [], False, None
+
+
+class ScriptPostprocessing:
+    filename = None
+    controls = None
+    args_from = None
+    args_to = None
+    order = 1000
+    name = None
+    group = None
+
+    def ui(self):
+        pass
+
+    def process(self, pp, **args):
+        pass
+
+    def process_firstpass(self, pp, **args):
+        pass
+
+    def image_changed(self):
+        pass
+
+
+class PostprocessingRunner:
+    """modules.scripts.scripts_postproc: the scripts' UIs give their argument names (a dict);
+    `create_args_for_run` fills the named ones (None for the rest); `run` calls every script's
+    `process_firstpass`, then `process` in order, and stops when a script sets `state.skipped`."""
+
+    def __init__(self, state):
+        self.state, self.scripts = state, []
+
+    def add(self, script) -> None:
+        script.controls = script.ui()
+        start = max((s.args_to for s in self.scripts), default=0)
+        script.args_from, script.args_to = start, start + len(script.controls)
+        self.scripts.append(script)
+
+    def scripts_in_preferred_order(self):
+        return sorted(self.scripts, key=lambda s: (s.order, s.name))
+
+    def create_args_for_run(self, scripts_args):
+        args = [None] * max((s.args_to for s in self.scripts), default=0)
+        for script in self.scripts:
+            values = scripts_args.get(script.name)
+            if values is not None:
+                for i, name in enumerate(script.controls):
+                    args[script.args_from + i] = values.get(name)
+        return args
+
+    def run(self, pp, args):
+        scripts = self.scripts_in_preferred_order()
+        named = [(s, dict(zip(s.controls, args[s.args_from:s.args_to]))) for s in scripts]
+        for script, values in named:
+            script.process_firstpass(pp, **values)
+        for script, values in named:
+            if self.state.skipped:
+                break
+            script.process(pp, **values)
+
+
+class UpscaleScript(ScriptPostprocessing):
+    """The built-in Upscale of current Forge as far as a run without upscaling goes: its first
+    pass computes a target size from `upscale_by` even when it is switched off (None raises)."""
+
+    name, order = "Upscale", 1000
+
+    def ui(self):
+        return {"upscale_enabled": Component(True), "upscale_mode": Component(0), "upscale_by": Component(2.0),
+                "max_side_length": Component(0), "upscaler_1_name": Component("None")}
+
+    def process_firstpass(self, pp, upscale_enabled=True, upscale_mode=1, upscale_by=2.0, max_side_length=0,
+                          upscaler_1_name=None):
+        pp.target = (int(pp.image.width * upscale_by), int(pp.image.height * upscale_by))
+
+    def process(self, pp, upscale_enabled=True, upscale_mode=1, upscale_by=2.0, max_side_length=0,
+                upscaler_1_name=None):
+        if upscale_enabled and upscaler_1_name not in (None, "None"):
+            pp.image = pp.image.resize(pp.target)
+
+
+def postprocessing_run(opts, state, runner, images, generation: int):
+    """modules.postprocessing.run_postprocessing, batch from a directory as the hosts run it:
+    unreadable files are skipped, early Forge hands the scripts RGB, current Forge and Neo RGB or
+    RGBA; an image a script skipped is not saved; saved with the section "extras" (early Forge)
+    or "postprocessing" and the source's own PNG text. Neo's signature has a video path before
+    the scripts' arguments."""
+
+    def run(extras_mode, image, image_folder, input_dir, output_dir, show_extras_results, *args,
+            save_output=True):
+        if generation == 3:
+            args = args[1:]
+        assert extras_mode == 2, "the fake runs batch from directory only"
+        files = sorted(p for p in Path(input_dir).iterdir() if p.is_file())
+        state.begin(job="extras")
+        state.job_count = len(files)
+        outputs = []
+        for path in files:
+            state.nextjob()
+            state.textinfo, state.skipped = path.name, False
+            try:
+                source = Image.open(path)
+                source.load()
+            except Exception:
+                continue
+            existing = {k: v for k, v in source.info.items() if isinstance(v, str)}
+            start = source.convert("RGB") if generation == 1 or source.mode not in ("RGB", "RGBA") else source
+            pp = PostprocessedImage(start)
+            runner.run(pp, list(args))
+            if state.skipped:
+                continue
+            infotext = ", ".join(f"{k}: {v}" for k, v in pp.info.items())
+            images.save_image(pp.image, path=output_dir, basename="", extension=opts.samples_format, info=infotext,
+                              pnginfo_section_name="extras" if generation == 1 else "postprocessing",
+                              existing_info=existing, forced_filename=path.stem)
+            outputs.append(pp.image)
+        return outputs, infotext if outputs else "", ""
+
+    if generation == 3:
+        def neo_run(extras_mode, image, image_folder, input_dir, output_dir, show_extras_results, _, *args,
+                    save_output=True):
+            return run(extras_mode, image, image_folder, input_dir, output_dir, show_extras_results, _, *args,
+                       save_output=save_output)
+        return neo_run
+    return run

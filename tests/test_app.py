@@ -19,11 +19,11 @@ from lib_layerdiffuse.app.backend import ModelNotReadyError
 from lib_layerdiffuse.app.readiness import weights_report, weights_summary
 from lib_layerdiffuse.cli import main
 from lib_layerdiffuse.cutout import CutoutSettings, Output
-from lib_layerdiffuse.cutout.models import DEFAULT_MODEL, WEIGHT_FREE, REMBG_MODELS
+from lib_layerdiffuse.cutout.models import DEFAULT_MODEL, REMBG_MODELS, WEIGHT_FREE
 from lib_layerdiffuse.engine import LayerDiffuse, UnsupportedModelError
 from lib_layerdiffuse.engine.family import hub_cache_dir
-from lib_layerdiffuse.reachability import Reach
 from lib_layerdiffuse.methods import Family, Method
+from lib_layerdiffuse.reachability import Reach
 from lib_layerdiffuse.testing.composites import synthetic_case
 from lib_layerdiffuse.testing.layer_files import write_unet_files
 from lib_layerdiffuse.testing.pipelines import tiny_pipeline
@@ -100,9 +100,8 @@ def test_hub_offline_by_environment_says_so():
 def hub_online(monkeypatch):
     """huggingface_hub as on a machine where downloads are on (the test network guard still
     refuses every host but loopback, like a closed network); records the hub requests."""
-    from huggingface_hub import constants
-
     import huggingface_hub
+    from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     asked = []

@@ -305,8 +305,8 @@ def test_packing_never_overlaps_and_respects_the_width():
 def test_sprite_sheet_and_psd_read_back_with_every_frame_and_layer(tmp_path):
     from psd_tools import PSDImage
 
-    from lib_layerdiffuse.batch.exports import export_psds, export_sprite_sheet
     from lib_layerdiffuse.atomic import write_atomic
+    from lib_layerdiffuse.batch.exports import export_psds, export_sprite_sheet
 
     out = tmp_path / "out"
     run_job(_job(tmp_path), out, lambda model: FakeEngine(), progress=False)

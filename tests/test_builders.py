@@ -7,8 +7,12 @@ import socket
 import pytest
 import torch
 
-from lib_layerdiffuse.testing.layer_files import (OFFSET_ENCODER_CHANNELS, offset_encoder_layout,
-                                                  unet_file_layout, write_unet_files)
+from lib_layerdiffuse.testing.layer_files import (
+    OFFSET_ENCODER_CHANNELS,
+    offset_encoder_layout,
+    unet_file_layout,
+    write_unet_files,
+)
 from lib_layerdiffuse.testing.models import meta_unet, tiny_unet, tiny_vae
 from lib_layerdiffuse.testing.network import NetworkAccessError, loopback_only
 from lib_layerdiffuse.testing.unet_specs import FULL, TINY, attention_modules, ldm_unet_layout

@@ -8,8 +8,12 @@ import collections
 import pytest
 import torch
 
-from lib_layerdiffuse.testing.checkpoints import (clip_l_layout, random_tensors, sd15_checkpoint_layout,
-                                                  sdxl_checkpoint_layout)
+from lib_layerdiffuse.testing.checkpoints import (
+    clip_l_layout,
+    random_tensors,
+    sd15_checkpoint_layout,
+    sdxl_checkpoint_layout,
+)
 
 
 def test_text_encoder_keys_are_the_checkpoint_names_whatever_transformers_is_installed():

@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from lib_layerdiffuse.engine import (broadcast_condition, condition_latents, control_pixels, fit_image,
-                                     make_scheduler, prepare_condition, stop_timestep)
+from lib_layerdiffuse.engine import (
+    broadcast_condition,
+    condition_latents,
+    control_pixels,
+    fit_image,
+    make_scheduler,
+    prepare_condition,
+    stop_timestep,
+)
 from lib_layerdiffuse.engine.unet_hook import UNetStepHook
 from lib_layerdiffuse.methods import Method
 from lib_layerdiffuse.testing.models import tiny_vae

@@ -14,9 +14,8 @@ from PIL import Image
 
 from lib_layerdiffuse import images
 from lib_layerdiffuse.cli import main
-from lib_layerdiffuse.cutout import CutoutError, CutoutSettings, Output, Refine, cut_out, parse_color
+from lib_layerdiffuse.cutout import CutoutError, CutoutSettings, Output, Refine, cut_out, parse_color, rembg_backend
 from lib_layerdiffuse.cutout import refine as refine_module
-from lib_layerdiffuse.cutout import rembg_backend
 from lib_layerdiffuse.cutout.metrics import all_metrics, connectivity_error, edge_color_error, sad
 from lib_layerdiffuse.cutout.replace import generation_size, replace_background
 from lib_layerdiffuse.testing.composites import synthetic_case

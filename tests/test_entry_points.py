@@ -6,8 +6,9 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from lib_layerdiffuse.cli import main
 from lib_layerdiffuse.weights import CATALOG
@@ -40,7 +41,7 @@ def test_main_job_lists_methods_and_every_file_state(tmp_path):
     from lib_layerdiffuse.methods import Method
     for m in Method:
         assert m.value in out and m.name in out
-    for name, entry in CATALOG.items():
+    for name in CATALOG:
         assert name in out
     assert "present (not verified yet)" in out and "partial download" in out
     assert out.count("missing") >= 12

@@ -15,12 +15,26 @@ import torch
 from lib_layerdiffuse.engine import LayerDiffuse, UnsupportedModelError, locate_model
 from lib_layerdiffuse.engine.family import family_of_checkpoint_file
 from lib_layerdiffuse.methods import Family, Method
-from lib_layerdiffuse.patches import (PatchMismatchError, apply_frozen_patches, attach_lora_branches,
-                                      parse_transformer_lora, resolve_patches)
+from lib_layerdiffuse.patches import (
+    PatchMismatchError,
+    apply_frozen_patches,
+    attach_lora_branches,
+    parse_transformer_lora,
+    resolve_patches,
+)
 from lib_layerdiffuse.patches.flux_names import diffusers_to_bfl
-from lib_layerdiffuse.testing.flux import (bfl_layout, flux_vae_state_dict, lora_layout, meta_flux_transformer,
-                                           tiny_flux_pipeline, tiny_flux_transformer, tiny_flux_vae, to_bfl_state_dict,
-                                           write_flux_lora, write_flux_vae_pickle)
+from lib_layerdiffuse.testing.flux import (
+    bfl_layout,
+    flux_vae_state_dict,
+    lora_layout,
+    meta_flux_transformer,
+    tiny_flux_pipeline,
+    tiny_flux_transformer,
+    tiny_flux_vae,
+    to_bfl_state_dict,
+    write_flux_lora,
+    write_flux_vae_pickle,
+)
 from lib_layerdiffuse.testing.layer_files import TINY_DECODER_CONFIG, decoder_layout
 from lib_layerdiffuse.vae import OFFSET_SCALE, TransparentDecoder, TransparentEncoder, pad_rgb
 from lib_layerdiffuse.vae.convert import convert_flux_vae, read_pickled_state_dict, split_flux_vae

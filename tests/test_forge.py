@@ -11,6 +11,7 @@ import importlib.util
 import sys
 import types
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -18,77 +19,29 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-import fake_forge as ff
 from lib_layerdiffuse import form
 from lib_layerdiffuse.cutout import CutoutSettings
 from lib_layerdiffuse.forge import hooks, saving, ui, unet_files
 from lib_layerdiffuse.forge.attention import SharedAttention
 from lib_layerdiffuse.forge.cutout import split_script_args
-from lib_layerdiffuse.forge.host import UnsupportedHostError, detect_host
+from lib_layerdiffuse.forge.detect import detect_host
+from lib_layerdiffuse.forge.host import UnsupportedHostError
 from lib_layerdiffuse.forge.job import ERROR_KEY, job_of
 from lib_layerdiffuse.images import to_png_base64
 from lib_layerdiffuse.methods import Family, Method, PatchKind
 from lib_layerdiffuse.params import LayerDiffuseParams
+from lib_layerdiffuse.previews import preview
 from lib_layerdiffuse.testing.composites import synthetic_case
 from lib_layerdiffuse.testing.flux import tiny_flux_transformer, to_bfl_state_dict
-from lib_layerdiffuse.testing.layer_files import write_unet_files
-from lib_layerdiffuse.testing.unet_specs import TINY
 from lib_layerdiffuse.unet_blocks import attention_modules
 from lib_layerdiffuse.vae.frontends import decoder_for
 from lib_layerdiffuse.weights import WeightStore
+
+import fake_forge as ff
 from sharing_reference import published_unit
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
-
-
-@pytest.fixture(scope="module")
-def weight_files(tmp_path_factory):
-    """Tiny official-format files of both families, written once."""
-    folder = tmp_path_factory.mktemp("layer_model")
-    catalog = {}
-    for family in ("sd15", "sdxl"):
-        catalog.update(write_unet_files(folder, TINY[family]))
-    catalog.update(write_flux_files(folder))
-    return folder, catalog
-
-
-def write_flux_files(folder):
-    """The Flux LoRA for the stand-in Flux model and the VAE converted from a tiny pickle;
-    returns their catalog entries (the decoder's layout is the tiny one)."""
-    from lib_layerdiffuse.testing.flux import write_flux_lora, write_flux_vae_pickle
-    from lib_layerdiffuse.testing.layer_files import TINY_DECODER_CONFIG, decoder_layout
-    from lib_layerdiffuse.vae.convert import convert_flux_vae
-    from lib_layerdiffuse.weights import CATALOG
-    from lib_layerdiffuse.weights.integrity import layout_sha256
-
-    catalog = {n: e for n, e in CATALOG.items() if e.family is Family.FLUX}
-    decoder = Method.FLUX_FG_ONLY.spec.decoder_file
-    catalog[decoder] = dataclasses.replace(
-        catalog[decoder], layout_sha256=layout_sha256(decoder_layout(latent_channels=16, **TINY_DECODER_CONFIG)))
-    write_flux_lora(folder / "layerlora.safetensors", tiny_flux_transformer(0))
-    source = write_flux_vae_pickle(folder / "TransparentVAE.pth", decoder_config=TINY_DECODER_CONFIG)
-    convert_flux_vae(source, WeightStore(folder, catalog=catalog, allow_download=False, progress=False))
-    return catalog
-
-
-@pytest.fixture(params=[1, 2, 3], ids=["early-forge", "current-forge", "forge-neo"])
-def forge(request, monkeypatch, weight_files):
-    folder, catalog = weight_files
-    memory = ff.Memory()
-    # each host's defaults: Neo saves grids as JPEG and has no stealth infotext
-    opts = types.SimpleNamespace(samples_format="png", grid_format="jpg" if request.param == 3 else "png",
-                                 enable_pnginfo=True, grid_background_color="#ffffff",
-                                 data={} if request.param == 3 else {"stealth_pnginfo_option": "Alpha"})
-    saved: list = []
-    ff.install(monkeypatch, {**ff.forge_modules(request.param, memory), **ff.webui_modules(opts, saved, request.param)})
-    callbacks = sys.modules["modules.script_callbacks"]  # as the script file registers them
-    callbacks.on_before_image_saved(saving.restore_alpha)
-    callbacks.on_image_grid(saving.remember_grid)
-    unet_files.use_store(WeightStore(folder, catalog=catalog, allow_download=False, progress=False))
-    yield types.SimpleNamespace(generation=request.param, memory=memory, opts=opts, saved=saved,
-                                catalog=catalog, folder=folder)
-    unet_files.use_store(None)
 
 
 def set_stealth(forge, mode: str) -> None:
@@ -476,7 +429,7 @@ def test_stale_object_patches_are_unwrapped(forge):
     restore = patched[0].apply_object_patches()
     try:
         patched2, _ = run_job(processing_with(p.sd_model, forge), args_for(Method.FG_ONLY_ATTN_SD15))
-        for key, module in patched2[0].object_patches.items():
+        for module in patched2[0].object_patches.values():
             assert isinstance(module.original, ff.CrossAttention)
     finally:
         restore()
@@ -527,7 +480,7 @@ def test_decoding_uses_raw_latents_per_index_over_batches(forge):
     pixels = p.sd_model.forge_objects.vae.decode(raw).movedim(-1, 1)
     expected = decoder.decode(raw[1:2], pixels[1:2])
     assert np.array_equal(np.asarray(outputs[3]), expected.rgba[0])
-    assert np.array_equal(np.asarray(p.extra_result_images[3]), expected.preview[0])
+    assert np.array_equal(np.asarray(p.extra_result_images[3]), preview(expected.rgba[0]))
     assert len(forge.memory.loaded) == 2  # the decoder went through Forge's memory manager per batch
 
 
@@ -595,7 +548,7 @@ def test_output_origin_adds_the_opaque_image(forge):
 
 def decoded_rgba(p) -> np.ndarray:
     """The transparent decoder's RGBA of the last batch's first image."""
-    return job_of(p).outputs[0][0]
+    return job_of(p).outputs[0]
 
 
 @pytest.mark.parametrize("mode", ["Alpha", "RGB", "None"])
@@ -798,14 +751,6 @@ def test_transparent_img2img(forge):
 
 
 # ---- UI, infotext, script file ----------------------------------------------------------
-
-@pytest.fixture()
-def gradio(monkeypatch):
-    gr = ff.fake_gradio()
-    monkeypatch.setitem(__import__("sys").modules, "gradio", gr)
-    ff.Component.created = []
-    return gr
-
 
 def load_script(monkeypatch):
     spec = importlib.util.spec_from_file_location("forge_layerdiffuse", ROOT / "scripts" / "forge_layerdiffuse.py")

@@ -198,6 +198,42 @@ def test_webui_functions_our_code_calls_exist_with_the_arguments_we_pass():
     assert not problems, "\n".join(problems)
 
 
+# what the Extras cutout, the settings page, the endpoints and the checkpoint lookup use
+EXTRAS_FUNCTIONS = [("on_ui_settings", "modules/script_callbacks.py"), ("on_app_started", "modules/script_callbacks.py"),
+                    ("on_after_component", "modules/script_callbacks.py"),
+                    ("run_postprocessing", "modules/postprocessing.py"),
+                    ("get_closet_checkpoint_match", "modules/sd_models.py")]
+
+
+def test_extras_settings_and_endpoint_hooks_match_the_fakes():
+    problems = [f"{relative}: no {name}" for name, relative in EXTRAS_FUNCTIONS if real_function(relative, name) is None]
+    fakes = ff.webui_modules(None, [], generation())
+    # Neo's run_postprocessing takes a video path before the scripts' arguments
+    real = _params(real_function("modules/postprocessing.py", "run_postprocessing"))
+    fake, _ = _fake_params(fakes["modules.postprocessing"].run_postprocessing)
+    if list(real) != list(fake):
+        problems.append(f"run_postprocessing takes {list(real)}, the fake {list(fake)}")
+    option = _params(real_function("modules/options.py", "OptionInfo.__init__")
+                     or real_function("modules/shared.py", "OptionInfo.__init__"))
+    fake_option, _ = _fake_params(ff.OptionInfo.__init__)
+    problems += [f"OptionInfo has no {n!r}" for n in ("default", "label", "component", "component_args", "section")
+                 if n not in option]
+    problems += [f"the fake OptionInfo has {n!r}, the real one has not" for n in fake_option if n not in option]
+    source = (forge_root() / "modules/scripts_postprocessing.py").read_text(encoding="utf-8")
+    problems += [f"PostprocessedImage has no {field}" for field in
+                 ("self.image", "self.info", "self.extra_images", "self.nametags", "self.disable_processing")
+                 if field not in source]
+    problems += [f"ScriptPostprocessingRunner has no {name}" for name in ("create_args_for_run",
+                                                                           "scripts_in_preferred_order")
+                 if real_function("modules/scripts_postprocessing.py", f"ScriptPostprocessingRunner.{name}") is None]
+    for relative, text in (("modules/call_queue.py", "queue_lock"), ("modules/sd_models.py", "model_data"),
+                           ("modules/ui_components.py", "InputAccordion"), ("modules/shared_state.py", "skipped"),
+                           ("modules/scripts.py", "scripts_postproc")):
+        if text not in (forge_root() / relative).read_text(encoding="utf-8"):
+            problems.append(f"{relative} has no {text}")
+    assert not problems, "\n".join(problems)
+
+
 def _calls(fn: ast.AST, name: str) -> list[int]:
     """Lines where `fn` calls something named `name` (a function or a method)."""
     return [n.lineno for n in ast.walk(fn) if isinstance(n, ast.Call)

@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from lib_layerdiffuse.engine.sharing import sharing_module_names
-from lib_layerdiffuse.patches import (PatchMismatchError, apply_frozen_patches, ldm_to_diffusers,
-                                      merge_patch, parse_frozen_patches, resolve_patches)
+from lib_layerdiffuse.patches import (
+    PatchMismatchError,
+    apply_frozen_patches,
+    ldm_to_diffusers,
+    merge_patch,
+    parse_frozen_patches,
+    resolve_patches,
+)
 from lib_layerdiffuse.testing.layer_files import random_state_dict, unet_file_layout
 from lib_layerdiffuse.testing.models import meta_unet, tiny_unet
 from lib_layerdiffuse.testing.unet_specs import FULL, TINY, ldm_unet_layout

@@ -15,8 +15,14 @@ import torch
 from PIL import Image
 
 from lib_layerdiffuse.engine import LayerDiffuse
-from lib_layerdiffuse.engine.family import (UnsupportedModelError, family_of_bfl_layout, family_of_forge_model,
-                                            family_of_transformer_config, locate_layered_model, locate_model)
+from lib_layerdiffuse.engine.family import (
+    UnsupportedModelError,
+    family_of_bfl_layout,
+    family_of_forge_model,
+    family_of_transformer_config,
+    locate_layered_model,
+    locate_model,
+)
 from lib_layerdiffuse.engine.qwen import QwenImage21Engine, clean_alpha
 from lib_layerdiffuse.layers.decompose import Decomposition, LayerDecomposer
 from lib_layerdiffuse.methods import Family, Method

@@ -6,12 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib_layerdiffuse.engine.sharing import (AttentionSharingWeights, SharingState,
-                                             install_attention_sharing, sharing_module_names)
+from lib_layerdiffuse.engine.sharing import (
+    AttentionSharingWeights,
+    SharingState,
+    install_attention_sharing,
+    sharing_module_names,
+)
 from lib_layerdiffuse.testing.layer_files import keep_control_signal, random_state_dict, unet_file_layout
 from lib_layerdiffuse.testing.models import tiny_unet
 from lib_layerdiffuse.testing.unet_specs import TINY
 from lib_layerdiffuse.weights import WeightFormatError
+
 from sharing_reference import published_unit
 
 LAYER = 1  # attn2 of the first transformer: cross-attention with a text context

@@ -6,14 +6,29 @@ import torch
 from torch import nn
 
 from lib_layerdiffuse.methods import Family
-from lib_layerdiffuse.testing.layer_files import (TINY_DECODER_CONFIG, decoder_layout, offset_encoder_layout,
-                                                  random_state_dict, write_unet_files)
+from lib_layerdiffuse.testing.layer_files import (
+    TINY_DECODER_CONFIG,
+    decoder_layout,
+    offset_encoder_layout,
+    random_state_dict,
+    write_unet_files,
+)
 from lib_layerdiffuse.testing.models import tiny_vae
 from lib_layerdiffuse.testing.reference_decode import diffusers_forward, reference_tta
 from lib_layerdiffuse.testing.unet_specs import TINY
-from lib_layerdiffuse.vae import (OFFSET_SCALE, LatentTransparencyOffsetEncoder, TransparentDecoder,
-                                  TransparentEncoder, UNet1024, checkerboard, decoder_for, encoder_for,
-                                  estimate_augmented, pad_rgb, pad_to_multiple)
+from lib_layerdiffuse.vae import (
+    OFFSET_SCALE,
+    LatentTransparencyOffsetEncoder,
+    TransparentDecoder,
+    TransparentEncoder,
+    UNet1024,
+    checkerboard,
+    decoder_for,
+    encoder_for,
+    estimate_augmented,
+    pad_rgb,
+    pad_to_multiple,
+)
 from lib_layerdiffuse.vae.pixels import _area_matrix, _linear_matrix
 from lib_layerdiffuse.weights import WeightFormatError, WeightStore
 

@@ -5,12 +5,18 @@ import hashlib
 import pytest
 import requests
 
+from lib_layerdiffuse.methods import Family
 from lib_layerdiffuse.testing.file_server import FileServer
 from lib_layerdiffuse.testing.network import NetworkAccessError
-from lib_layerdiffuse.weights import (CATALOG, WeightDownloadError, WeightFile, WeightIntegrityError,
-                                      WeightStore, download_file)
+from lib_layerdiffuse.weights import (
+    CATALOG,
+    WeightDownloadError,
+    WeightFile,
+    WeightIntegrityError,
+    WeightStore,
+    download_file,
+)
 from lib_layerdiffuse.weights.download import part_path
-from lib_layerdiffuse.methods import Family
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -97,8 +103,8 @@ def test_tests_cannot_reach_the_real_hub(tmp_path):
 
 
 def test_store_downloads_through_hf_endpoint_and_loads(tmp_path, monkeypatch):
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     src = tmp_path / "src.safetensors"
     save_file({"blocks.0.weight": torch.ones(2, 2)}, str(src))

@@ -12,16 +12,30 @@ from safetensors.torch import save_file
 
 from lib_layerdiffuse.methods import Family
 from lib_layerdiffuse.testing.file_server import FileServer
-from lib_layerdiffuse.weights import (CATALOG, REPO_ID, State, WeightFile, WeightFormatError,
-                                      WeightIntegrityError, WeightMissingError, WeightStore,
-                                      load_safetensors, resolve_models_dir)
-from lib_layerdiffuse.testing.layer_files import (OFFSET_ENCODER_CHANNELS, decoder_layout, offset_encoder_layout,
-                                                  unet_file_layout, write_weight_file)
+from lib_layerdiffuse.testing.layer_files import (
+    OFFSET_ENCODER_CHANNELS,
+    decoder_layout,
+    offset_encoder_layout,
+    unet_file_layout,
+    write_weight_file,
+)
 from lib_layerdiffuse.testing.unet_specs import FULL
-from lib_layerdiffuse.weights import integrity
+from lib_layerdiffuse.weights import (
+    CATALOG,
+    REPO_ID,
+    State,
+    WeightFile,
+    WeightFormatError,
+    WeightIntegrityError,
+    WeightMissingError,
+    WeightStore,
+    integrity,
+    load_safetensors,
+    resolve_models_dir,
+)
 from lib_layerdiffuse.weights.integrity import layout_sha256
-from lib_layerdiffuse.weights.store import unpinned_allowed
 from lib_layerdiffuse.weights.location import PROJECT_MODELS_DIR
+from lib_layerdiffuse.weights.store import unpinned_allowed
 
 NAME = "layer_sd15_vae_transparent_encoder.safetensors"
 

@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import controlnet_files  # noqa: E402
+import conventions  # noqa: E402
 import flux_files  # noqa: E402
 import lora_files  # noqa: E402
-from cases import (BASE, LORA_A, LORA_B, OTHER_SD15, SDXL_LORA, Case, Result, flux_matrix, matrix, run_case,  # noqa: E402
-                   sdxl_matrix)
+from cases import BASE, LORA_A, LORA_B, OTHER_SD15, SDXL_LORA, Case, Result, flux_matrix, matrix, run_case, sdxl_matrix  # noqa: E402
 from host import CHECKPOINT_NAMES, Forge, Server, log  # noqa: E402
 
 LOCAL_SEGMENTER = "BiRefNet-rig.onnx"
@@ -59,8 +59,14 @@ SDXL_LAYER_FILES = ("layer_xl_fg2ble.safetensors", "layer_xl_fgble2bg.safetensor
 def write_weights(cache: Path, family: str, layer_methods: bool = False) -> tuple[Path, list[Path]]:
     """The random checkpoint and layer files of `family` at full size (kept in `cache`)."""
     from lib_layerdiffuse.testing.checkpoints import write_random_checkpoint
-    from lib_layerdiffuse.testing.layer_files import (decoder_layout, keep_control_signal, offset_encoder_layout,
-                                                      random_state_dict, unet_file_layout, write_weight_file)
+    from lib_layerdiffuse.testing.layer_files import (
+        decoder_layout,
+        keep_control_signal,
+        offset_encoder_layout,
+        random_state_dict,
+        unet_file_layout,
+        write_weight_file,
+    )
     from lib_layerdiffuse.testing.unet_specs import FULL
     from lib_layerdiffuse.weights.catalog import CATALOG
 
@@ -157,6 +163,58 @@ def screenshot(url: str, target: Path) -> None:
         browser.close()
 
 
+def select_at_start(root: Path, checkpoint: str) -> None:
+    """Forge's config.json names `checkpoint` as the selected one when Forge starts."""
+    config = root / "config.json"
+    data = json.loads(config.read_text()) if config.exists() else {}
+    data["sd_model_checkpoint"] = checkpoint
+    config.write_text(json.dumps(data, indent=4))
+
+
+def _browser_page(pw, url: str):
+    from lib_layerdiffuse.testing.browser import find_browser, launch_chromium
+
+    browser = launch_chromium(pw, find_browser())
+    page = browser.new_page(viewport={"width": 1280, "height": 1100})
+    page.goto(url, timeout=300_000)
+    page.locator("#tab_txt2img").wait_for(timeout=300_000)
+    return browser, page
+
+
+def screenshot_extras(url: str, target: Path) -> None:
+    """The Extras tab with the LayerDiffuse cutout accordion opened."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser, page = _browser_page(pw, url)
+        page.get_by_role("tab", name="Extras").first.click()
+        panel = page.locator("#extras_layerdiffuse_cutout")
+        panel.wait_for(timeout=60_000)
+        panel.get_by_text("LayerDiffuse cutout").first.click()
+        panel.get_by_text("Cutout model").first.wait_for(timeout=60_000)
+        panel.scroll_into_view_if_needed()
+        page.wait_for_timeout(1500)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        panel.screenshot(path=str(target))
+        browser.close()
+
+
+def screenshot_settings(url: str, target: Path) -> None:
+    """Settings -> LayerDiffuse."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser, page = _browser_page(pw, url)
+        page.get_by_role("tab", name="Settings").first.click()
+        page.locator("#settings").get_by_role("tab", name="LayerDiffuse").first.click()
+        section = page.locator("#settings_layerdiffuse")
+        section.wait_for(timeout=60_000)
+        page.wait_for_timeout(1500)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        section.screenshot(path=str(target))
+        browser.close()
+
+
 # the plain call made before any LayerDiffuse call and after every case: small, so that checking
 # after each case costs little
 RESTORE_PAYLOAD = {**BASE, "width": 256, "height": 256, "save_images": False}
@@ -216,7 +274,11 @@ def main(argv=None) -> int:
                         help="where the random weights are written once (about 4.5 GB)")
     parser.add_argument("--port", type=int, default=7861)
     parser.add_argument("--only", nargs="*", help="run only cases whose name contains one of these")
-    parser.add_argument("--screenshot", help="save a screenshot of the txt2img tab here")
+    parser.add_argument("--screenshot", help="save a screenshot of the txt2img tab here (with --conventions also "
+                                             "of the Extras cutout and Settings -> LayerDiffuse, beside it)")
+    parser.add_argument("--conventions", action="store_true",
+                        help="after the cases, check the REST endpoints, the Extras cutout, the settings and the "
+                             "panel's defaults (conventions.py); --only plain --conventions runs these alone")
     parser.add_argument("--json", help="write the results here as JSON")
     parser.add_argument("--skip-prepare", action="store_true", help="only copy the extension in again")
     parser.add_argument("--family", choices=("sd15", "sdxl", "flux"), default="sd15",
@@ -242,8 +304,11 @@ def main(argv=None) -> int:
         child.join()
         if child.exitcode:
             parser.exit(1, f"preparing Forge failed (exit code {child.exitcode}); see the output above\n")
+    if args.conventions:  # the panel is built at start for the checkpoint selected then
+        select_at_start(forge.root, CHECKPOINT_NAMES[args.family])
     server = Server(forge, args.port, cache / f"forge-{forge.commit()}.log")
     results: list[Result] = []
+    checks: list[conventions.Check] = []
     listing = ["Forge did not start"]
     try:
         started = server.start()
@@ -291,11 +356,19 @@ def main(argv=None) -> int:
             result.peak_gb = server.peak_memory_gb()
             log(f"  HTTP {result.http}, {result.seconds:.0f} s, plain after: {result.restored}, "
                 f"Forge's peak memory {result.peak_gb:.1f} GB, {'ok' if not result.failures else result.failures}")
+        if args.conventions:
+            checks = conventions.run_checks(server.url, cache / "conventions", outputs, restoration)
         if args.screenshot:
-            try:
-                screenshot(server.url, Path(args.screenshot))
-            except Exception as exc:  # a screenshot is a by-product: the table still counts
-                log(f"no screenshot: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+            shots = [(screenshot, Path(args.screenshot))]
+            if args.conventions:
+                target = Path(args.screenshot)
+                shots += [(screenshot_extras, target.with_name(target.stem + "-extras.png")),
+                          (screenshot_settings, target.with_name(target.stem + "-settings.png"))]
+            for shoot, target in shots:
+                try:
+                    shoot(server.url, target)
+                except Exception as exc:  # a screenshot is a by-product: the table still counts
+                    log(f"no screenshot {target.name}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
     finally:
         server.stop()
     baseline = results[0].seconds if results and not results[0].case.layer else 0.0
@@ -303,13 +376,17 @@ def main(argv=None) -> int:
     print(f"\nForge {forge.version()} ({forge.commit()}), generation {forge.generation}, "
           f"{time.strftime('%Y-%m-%d')}; Euler, 2 steps, {size} unless stated; random weights\n")
     print(table(results, baseline))
+    if checks:
+        print("\n" + conventions.table(checks))
     if args.json:
         Path(args.json).write_text(json.dumps([{
             "case": r.case.name, "http": r.http, "seconds": round(r.seconds, 1), "failures": r.failures,
             "main": [s.short() for s in r.main], "saved": [(n, s.short()) for n, s in r.saved],
             "restored": r.restored, "peak_gb": round(r.peak_gb, 2), "tracebacks": r.tracebacks,
-            "notes": r.notes} for r in results], indent=1))
-    failed = [r for r in results if r.failures]
+            "notes": r.notes} for r in results] + [{
+            "convention": c.name, "seconds": round(c.seconds, 1), "failures": c.failures, "detail": c.detail,
+            "restored": c.restored} for c in checks], indent=1))
+    failed = [r for r in results if r.failures] + [c for c in checks if c.failures]
     if listing:
         print(f"\nFAILED: {'; '.join(listing)}")
     return 1 if failed or listing or not results else 0

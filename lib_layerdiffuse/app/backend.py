@@ -15,12 +15,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
-from ..progress import ProgressCallback as Progress
-from ..methods import Family, Method
-from ..weights import WeightStore
 from ..layers.options import DEFAULT_MODEL as DEFAULT_LAYERS_MODEL
-from .readiness import (DEFAULT_MODEL, ModelState, check_layers_model, check_model, layers_summary, model_summary,
-                        weights_summary)
+from ..methods import Family, Method
+from ..progress import ProgressCallback as Progress
+from ..weights import WeightStore
+from .readiness import (
+    DEFAULT_MODEL,
+    ModelState,
+    check_layers_model,
+    check_model,
+    layers_summary,
+    model_summary,
+    weights_summary,
+)
 
 FAMILY_SIZE = {Family.SDXL: 1024, Family.SD15: 512, Family.FLUX: 1024, Family.QWEN21: 1024}
 

@@ -14,13 +14,13 @@ from typing import Callable, Optional
 from ..cutout.options import CutoutSettings, Refine
 from ..engine.flux import DEFAULT_GUIDANCE as FLUX_GUIDANCE
 from ..engine.generate import DEFAULT_CFG, DEFAULT_STEPS
-from ..progress import ProgressCallback
 from ..engine.samplers import SAMPLERS
 from ..form import cutout_controls, input_visibility, method_hint
 from ..layers.options import DEFAULT_LAYERS, MAX_LAYERS, RESOLUTIONS
 from ..layers.options import DEFAULT_STEPS as LAYERS_STEPS
 from ..methods import Family, Method
 from ..params import LayerDiffuseParams, ResizeMode
+from ..progress import ProgressCallback
 from .backend import FAMILY_SIZE, Backend, Outputs
 
 log = logging.getLogger(__name__)

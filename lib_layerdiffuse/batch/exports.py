@@ -60,7 +60,7 @@ def export_sprite_sheet(folder: "str | Path", name: str = "sprites", padding: in
     folder = Path(folder)
     manifest = Manifest(folder)
     frames = []
-    for key, record in manifest.records.items():
+    for _key, record in manifest.records.items():
         if record.get("status") != "done":
             continue
         for entry in record["files"]:

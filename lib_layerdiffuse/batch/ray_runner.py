@@ -18,10 +18,9 @@ from typing import Any, Callable, Optional
 
 from tqdm.auto import tqdm
 
-from .jobfile import Item, Job
 from ..atomic import write_atomic
+from .jobfile import Item, Job
 from .runner import BatchSummary, _batches, _chunks, _generate_together, _make, open_run
-
 
 RAY_BATCH = 4  # items per chunk sent to a worker unless --batch-size says otherwise
 

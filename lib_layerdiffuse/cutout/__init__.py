@@ -11,7 +11,7 @@ from .border import CutoutError
 from .models import DEFAULT_MODEL, LOCAL_FILE, MODEL_CHOICES, REMBG_MODELS, WEIGHT_FREE
 from .options import CutoutSettings, Output, Refine, parse_color
 from .result import CutoutResult
-from .run import cut_out
+from .run import cut_out, from_own_alpha
 
 __all__ = ["CutoutError", "CutoutResult", "CutoutSettings", "DEFAULT_MODEL", "LOCAL_FILE", "MODEL_CHOICES",
-           "Output", "REMBG_MODELS", "Refine", "WEIGHT_FREE", "cut_out", "parse_color"]
+           "Output", "REMBG_MODELS", "Refine", "WEIGHT_FREE", "cut_out", "from_own_alpha", "parse_color"]

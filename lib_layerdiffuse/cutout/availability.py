@@ -15,8 +15,16 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from ..reachability import Reach, probe
-from .models import (DEFAULT_MODEL, LOCAL_FILE, RELEASE_URL, REMBG_MODELS, WEIGHT_FREE, local_name, model_choices,
-                     model_label)
+from .models import (
+    DEFAULT_MODEL,
+    LOCAL_FILE,
+    RELEASE_URL,
+    REMBG_MODELS,
+    WEIGHT_FREE,
+    local_name,
+    model_choices,
+    model_label,
+)
 from .rembg_backend import downloaded_model_file, model_target, models_home, not_downloadable
 
 

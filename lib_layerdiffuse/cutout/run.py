@@ -12,13 +12,14 @@ from ..progress import ProgressBar, ProgressCallback, Stages
 from ..vae.pixels import flatten_over_grey, to_uint8
 from .border import STAGES as BORDER_STAGES
 from .border import CutoutError, border_matte
+from .model_matting import matting_after_model
 from .models import WEIGHT_FREE
 from .options import CutoutSettings, Refine
-from .model_matting import matting_after_model
 from .refine import estimate_foreground, fill_transparent, row_strips
 from .result import CutoutResult
 
 NO_SUBJECT = 0.5  # an alpha that never reaches this holds no subject
+OWN_ALPHA = "the image's own alpha"
 MATTING_STAGE = "Refining the edge by matting"
 COLOUR_STAGE = "Estimating edge colours"
 FILL_STAGE = "Filling colour under transparent pixels"
@@ -63,6 +64,17 @@ def cut_out(image: Any, settings: Optional[CutoutSettings] = None, *, providers:
     finally:
         if bar is not None:
             bar.close()
+
+
+def from_own_alpha(image: Any, settings: Optional[CutoutSettings] = None) -> CutoutResult:
+    """The result for an image that is transparent already (an RGBA upload, a native-RGBA
+    model's output): nothing is cut, its own alpha makes the outputs (the mask, over a colour)."""
+    rgba = to_rgba_uint8(image, "image")
+    if rgba is None:
+        raise ValueError("image: no image was given")
+    rgb = np.ascontiguousarray(rgba[..., :3])
+    return CutoutResult(image=rgb, alpha=rgba[..., 3].astype(np.float32) / 255.0, colour=rgb,
+                        settings=settings or CutoutSettings(), model=OWN_ALPHA)
 
 
 def _flattened(rgba: np.ndarray) -> np.ndarray:

@@ -27,12 +27,12 @@ import torch
 from ..images import to_rgba_uint8
 from ..methods import Method
 from ..params import LayerDiffuseParams
-from ..patches import (apply_frozen_patches, attach_lora_branches, mergeable, parse_transformer_lora)
+from ..patches import apply_frozen_patches, attach_lora_branches, mergeable, parse_transformer_lora
 from ..progress import ProgressCallback
 from ..vae.frontends import decoder_for, default_device_and_dtype, encoder_for
 from ..weights import WeightStore
-from .family import UnsupportedModelError, check_method_family, family_of_transformer
 from .basics import fit_rgba, format_infotext, positive_int
+from .family import UnsupportedModelError, check_method_family, family_of_transformer
 from .outputs import LayerResult, decode_outputs
 
 DEFAULT_STEPS = 50  # the release's demos

@@ -32,10 +32,16 @@ from ..params import LayerDiffuseParams, ResizeMode
 from ..patches import apply_frozen_patches, parse_frozen_patches
 from ..vae.frontends import decoder_for, default_device_and_dtype, encoder_for
 from ..weights import WeightStore
-from .conditions import condition_latents, control_pixels
 from .basics import fit_rgba, format_infotext, positive_int, step_reporter
-from .family import (QWEN21_TRANSFORMER, UnsupportedModelError, check_method_family, compatibility_warning, family_of_unet,
-                     locate_model)
+from .conditions import condition_latents, control_pixels
+from .family import (
+    QWEN21_TRANSFORMER,
+    UnsupportedModelError,
+    check_method_family,
+    compatibility_warning,
+    family_of_unet,
+    locate_model,
+)
 from .outputs import LayerResult, ProgressCallback, decode_outputs
 from .samplers import default_sampler, make_scheduler, parse_sampler
 from .sharing import AttentionSharingWeights, SharingState, install_attention_sharing

@@ -19,9 +19,9 @@ from tqdm.auto import tqdm
 
 from ..images import save_png
 from ..methods import Method
+from ..progress import ProgressCallback
 from ..vae.conventions import convention_of, to_raw
 from ..vae.frontends import TransparentDecoder
-from ..progress import ProgressCallback
 from ..vae.pixels import to_uint8
 
 

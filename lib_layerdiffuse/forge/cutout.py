@@ -12,14 +12,13 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import numpy as np
-from PIL import Image
 
 from ..cutout.options import CutoutSettings
 from ..images import has_real_alpha
 from ..params import LayerDiffuseParams
 from ..settings import name_key
 from .job import Job
-from .saving import show_transparent
+from .saving import add_preview, show_transparent
 
 
 def split_script_args(args: tuple) -> tuple[tuple, tuple]:
@@ -84,7 +83,7 @@ def cut_out_image(p: Any, pp: Any, job: Job) -> None:
     out = result.render()
     if out.mode == "RGBA":
         pp.image = show_transparent(p, out, p.batch_index)
-        p.extra_result_images.append(Image.fromarray(result.preview(), "RGB"))
+        add_preview(p, np.asarray(out), p.batch_index)
     else:
         pp.image = out.convert("RGB")
     p.extra_generation_params.update(result.infotext())

@@ -26,7 +26,6 @@ from ..vae.frontends import decoder_for
 from .job import Job
 from .unet_files import weight_store
 
-
 _KEPT = "_layerdiffuse_keeps_output"
 
 
@@ -68,7 +67,7 @@ _NAN_HINTS = {Family.FLUX: "on Flux, set the scheduler to Simple as Forge's Flux
 
 @torch.no_grad()
 def decode_batch(p: Any, job: Job, images: torch.Tensor) -> None:
-    """Fill `job.outputs` with (RGBA, preview) arrays for this batch's transparent images."""
+    """Fill `job.outputs` with the RGBA arrays of this batch's transparent images."""
     job.outputs = {}
     latents, job.latents = job.latents, None
     if latents is None:
@@ -93,4 +92,4 @@ def decode_batch(p: Any, job: Job, images: torch.Tensor) -> None:
     indices = transparent_indices(job, raw.shape[0])
     for i in tqdm(indices, desc="LayerDiffuse transparent decoding", disable=len(indices) < 2):
         out = decoder.decode(raw[i:i + 1].to(device, dtype), pixels[i:i + 1].to(device, dtype))
-        job.outputs[i] = (out.rgba[0], out.preview[0])
+        job.outputs[i] = out.rgba[0]

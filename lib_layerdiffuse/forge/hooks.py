@@ -8,23 +8,27 @@ through `Job.fail`, which switches LayerDiffuse off for the job and tells the us
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from PIL import Image
 
 from ..engine.family import check_method_family, family_of_forge_model
-from ..methods import Family
+from ..methods import Family, Method
 from ..params import LayerDiffuseParams
+from ..settings import name_key
 from .cutout import cut_out_image, looks_enabled, split_script_args, start_cutout
 from .decode import decode_batch, keep_sampler_output
-from .host import detect_host
+from .detect import detect_host
 from .img2img import prepare_transparent_init
 from .job import UNPINNED_KEY, Job, job_of, start_job
 from .sampling import patch_unet
-from .saving import finish_outputs, show_transparent
+from .saving import add_preview, finish_outputs, show_transparent
+from .settings_page import default_method
+from .ui import START_METHODS
 from .unet_files import weight_store
 
 
@@ -69,6 +73,11 @@ def process(p: Any, *args: Any) -> None:
     diffusion_model = p.sd_model.forge_objects.unet.model.diffusion_model
     job.family = family_of_forge_model(diffusion_model, "the loaded checkpoint")
     job.params = params = LayerDiffuseParams.from_script_args(*args, family=job.family)
+    if params.method.family is not job.family and method_not_chosen(args, params.method):
+        chosen = default_method(job.family)
+        job.note(p, f"no method was chosen for this {job.family.label} checkpoint ('{params.method.value}' is the "
+                    f"panel's start value); its default '{chosen.value}' ran")
+        job.params = params = dataclasses.replace(params, method=chosen)
     check_method_family(params.method, job.family, host=job.host.label)
     params.require_condition_images()
     spec = params.method.spec
@@ -77,6 +86,15 @@ def process(p: Any, *args: Any) -> None:
                          f"({', '.join(spec.frames)}); set Batch size to a multiple of {spec.frame_count} "
                          f"(it is {p.batch_size})")
     p.extra_generation_params.update(params.to_infotext())
+
+
+def method_not_chosen(args: tuple, method: Method) -> bool:
+    """The call named no method: a dict of named values without one, or positional values whose
+    method is what Forge's API fills in for a missing one (the panel's start value)."""
+    if args and isinstance(args[0], Mapping):
+        table = LayerDiffuseParams.name_table()
+        return "method" not in {table.get(name_key(k)) for k in args[0] if isinstance(k, str)}
+    return method in START_METHODS
 
 
 @_guarded
@@ -141,17 +159,16 @@ def after_composite(p: Any, pp: Any, *args: Any) -> None:
 
 def _use_transparent(p: Any, pp: Any, job: Job) -> bool:
     index = p.batch_index
-    decoded = job.outputs.get(index)
-    if decoded is None:
+    rgba = job.outputs.get(index)
+    if rgba is None:
         return False
-    rgba, preview = decoded
     if pp.image.size != (rgba.shape[1], rgba.shape[0]):
         job.note(p, "the transparent result was not used because the final image has another size "
                     "(inpainting 'only masked' pastes it into the full picture)")
         return False
     original = pp.image
     pp.image = show_transparent(p, Image.fromarray(rgba, "RGBA"), index)
-    p.extra_result_images.append(Image.fromarray(preview, "RGB"))
+    add_preview(p, rgba, index)
     if job.params.output_origin:
         p.extra_result_images.append(original)
     return True

@@ -39,7 +39,7 @@ class Job:
     error: Optional[str] = None
     sampling_passes: int = 0
     latents: Optional[torch.Tensor] = None  # model-space latents of the current batch
-    outputs: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # index -> (rgba, preview)
+    outputs: dict[int, np.ndarray] = field(default_factory=dict)  # index -> straight RGBA, HxWx4 uint8
     notes: list[str] = field(default_factory=list)
     cutout: Optional[CutoutSettings] = None
     cutout_error: Optional[str] = None

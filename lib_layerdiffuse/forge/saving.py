@@ -19,7 +19,8 @@ LayerDiffuse images the same grid is composed with alpha when Forge asks for it
 (`remember_grid`, the `image_grid` callback) and its alpha is put into Forge's grid object
 when that is saved or returned, found by its colours. JPEG and WebP have no alpha at all:
 then LayerDiffuse also saves a PNG copy with the suffix "-transparent", of each image and of
-each grid (Forge Neo saves grids as JPEG by default).
+each grid (Forge Neo saves grids as JPEG by default), unless Settings -> LayerDiffuse says not to.
+Previews (the result over a checkerboard, a colour or nothing) follow the same settings page.
 """
 
 from __future__ import annotations
@@ -32,8 +33,13 @@ from typing import Any, Iterable, Optional
 import numpy as np
 from PIL import Image
 
+from ..previews import preview
+from . import settings_page
+
 KEEP_ATTRIBUTE = "layerdiffuse_alpha"
+EXTRAS_ATTRIBUTE = "layerdiffuse_extras"  # an Extras result (`extras.py`), which gets a PNG copy here
 SUFFIX = "-transparent"
+PREVIEW_SUFFIX = "-preview"
 STEALTH_OPTION = "stealth_pnginfo_option"
 
 
@@ -62,10 +68,15 @@ def restore_alpha(params: Any) -> None:
     the stealth-infotext writer, grids of our images theirs; a grid about to be saved in a
     format without alpha also gets a transparent PNG copy."""
     image = getattr(params, "image", None)
-    if image is None or put_kept_alpha(image):
+    if image is None:
         return
-    if _restore_grid(image) and not str(getattr(params, "filename", "")).lower().endswith(".png"):
-        save_grid_copy(params)
+    extension = str(getattr(params, "filename", "")).rsplit(".", 1)[-1]
+    if put_kept_alpha(image):
+        if getattr(image, EXTRAS_ATTRIBUTE, False) and wants_png_copy(extension):
+            save_png_beside(params, grid=False)  # Extras saves no copy of its own
+        return
+    if _restore_grid(image) and wants_png_copy(extension):
+        save_png_beside(params, grid=True)
 
 
 def finish_outputs(images: Iterable[Any]) -> None:
@@ -227,20 +238,42 @@ def alpha_carrier(image: Image.Image, alpha: Image.Image) -> Image.Image:
     return keep_alpha(carrier, alpha)
 
 
+def wants_png_copy(extension: str) -> bool:
+    """Whether a transparent image saved with `extension` also gets a PNG copy: the format has
+    no alpha here and the setting is on."""
+    return extension.lower().lstrip(".") != "png" and bool(settings_page.value(settings_page.TRANSPARENT_COPY))
+
+
 def show_transparent(p: Any, image: Image.Image, index: int) -> Image.Image:
     """The object to make Forge's result for an RGBA image, marked with its alpha. When Forge
-    saves JPEG or WebP, a PNG copy is saved too."""
+    saves JPEG or WebP, a PNG copy is saved too (unless switched off in the settings)."""
     from modules import shared  # Forge
 
     alpha = image.getchannel("A")
     result = alpha_carrier(image, alpha)
-    if image_format(shared.opts) != "png" and p.save_samples():
-        save_png_copy(p, alpha_carrier(image, alpha), index)
+    if wants_png_copy(image_format(shared.opts)) and p.save_samples():
+        save_beside(p, alpha_carrier(image, alpha), index, SUFFIX, "png")
     return result
 
 
-def save_png_copy(p: Any, image: Image.Image, index: int) -> Optional[str]:
-    """Save a transparent PNG next to Forge's own (JPEG/WebP) output; returns its path."""
+def add_preview(p: Any, rgba: np.ndarray, index: int) -> None:
+    """The preview of a transparent result as an extra image, in the style the settings ask for
+    (none: no preview); saved too when the settings say so."""
+    style, colour = settings_page.preview_style()
+    shown = preview(rgba, style, colour)
+    if shown is None:
+        return
+    image = Image.fromarray(shown, "RGB")
+    p.extra_result_images.append(image)
+    if settings_page.value(settings_page.SAVE_PREVIEW) and p.save_samples():
+        from modules import shared  # Forge
+
+        save_beside(p, image, index, PREVIEW_SUFFIX, image_format(shared.opts))
+
+
+def save_beside(p: Any, image: Image.Image, index: int, suffix: str, extension: str) -> Optional[str]:
+    """Save `image` next to Forge's own output of image `index`, with `suffix` and the same
+    parameters; returns its path."""
     from modules import images, processing  # Forge, present when this runs
 
     try:
@@ -248,20 +281,22 @@ def save_png_copy(p: Any, image: Image.Image, index: int) -> Optional[str]:
                                           all_negative_prompts=p.negative_prompts)
     except Exception:
         info = None
-    path, _ = images.save_image(image, p.outpath_samples, "", p.seeds[index], p.prompts[index], "png",
-                                info=info, p=p, suffix=SUFFIX)
+    path, _ = images.save_image(image, p.outpath_samples, "", p.seeds[index], p.prompts[index], extension,
+                                info=info, p=p, suffix=suffix)
     return path
 
 
-def save_grid_copy(params: Any) -> Optional[str]:
-    """Save a transparent PNG of the grid Forge is saving as JPEG/WebP (`params`, the
-    `before_image_saved` arguments, the grid with its alpha put in), beside it with the suffix
-    "-transparent" and the same parameters; returns its path."""
+def save_png_beside(params: Any, grid: bool) -> Optional[str]:
+    """Save a transparent PNG of the image Forge is saving as JPEG/WebP (`params`, the
+    `before_image_saved` arguments, its alpha put in: a grid, or an Extras result) beside it with
+    the suffix "-transparent" and the same parameters; returns its path."""
     from modules import images  # Forge, present when this runs
 
     folder, name = os.path.split(str(params.filename))
     copy = alpha_carrier(params.image, kept_alpha(params.image))
-    info = (getattr(params, "pnginfo", None) or {}).get("parameters")
-    path, _ = images.save_image(copy, folder, "", extension="png", info=info, p=getattr(params, "p", None),
-                                forced_filename=os.path.splitext(name)[0] + SUFFIX, grid=True)
+    pnginfo = getattr(params, "pnginfo", None) or {}
+    section = next((k for k in ("parameters", "postprocessing", "extras") if pnginfo.get(k)), "parameters")
+    path, _ = images.save_image(copy, folder, "", extension="png", info=pnginfo.get(section),
+                                p=getattr(params, "p", None), forced_filename=os.path.splitext(name)[0] + SUFFIX,
+                                grid=grid, pnginfo_section_name=section)
     return path

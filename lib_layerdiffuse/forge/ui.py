@@ -3,22 +3,30 @@
 The returned components follow `LayerDiffuseParams` field order, which is the reference
 extension's order and therefore the positional order of `alwayson_scripts` API payloads; each
 component's value is the field's real default (Forge's API fills missing trailing arguments
-with these values). Image inputs are ForgeCanvas on current Forge and `gr.Image` on early Forge.
+with these values), except the method: the panel starts on the default method of the selected
+checkpoint's family (Settings -> LayerDiffuse), lists that family's methods first, and follows
+the checkpoint dropdown (the hint names the family; a method of another family is replaced by
+the new family's default). Image inputs are ForgeCanvas on current Forge and `gr.Image` on
+early Forge.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any, Optional
 
 from ..cutout.models import model_choices
 from ..cutout.options import CutoutSettings
 from ..cutout.rembg_backend import models_home
 from ..form import cutout_controls, input_visibility, method_hint
-from ..methods import Method
+from ..methods import Family, Method
 from ..params import LayerDiffuseParams, ResizeMode
-from .host import UnsupportedHostError, detect_host
+from .checkpoint import checkpoint_family
+from .detect import detect_host
+from .host import UnsupportedHostError
 from .saving import alpha_notes
+from .settings_page import default_method
 
 TITLE = "LayerDiffuse"
 CUTOUT_TITLE = "Cutout (rembg fallback)"
@@ -26,6 +34,69 @@ _FIELDS = {f.name: f for f in dataclasses.fields(LayerDiffuseParams)}
 _DEFAULTS = LayerDiffuseParams()
 _CUT_FIELDS = {f.name: f for f in dataclasses.fields(CutoutSettings)}
 _CUT_DEFAULTS = CutoutSettings()
+
+# the method each panel started on (what Forge's API fills in when a call gives no method), and
+# the panels' (method dropdown, hint) to update when the checkpoint changes
+START_METHODS: set[Method] = set()
+_panels: list[tuple[Any, Any]] = []
+
+
+def panel_hint(method: Any, family: Optional[Family]) -> str:
+    """The line under the method dropdown, with the checkpoint's family and a warning when the
+    method belongs to another family."""
+    hint = method_hint(method)
+    if family is None:
+        return hint
+    try:
+        other = Method.parse(method).family is not family
+    except (TypeError, ValueError):
+        other = False
+    warning = f" · **This method needs {Method.parse(method).family.label};**" if other else ""
+    return f"{hint}  \nSelected checkpoint: **{family.label}**{warning}"
+
+
+def follow_checkpoint(title: Any, method: Any) -> tuple[dict, dict]:
+    """The dropdown and hint updates when the checkpoint dropdown shows `title`."""
+    import gradio as gr
+
+    family = checkpoint_family(str(title or ""))
+    if family is None:
+        return gr.update(), gr.update(value=method_hint(method))
+    try:
+        keep = Method.parse(method).family is family
+    except (TypeError, ValueError):
+        keep = False
+    value = method if keep else default_method(family).value
+    return (gr.update(choices=Method.choices(forge=True, first=family), value=value),
+            gr.update(value=panel_hint(value, family)))
+
+
+_checkpoint: list = []  # the WebUI's checkpoint dropdown, until the panels are wired to it
+
+
+def attach_to_checkpoint(component: Any, **kwargs: Any) -> None:
+    """`script_callbacks.on_after_component` callback: when the WebUI builds its checkpoint
+    dropdown (after the tabs: elem_id "setting_sd_model_checkpoint" on early Forge and Neo, the
+    "Checkpoint" dropdown of class "model_selection" on current Forge), every panel follows it.
+    Current Forge creates that dropdown outside any gradio Blocks, where no event can be added:
+    then the panels are wired when the next component is made inside the page's Blocks."""
+    classes = kwargs.get("elem_classes") or []
+    classes = [classes] if isinstance(classes, str) else list(classes)
+    if kwargs.get("elem_id") == "setting_sd_model_checkpoint" or (
+            kwargs.get("label") == "Checkpoint" and "model_selection" in classes):
+        _checkpoint[:] = [component]
+    if not _checkpoint or not _inside_blocks():
+        return
+    dropdown = _checkpoint.pop()
+    for method, hint in _panels:
+        dropdown.change(follow_checkpoint, inputs=[dropdown, method], outputs=[method, hint],
+                        show_progress=False, queue=False)
+
+
+def _inside_blocks() -> bool:
+    """Whether gradio is building a Blocks now (events can be added)."""
+    context = getattr(sys.modules.get("gradio.context"), "Context", None)
+    return context is None or getattr(context, "root_block", None) is not None
 
 
 def host_notes() -> list[str]:
@@ -44,7 +115,7 @@ def host_notes() -> list[str]:
     return notes
 
 
-def _canvas_class() -> Optional[type]:
+def canvas_class() -> Optional[type]:
     try:
         from modules_forge.forge_canvas.canvas import ForgeCanvas
         return ForgeCanvas
@@ -52,7 +123,7 @@ def _canvas_class() -> Optional[type]:
         return None
 
 
-def _image_input(gr, label: str, canvas: Optional[type], visible: bool):
+def image_input(gr, label: str, canvas: Optional[type], visible: bool):
     """A column holding one RGBA image input; returns (column, input component)."""
     with gr.Column(visible=visible) as column:
         if canvas is not None:
@@ -84,7 +155,7 @@ def _build_cutout(gr, script: Any, canvas: Optional[type]) -> tuple[list, list]:
         enabled = gr.Checkbox(label=meta["enabled"]["label"], value=_CUT_DEFAULTS.enabled,
                               elem_id=script.elem_id("cutout_enabled"))
         controls = cutout_controls(gr, _CUT_DEFAULTS.model, script.elem_id,
-                                   lambda label, visible: _image_input(gr, label, canvas, visible),
+                                   lambda label, visible: image_input(gr, label, canvas, visible),
                                    choices=model_choices(models_home()))
     components = [enabled, *controls]
     key = {name: m["infotext"] for name, m in meta.items()}
@@ -98,17 +169,25 @@ def build_ui(script: Any, is_img2img: bool) -> list:
     import gradio as gr
 
     meta = {name: f.metadata for name, f in _FIELDS.items()}
-    shown = input_visibility(_DEFAULTS.method)
-    canvas = _canvas_class()
+    family = checkpoint_family()
+    start = default_method(family)
+    if not is_img2img:  # txt2img is built first, on every (re)load of the UI
+        START_METHODS.clear()
+        _panels.clear()
+        _checkpoint.clear()
+    START_METHODS.add(start)
+    shown = input_visibility(start)
+    canvas = canvas_class()
     with gr.Accordion(open=False, label=TITLE, elem_id=script.elem_id("accordion")):
         notes = host_notes()
         if notes:
             gr.Markdown("\n".join(f"- {n}" for n in notes))
         enabled = gr.Checkbox(label=meta["enabled"]["label"], value=_DEFAULTS.enabled,
                               elem_id=script.elem_id("enabled"))
-        method = gr.Dropdown(label=meta["method"]["label"], choices=Method.choices(forge=True),
-                             value=_DEFAULTS.method.value, type="value", elem_id=script.elem_id("method"))
-        hint = gr.Markdown(method_hint(_DEFAULTS.method))
+        method = gr.Dropdown(label=meta["method"]["label"], choices=Method.choices(forge=True, first=family),
+                             value=start.value, type="value", elem_id=script.elem_id("method"))
+        hint = gr.Markdown(panel_hint(start, family))
+        _panels.append((method, hint))
         with gr.Row():
             weight = gr.Slider(label=meta["weight"]["label"], value=_DEFAULTS.weight, minimum=0.0,
                                maximum=2.0, step=0.001, elem_id=script.elem_id("weight"))
@@ -117,7 +196,7 @@ def build_ui(script: Any, is_img2img: bool) -> list:
         with gr.Row():
             columns, images = [], []
             for name in ("fg_image", "bg_image", "blend_image"):
-                column, component = _image_input(gr, meta[name]["label"], canvas, shown[name])
+                column, component = image_input(gr, meta[name]["label"], canvas, shown[name])
                 columns.append(column)
                 images.append(component)
         resize_mode = gr.Radio(label=meta["resize_mode"]["label"], choices=[m.value for m in ResizeMode],
@@ -135,7 +214,7 @@ def build_ui(script: Any, is_img2img: bool) -> list:
         updates.append(gr.update(visible=vis["resize_mode"]))
         updates += [gr.update(visible=True) if vis[n] else gr.update(visible=False, value="")
                     for n in ("fg_prompt", "bg_prompt", "blend_prompt")]
-        return [gr.update(value=method_hint(value))] + updates
+        return [gr.update(value=panel_hint(value, checkpoint_family()))] + updates
 
     method.change(on_method, inputs=[method], outputs=[hint, *columns, resize_mode, *prompts],
                   show_progress=False, queue=False)

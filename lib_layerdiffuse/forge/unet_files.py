@@ -11,30 +11,35 @@ from torch import nn
 from ..engine.sharing import AttentionSharingWeights
 from ..patches import parse_frozen_patches
 from ..weights import WeightStore
+from ..weights.location import resolve_models_dir
 
 # Forge's patch lists have 16 slots (load_frozen_patcher's layout): lora reads up, down,
 # alpha, mid and (current Forge) a DoRA scale by position.
 PATCH_SLOTS = 16
 
 _store: Optional[WeightStore] = None
+_chosen = False  # the store was set by `use_store`, not found from the settings
 _cache: dict[tuple, object] = {}
 _lock = threading.Lock()
 
 
 def weight_store() -> WeightStore:
     """The weight folder (Forge's models/layer_model unless configured otherwise), created on
-    first use so that importing the extension touches no files."""
+    first use so that importing the extension touches no files, and again when the folder
+    setting (Settings -> LayerDiffuse, read at every call) names another folder."""
     global _store
-    if _store is None:
-        _store = WeightStore()
-    return _store
+    with _lock:
+        if _store is None or (not _chosen and _store.location != resolve_models_dir()):
+            _store = WeightStore()
+            _cache.clear()
+        return _store
 
 
 def use_store(store: Optional[WeightStore]) -> None:
     """Point the extension at another weight folder (tests, or a user-chosen folder)."""
-    global _store
+    global _store, _chosen
     with _lock:
-        _store = store
+        _store, _chosen = store, store is not None
         _cache.clear()
 
 

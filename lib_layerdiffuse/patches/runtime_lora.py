@@ -10,6 +10,7 @@ hooks restores the model exactly; nothing in its weights changes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 import torch
 
 from .frozen import Patches

@@ -72,8 +72,12 @@ def _vl_config(tokenizer, vision: dict, head_dim: Optional[int]) -> dict:
 def tiny_qwen21_pipeline(seed: int = 0, turbo: bool = False):
     """A random `QwenImage21Pipeline`: the RGBA VAE with 4 image channels and 16x downsampling,
     a 2-block transformer, a tiny Qwen3-VL; `turbo`: the Turbo variant's fixed sigma grid."""
-    from diffusers import (AutoencoderKLQwenImage21, FlowMatchEulerDiscreteScheduler, QwenImage21Pipeline,
-                           QwenImage21Transformer2DModel)
+    from diffusers import (
+        AutoencoderKLQwenImage21,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImage21Pipeline,
+        QwenImage21Transformer2DModel,
+    )
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -103,8 +107,12 @@ def tiny_qwen21_pipeline(seed: int = 0, turbo: bool = False):
 def tiny_layered_pipeline(seed: int = 0):
     """A random `QwenImageLayeredPipeline`: the RGBA VAE (4 image channels, 8x), a 2-block
     transformer with the layer RoPE and the extra time condition, a tiny Qwen2.5-VL."""
-    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageLayeredPipeline,
-                           QwenImageTransformer2DModel)
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImageLayeredPipeline,
+        QwenImageTransformer2DModel,
+    )
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 

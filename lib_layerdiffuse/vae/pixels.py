@@ -74,11 +74,11 @@ def pad_rgb(rgba: np.ndarray) -> np.ndarray:
     return np.clip(fill, 0.0, 1.0).astype(np.float32)
 
 
-def checkerboard(height: int, width: int) -> np.ndarray:
-    """HxW float32 of 64-px cells in greys 0.45 / 0.55 (the preview background)."""
+def checkerboard(height: int, width: int, greys: tuple[float, float] = CHECKER_GREYS) -> np.ndarray:
+    """HxW float32 of 64-px cells in two greys (default 0.45 / 0.55, the preview background)."""
     yy, xx = np.indices((height, width))
     cells = ((yy // CHECKER_CELL) + (xx // CHECKER_CELL)) % 2
-    return np.where(cells == 0, CHECKER_GREYS[0], CHECKER_GREYS[1]).astype(np.float32)
+    return np.where(cells == 0, greys[0], greys[1]).astype(np.float32)
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:

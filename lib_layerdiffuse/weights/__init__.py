@@ -7,8 +7,7 @@
 
 from .catalog import CATALOG, REPO_ID, WeightFile, file_for, hub_endpoint, human_size
 from .download import download_file
-from .errors import (WeightDownloadError, WeightError, WeightFormatError, WeightIntegrityError,
-                     WeightMissingError)
+from .errors import WeightDownloadError, WeightError, WeightFormatError, WeightIntegrityError, WeightMissingError
 from .integrity import HashCache, sha256_file
 from .loading import load_safetensors
 from .location import ENV_VAR, ModelsDir, resolve_models_dir

@@ -1,8 +1,9 @@
 """Where the weight files live.
 
 First match wins: an explicit folder; `LAYERDIFFUSE_MODELS_DIR`; inside Forge the
-`--layerdiffuse-models-dir` flag, else `<webui>/models/layer_model/` (where the reference
-extension keeps them, so its users download nothing twice); else this project's `models/`.
+`--layerdiffuse-models-dir` flag, then the folder in Settings -> LayerDiffuse, else
+`<webui>/models/layer_model/` (where the reference extension keeps them, so its users download
+nothing twice); else this project's `models/`.
 
 Forge is detected only through modules the host has already imported, never by importing
 `modules` ourselves (outside Forge that name can belong to anything).
@@ -18,6 +19,7 @@ from typing import Optional, Union
 
 ENV_VAR = "LAYERDIFFUSE_MODELS_DIR"
 FORGE_FLAG = "layerdiffuse_models_dir"
+FORGE_SETTING = "layerdiffuse_models_dir"  # the same name in Forge's settings (shared.opts)
 PROJECT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
 
@@ -42,6 +44,10 @@ def _forge_models_dir() -> Optional[ModelsDir]:
     flag = getattr(cmd_opts, FORGE_FLAG, None)
     if flag:
         return ModelsDir(Path(flag).expanduser(), "Forge flag --layerdiffuse-models-dir")
+    data = getattr(getattr(shared, "opts", None), "data", None)
+    setting = str(data.get(FORGE_SETTING) or "").strip() if isinstance(data, dict) else ""
+    if setting:
+        return ModelsDir(Path(setting).expanduser(), "Forge setting LayerDiffuse -> weights folder")
     root = forge_models_root()
     if root is not None:
         return ModelsDir(root / "layer_model", "Forge models/layer_model")
