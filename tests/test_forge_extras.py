@@ -264,6 +264,7 @@ def test_methods_follow_the_selected_checkpoint(forge, monkeypatch, tmp_path):
     assert [m["name"] for m in reply["methods"]] == ["FG_ONLY_ATTN_SD15", "FG_TO_BG_SD15", "BG_TO_FG_SD15", "JOINT_SD15"]
     first = reply["methods"][0]
     assert first["default"] and first["transparent"] and first["batch_multiple"] == 1
+    assert first["ready"]  # its files are here, not hashed yet ("present"): ready, verified on first use
     assert {f["name"] for f in first["weight_files"]} == set(Method.FG_ONLY_ATTN_SD15.spec.weight_files)
     joint = reply["methods"][3]
     assert joint["batch_multiple"] == 3 and joint["frames"] == ["fg", "bg", "blend"]
@@ -392,6 +393,7 @@ def test_panel_starts_on_the_checkpoints_family_and_follows_the_dropdown(forge, 
     components = ui.build_ui(FakeScript(), False)
     method = components[1]
     assert method.value == Method.FG_ONLY_ATTN_SD15.value
+    assert method.do_not_save_to_config  # a value in the WebUI's ui-config.json would win over the family
     assert method.kwargs["choices"][:4] == [m.value for m in Method if m.family is Family.SD15]
     hint = next(c for c in ff.Component.created if type(c).__name__ == "Markdown" and "SD1.5" in str(c.value))
     assert "Selected checkpoint: **SD1.5**" in hint.value
@@ -404,7 +406,7 @@ def test_panel_starts_on_the_checkpoints_family_and_follows_the_dropdown(forge, 
     (fn, inputs, outputs, _), = dropdown.events
     # current Forge makes its dropdown outside any Blocks: wired at the next component made inside one
     context = types.SimpleNamespace(root_block=None)
-    monkeypatch.setitem(sys.modules, "gradio.context", types.SimpleNamespace(Context=context))
+    monkeypatch.setattr(gradio, "context", types.SimpleNamespace(Context=context), raising=False)
     outside = gradio.Dropdown("x", label="Checkpoint")
     ui.attach_to_checkpoint(outside, label="Checkpoint", elem_classes=["model_selection"])
     assert outside.events == []
@@ -416,6 +418,8 @@ def test_panel_starts_on_the_checkpoints_family_and_follows_the_dropdown(forge, 
     new_method, new_hint = fn("sdxl-tiny.safetensors [0123456789]", method.value)
     assert new_method["value"] == Method.FG_ONLY_ATTN.value
     assert new_method["choices"][0] == Method.FG_ONLY_ATTN.value and "**SDXL**" in new_hint["value"]
+    _, empty = fn(None, Method.FG_ONLY_ATTN.value)  # Neo's dropdown starts empty: the selected checkpoint
+    assert "**SDXL**" in empty["value"]
     kept, _ = fn("sdxl-tiny.safetensors [0123456789]", Method.FG_ONLY_CONV.value)  # a method of the family stays
     assert kept["value"] == Method.FG_ONLY_CONV.value
 

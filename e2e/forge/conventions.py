@@ -259,9 +259,11 @@ def check_panel_defaults(url: str, context: dict) -> list[str]:
     out = []
     if props.get("value") != SD15_ATTN or choices[:1] != [SD15_ATTN]:
         out.append(f"the panel starts on {props.get('value')!r} with {choices[:1]} first on an SD1.5 checkpoint")
-    dropdown = by_elem.get("setting_sd_model_checkpoint") or next(
-        (c for c in components if c.get("props", {}).get("label") == "Checkpoint"
-         and "model_selection" in (c["props"].get("elem_classes") or [])), None)
+    # the dropdown users see: current Forge's "model_selection" one (it also keeps a settings
+    # component of that elem_id), else early Forge's and Neo's setting_sd_model_checkpoint
+    dropdown = next((c for c in components if c.get("props", {}).get("label") == "Checkpoint"
+                     and "model_selection" in (c["props"].get("elem_classes") or [])),
+                    None) or by_elem.get("setting_sd_model_checkpoint")
     if dropdown is None:
         out.append("no checkpoint dropdown found in /config")
     elif not _dependencies_between(config, dropdown["id"], method["id"]):

@@ -211,7 +211,7 @@ def _family_query(query: Mapping) -> tuple[Optional[Family], bool]:
 
 def methods(query: Mapping) -> dict:
     """`GET /methods`."""
-    from ..weights.store import USABLE
+    from ..weights.store import USABLE, State
     from .settings_page import default_method
     from .unet_files import weight_store
 
@@ -226,7 +226,7 @@ def methods(query: Mapping) -> dict:
                     "default": m is default_method(m.family), "transparent": bool(spec.transparent),
                     "conditions": list(spec.conditions), "prompts": list(spec.prompts),
                     "frames": list(spec.frames), "batch_multiple": spec.frame_count, "weight_files": files,
-                    "ready": all(states[f] in USABLE for f in spec.weight_files),
+                    "ready": all(states[f] in (*USABLE, State.PRESENT) for f in spec.weight_files),
                     "licence": spec.licence or None})
     return {"checkpoint": selected_title(), "family": family.value if family else None, "methods": out}
 

@@ -59,7 +59,7 @@ def follow_checkpoint(title: Any, method: Any) -> tuple[dict, dict]:
     """The dropdown and hint updates when the checkpoint dropdown shows `title`."""
     import gradio as gr
 
-    family = checkpoint_family(str(title or ""))
+    family = checkpoint_family(str(title) if title else None)  # Neo's dropdown starts empty
     if family is None:
         return gr.update(), gr.update(value=method_hint(method))
     try:
@@ -95,7 +95,7 @@ def attach_to_checkpoint(component: Any, **kwargs: Any) -> None:
 
 def _inside_blocks() -> bool:
     """Whether gradio is building a Blocks now (events can be added)."""
-    context = getattr(sys.modules.get("gradio.context"), "Context", None)
+    context = getattr(getattr(sys.modules.get("gradio"), "context", None), "Context", None)
     return context is None or getattr(context, "root_block", None) is not None
 
 
@@ -186,6 +186,9 @@ def build_ui(script: Any, is_img2img: bool) -> list:
                               elem_id=script.elem_id("enabled"))
         method = gr.Dropdown(label=meta["method"]["label"], choices=Method.choices(forge=True, first=family),
                              value=start.value, type="value", elem_id=script.elem_id("method"))
+        # not kept in the WebUI's ui-config.json: a value stored there (from any earlier start)
+        # would win over the checkpoint's family; Settings -> LayerDiffuse holds the defaults
+        method.do_not_save_to_config = True
         hint = gr.Markdown(panel_hint(start, family))
         _panels.append((method, hint))
         with gr.Row():
