@@ -397,6 +397,7 @@ def test_panel_starts_on_the_checkpoints_family_and_follows_the_dropdown(forge, 
     assert method.kwargs["choices"][:4] == [m.value for m in Method if m.family is Family.SD15]
     hint = next(c for c in ff.Component.created if type(c).__name__ == "Markdown" and "SD1.5" in str(c.value))
     assert "Selected checkpoint: **SD1.5**" in hint.value
+    assert "This method needs SDXL" in ui.panel_hint(Method.FG_ONLY_ATTN, Family.SD15)
     # the WebUI builds its checkpoint dropdown after the tabs: the panel hooks onto it
     dropdown = gradio.Dropdown("sd15-tiny.safetensors [0123456789]", label="Checkpoint")
     ui.attach_to_checkpoint(dropdown, label="Checkpoint", elem_classes=["model_selection"])  # current Forge

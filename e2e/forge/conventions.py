@@ -19,7 +19,7 @@ import numpy as np
 import requests
 from PIL import Image, PngImagePlugin
 
-from cases import BASE, SD15_ATTN, _decode, image_stats, png_base64
+from cases import BASE, SD15_ATTN, _decode, _files, image_stats, png_base64
 
 API = "/layerdiffuse/v1"
 WEIGHT_FREE = {"model": "weight-free", "refine": "none"}
@@ -223,9 +223,10 @@ def check_settings(url: str, context: dict) -> list[str]:
                 out.append(f"preview 'colour' is not the result over red (max difference {diff:.0f})")
         _options(url, layerdiffuse_preview="checkerboard", layerdiffuse_save_preview=True, samples_format="jpg",
                  layerdiffuse_transparent_copy=False)
-        before = _files(context["outputs"])
+        outputs = context["outputs"]
+        before = _files(outputs) if outputs.exists() else set()
         _generate(url, [True, SD15_ATTN])
-        new = sorted(p.name for p in _files(context["outputs"]) - before)
+        new = sorted(p.name for p in _files(outputs) - before)
         if not any("-preview" in n for n in new) or any("-transparent" in n for n in new):
             out.append(f"save preview on, PNG copy off, JPEG: saved {new}")
     finally:
@@ -233,10 +234,6 @@ def check_settings(url: str, context: dict) -> list[str]:
                  layerdiffuse_transparent_copy=True)
     context["detail"] = "set through the API: preview none and colour, save preview, PNG copy off: each as set"
     return out
-
-
-def _files(folder: Path) -> set[Path]:
-    return {p for p in folder.rglob("*") if p.is_file()} if folder.exists() else set()
 
 
 def _dependencies_between(config: dict, source: int, target: int) -> bool:

@@ -26,6 +26,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import requests
 
@@ -142,27 +143,6 @@ def local_model_listed(url: str) -> list[str]:
                                                      f"{len(dropdowns)} cutout model dropdowns"]
 
 
-def screenshot(url: str, target: Path) -> None:
-    """The LayerDiffuse accordion of the txt2img tab, opened, from headless Chromium."""
-    from playwright.sync_api import sync_playwright
-
-    from lib_layerdiffuse.testing.browser import find_browser, launch_chromium
-
-    with sync_playwright() as pw:
-        browser = launch_chromium(pw, find_browser())
-        page = browser.new_page(viewport={"width": 1280, "height": 1100})
-        page.goto(url, timeout=300_000)
-        panel = page.locator("#script_txt2img_layerdiffuse_accordion")
-        panel.wait_for(timeout=300_000)
-        panel.get_by_text("LayerDiffuse", exact=True).first.click()
-        panel.get_by_text("Method", exact=True).first.wait_for(timeout=60_000)
-        panel.scroll_into_view_if_needed()
-        page.wait_for_timeout(1500)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        panel.screenshot(path=str(target))
-        browser.close()
-
-
 def select_at_start(root: Path, checkpoint: str) -> None:
     """Forge's config.json names `checkpoint` as the selected one when Forge starts."""
     config = root / "config.json"
@@ -171,48 +151,52 @@ def select_at_start(root: Path, checkpoint: str) -> None:
     config.write_text(json.dumps(data, indent=4))
 
 
-def _browser_page(pw, url: str):
+def _capture(url: str, target: Path, show: Callable) -> None:
+    """A screenshot of one element of the running Forge's page, from headless Chromium:
+    `show(page)` opens it and returns its locator."""
+    from playwright.sync_api import sync_playwright
+
     from lib_layerdiffuse.testing.browser import find_browser, launch_chromium
 
-    browser = launch_chromium(pw, find_browser())
-    page = browser.new_page(viewport={"width": 1280, "height": 1100})
-    page.goto(url, timeout=300_000)
-    page.locator("#tab_txt2img").wait_for(timeout=300_000)
-    return browser, page
+    with sync_playwright() as pw:
+        browser = launch_chromium(pw, find_browser())
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(url, timeout=300_000)
+        page.locator("#tab_txt2img").wait_for(timeout=300_000)
+        element = show(page)
+        element.scroll_into_view_if_needed()
+        page.wait_for_timeout(1500)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        element.screenshot(path=str(target))
+        browser.close()
 
 
-def screenshot_extras(url: str, target: Path) -> None:
+def _open_panel(page):
+    """The LayerDiffuse accordion of the txt2img tab, opened."""
+    panel = page.locator("#script_txt2img_layerdiffuse_accordion")
+    panel.wait_for(timeout=300_000)
+    panel.get_by_text("LayerDiffuse", exact=True).first.click()
+    panel.get_by_text("Method", exact=True).first.wait_for(timeout=60_000)
+    return panel
+
+
+def _open_extras_cutout(page):
     """The Extras tab with the LayerDiffuse cutout accordion opened."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser, page = _browser_page(pw, url)
-        page.get_by_role("tab", name="Extras").first.click()
-        panel = page.locator("#extras_layerdiffuse_cutout")
-        panel.wait_for(timeout=60_000)
-        panel.get_by_text("LayerDiffuse cutout").first.click()
-        panel.get_by_text("Cutout model").first.wait_for(timeout=60_000)
-        panel.scroll_into_view_if_needed()
-        page.wait_for_timeout(1500)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        panel.screenshot(path=str(target))
-        browser.close()
+    page.get_by_role("tab", name="Extras").first.click()
+    panel = page.locator("#extras_layerdiffuse_cutout")
+    panel.wait_for(timeout=60_000)
+    panel.get_by_text("LayerDiffuse cutout").first.click()
+    panel.get_by_text("Cutout model").first.wait_for(timeout=60_000)
+    return panel
 
 
-def screenshot_settings(url: str, target: Path) -> None:
+def _open_settings(page):
     """Settings -> LayerDiffuse."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser, page = _browser_page(pw, url)
-        page.get_by_role("tab", name="Settings").first.click()
-        page.locator("#settings").get_by_role("tab", name="LayerDiffuse").first.click()
-        section = page.locator("#settings_layerdiffuse")
-        section.wait_for(timeout=60_000)
-        page.wait_for_timeout(1500)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        section.screenshot(path=str(target))
-        browser.close()
+    page.get_by_role("tab", name="Settings").first.click()
+    page.locator("#settings").get_by_role("tab", name="LayerDiffuse").first.click()
+    section = page.locator("#settings_layerdiffuse")
+    section.wait_for(timeout=60_000)
+    return section
 
 
 # the plain call made before any LayerDiffuse call and after every case: small, so that checking
@@ -359,14 +343,14 @@ def main(argv=None) -> int:
         if args.conventions:
             checks = conventions.run_checks(server.url, cache / "conventions", outputs, restoration)
         if args.screenshot:
-            shots = [(screenshot, Path(args.screenshot))]
+            target = Path(args.screenshot)
+            shots = [(_open_panel, target)]
             if args.conventions:
-                target = Path(args.screenshot)
-                shots += [(screenshot_extras, target.with_name(target.stem + "-extras.png")),
-                          (screenshot_settings, target.with_name(target.stem + "-settings.png"))]
-            for shoot, target in shots:
+                shots += [(_open_extras_cutout, target.with_name(target.stem + "-extras.png")),
+                          (_open_settings, target.with_name(target.stem + "-settings.png"))]
+            for show, target in shots:
                 try:
-                    shoot(server.url, target)
+                    _capture(server.url, target, show)
                 except Exception as exc:  # a screenshot is a by-product: the table still counts
                     log(f"no screenshot {target.name}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
     finally:

@@ -48,10 +48,10 @@ def panel_hint(method: Any, family: Optional[Family]) -> str:
     if family is None:
         return hint
     try:
-        other = Method.parse(method).family is not family
+        needed = Method.parse(method).family
     except (TypeError, ValueError):
-        other = False
-    warning = f" · **This method needs {Method.parse(method).family.label};**" if other else ""
+        needed = family
+    warning = f" · **This method needs {needed.label};**" if needed is not family else ""
     return f"{hint}  \nSelected checkpoint: **{family.label}**{warning}"
 
 
